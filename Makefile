@@ -1,0 +1,20 @@
+# Thin entry points; the work lives in scripts/ and the synclip package.
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test lint format lock
+
+setup:  ## venv from requirements.lock + offline pretrained weights
+	VENV=$(VENV) bash scripts/setup.sh
+
+test:  ## the test suite (CPU, tiny configs)
+	$(BIN)/pytest
+
+lint:  ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+lock:  ## re-resolve pyproject.toml into requirements.lock
+	bash scripts/lock.sh

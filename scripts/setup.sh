@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Creates the project's virtual environment from requirements.lock, installs synclip into it
+# and fetches the pretrained weights that can be had offline into models/pretrained.
+# Idempotent: a second run checks what is there and does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+step() { printf '\n==> %s\n' "$*"; }
+
+command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found; synclip needs CPython 3.11" >&2; exit 1; }
+
+# OpenCV (pulled in by mediapipe as opencv-contrib-python) links libGL and glib at import.
+if ! ldconfig -p | grep -q 'libGL.so.1' || ! ldconfig -p | grep -q 'libgthread-2.0.so.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing libgl1 and libglib2.0-0 (needed by OpenCV)"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends libgl1 libglib2.0-0 >/dev/null
+    else
+        echo "setup: libGL.so.1 / libgthread-2.0.so.0 missing; install libgl1 and libglib2.0-0 (Debian) first" >&2
+        exit 1
+    fi
+fi
+
+stamp="$VENV/.synclip-lock.sha256"
+want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    step "environment $VENV matches requirements.lock"
+else
+    step "creating $VENV from requirements.lock (about 4 minutes the first time)"
+    [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install -q -r requirements.lock
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+    "$VENV/bin/pip" check
+    echo "$want" > "$stamp"
+fi
+
+step "pretrained weights -> models/pretrained"
+"$VENV/bin/synclip" weights fetch --out models/pretrained
+
+step "done: $("$VENV/bin/synclip" --version)"

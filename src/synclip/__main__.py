@@ -1,0 +1,3 @@
+from synclip.cli import main
+
+main()

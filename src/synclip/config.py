@@ -1,0 +1,286 @@
+"""params.yaml -> frozen, strict dataclasses; profiles and `-S key=value` overrides.
+
+params.yaml is the `tiny` profile and lists every key. Another profile is a file of overrides
+next to it (`params/<name>.yaml`, e.g. `params/full.yaml`), applied when `profile: <name>` is set
+(in params.yaml, by `-S profile=full`, or by the caller). Overrides never add keys: an unknown
+key, a missing key or a value of the wrong type is a `ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from synclip.errors import UserError
+
+BASE_PROFILE = "tiny"
+PROFILE_DIR = "params"  # profiles live in <dir of params.yaml>/params/<name>.yaml
+
+
+class ConfigError(UserError):
+    """A params file or override the caller has to fix; the message names the key."""
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """Where and how the library runs; read once, at the entry point."""
+
+    device: str  # auto | cpu | cuda | cuda:N | mps
+    threads: int  # torch intra-op threads; 0 keeps torch's default
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+@dataclass(frozen=True)
+class PretrainedParams:
+    """Local paths of pretrained weights. Nothing is ever downloaded from a hub at run time.
+
+    `make setup` fetches the first two (see models/README.md); the others are optional and
+    point at files the user already has; None disables what needs them, with a logged reason.
+    """
+
+    face_landmarker: str  # MediaPipe FaceLandmarker bundle (.task)
+    whisper: str  # transformers Whisper directory (config.json + model.safetensors)
+    sd_vae: str | None  # diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse), full profile
+    videomae: str | None  # transformers VideoMAE directory (TREPA), full profile
+    lpips_vgg: str | None  # torchvision VGG16 ImageNet state dict for calibrated LPIPS
+    hyperiqa: str | None  # hyperIQA KonIQ weights (image-quality filter)
+    latentsync_unet: str | None  # a published LatentSync UNet checkpoint (.pt)
+    latentsync_syncnet: str | None  # a published StableSyncNet checkpoint (.pt)
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything params.yaml holds. Later stages add their sections here."""
+
+    profile: str
+    seed: int
+    runtime: RuntimeParams
+    pretrained: PretrainedParams
+
+    def validate(self) -> None:
+        """Cross-field rules; raises ConfigError naming the offending key."""
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.runtime.device):
+            raise ConfigError(
+                f"runtime.device must be auto, cpu, mps, cuda or cuda:N, got {self.runtime.device!r}"
+            )
+        if self.runtime.threads < 0:
+            raise ConfigError(f"runtime.threads must be >= 0, got {self.runtime.threads}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        for field in dataclasses.fields(self.pretrained):
+            value = getattr(self.pretrained, field.name)
+            if value is not None and not value.strip():
+                raise ConfigError(f"pretrained.{field.name} is an empty path; use null to leave it unset")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    overrides: Sequence[str] = (),
+    profile: str | None = None,
+) -> Params:
+    """Read params.yaml, apply a profile and `key=value` overrides, check types and rules.
+
+    Order: params.yaml, then the profile's file, then `overrides` (so `-S` wins). A `profile=`
+    override or the `profile` argument selects the profile before its file is applied.
+    """
+    path = Path(path)
+    raw = _read_mapping(path)
+    parsed = [_parse_override(item) for item in overrides]
+    for key, value in parsed:
+        if key == "profile":
+            profile = value
+    if profile is not None:
+        raw["profile"] = profile
+    chosen = raw.get("profile", BASE_PROFILE)
+    if not isinstance(chosen, str):
+        raise ConfigError(f"{path}: 'profile' must be a string, got {type(chosen).__name__}")
+    if chosen != BASE_PROFILE:
+        profile_path = path.parent / PROFILE_DIR / f"{chosen}.yaml"
+        if not profile_path.is_file():
+            raise ConfigError(f"profile {chosen!r}: {profile_path} does not exist")
+        _merge_strict(raw, _read_mapping(profile_path), source=str(profile_path))
+    for key, value in parsed:
+        _set_strict(raw, key, value, source="override")
+    params = from_dict(Params, raw, source=str(path))
+    params.validate()
+    return params
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), the inverse of `from_dict`."""
+    return _plain(dataclasses.asdict(params))
+
+
+def from_dict(cls: type, data: Any, source: str = "params", prefix: str = "") -> Any:
+    """Build the dataclass `cls` from a mapping, strictly: no unknown, missing or mistyped keys."""
+    if not isinstance(data, Mapping):
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = _join(prefix, str(unknown[0]))
+        raise ConfigError(f"{source}: unknown key '{key}' (known here: {', '.join(fields)})")
+    values = {}
+    for name, field in fields.items():
+        key = _join(prefix, name)
+        if name not in data:
+            if field.default is not dataclasses.MISSING:
+                continue
+            raise ConfigError(f"{source}: missing key '{key}'")
+        values[name] = _convert(hints[name], data[name], source, key)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, source, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(option, value, source, key)
+            except ConfigError as error:
+                errors.append(error)
+        if len(options) == 1:
+            raise errors[0]
+        raise ConfigError(f"{source}: '{key}' must be {_describe(hint)}, got {_show(value)}")
+    if origin is Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {_show(value)}")
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {_show(value)}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
+            return tuple(
+                _convert(a, v, source, f"{key}[{i}]")
+                for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
+        item = args[0]
+        items = [_convert(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {_show(value)}")
+        return {k: _convert(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (str, bool):
+        if isinstance(value, hint):
+            return value
+    elif hint is Any:
+        return value
+    else:
+        raise TypeError(f"config field '{key}' has an unsupported type {hint!r}")
+    raise ConfigError(f"{source}: '{key}' must be {_describe(hint)}, got {_show(value)}")
+
+
+# --- raw-dict helpers ----------------------------------------------------------------------------
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.subkey=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from None
+    return key, value
+
+
+def _set_strict(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{source}: unknown key '{'.'.join(parts[: depth + 1])}'")
+        if depth == len(parts) - 1:
+            node[part] = copy.deepcopy(value)
+        else:
+            node = node[part]
+
+
+def _merge_strict(base: dict[str, Any], update: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    for name, value in update.items():
+        key = _join(prefix, str(name))
+        if name not in base:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+        if isinstance(value, Mapping) and isinstance(base[name], dict):
+            _merge_strict(base[name], value, source, key)
+        else:
+            base[name] = copy.deepcopy(value)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin in (tuple, list):
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,49 @@
+"""Device, dtype and thread choice, made once at an entry point (never inside library code)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from synclip.config import RuntimeParams
+from synclip.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def select_device(spec: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; an explicit device that is absent is an error."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r} requested but torch sees no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {spec!r} requested but MPS is not available")
+    return device
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for `device`: bf16 where supported, fp16 on older GPUs, none on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def configure(runtime: RuntimeParams) -> torch.device:
+    """Apply thread settings and return the chosen device; call once per process."""
+    if runtime.threads:
+        torch.set_num_threads(runtime.threads)
+    device = select_device(runtime.device)
+    log.debug("device %s, %d torch threads", device, torch.get_num_threads())
+    return device
