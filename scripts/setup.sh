@@ -31,8 +31,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 else
     step "creating $VENV from requirements.lock (about 4 minutes the first time)"
     [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q -r requirements.lock
-    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+    # (this machine's pip configuration names local indexes that may not exist; skip that noise)
+    "$VENV/bin/pip" install -q -r requirements.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     "$VENV/bin/pip" check
     echo "$want" > "$stamp"
 fi

@@ -42,6 +42,9 @@ def convert_ctranslate2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Pat
     missing or unexpected weight is an error.
     """
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     for name in CT2_FILES:
