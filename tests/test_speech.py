@@ -41,3 +41,11 @@ def test_unknown_voice_and_empty_text_are_errors():
         synthesize("hello", Voice(name="xx-nowhere"))
     with pytest.raises(SpeechError, match="empty"):
         synthesize("   ")
+
+
+def test_the_same_text_always_gives_the_same_samples():
+    first = synthesize("Hello world maybe later.", Voice(rate=160))
+    synthesize("Something completely different.", Voice(name="en+f4", pitch=70, word_gap=2))
+    again = synthesize("Hello world maybe later.", Voice(rate=160))
+    np.testing.assert_array_equal(first.samples, again.samples)
+    assert first.phonemes == again.phonemes

@@ -31,8 +31,12 @@ app = typer.Typer(
 )
 params_app = typer.Typer(help="Inspect params.yaml, its profiles and overrides.", no_args_is_help=True)
 weights_app = typer.Typer(help="Fetch, convert and verify local pretrained weights.", no_args_is_help=True)
+corpus_app = typer.Typer(
+    help="SynthTalk, the built-in talking-face corpus with ground truth.", no_args_is_help=True
+)
 app.add_typer(params_app, name="params")
 app.add_typer(weights_app, name="weights")
+app.add_typer(corpus_app, name="corpus")
 
 ParamsPath = Annotated[Path, typer.Option("--params", help="The params file.")]
 Overrides = Annotated[
@@ -173,6 +177,52 @@ def weights_convert_whisper(
         staged = convert_ctranslate2_whisper(ct2_dir, Path(tmp) / out.name)
         staged.replace(out)
     print(out)
+
+
+@corpus_app.command("synth")
+def corpus_synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the clips and sidecars into.")] = Path(
+        "data/raw"
+    ),
+    seed: Annotated[int | None, typer.Option("--seed", help="Corpus seed (default: corpus.seed).")] = None,
+    clips: Annotated[
+        int | None, typer.Option("--clips", help="Number of clips (default: corpus.clips).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Processes (default: corpus.workers).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Regenerate every clip, even existing ones.")
+    ] = False,
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Generate SynthTalk: mp4 clips + JSON ground truth + synthtalk.json; resumes where it stopped."""
+    from synclip.data.synthtalk import synthesize_corpus
+
+    cli_overrides = [*(overrides or ())]
+    if seed is not None:
+        cli_overrides.append(f"corpus.seed={seed}")
+    if clips is not None:
+        cli_overrides.append(f"corpus.clips={clips}")
+    spec = load_params(params, cli_overrides).corpus
+    manifest = synthesize_corpus(spec, out, workers=workers, force=force)
+    print(json.dumps(manifest["summary"], indent=1))
+
+
+@corpus_app.command("stats")
+def corpus_stats(
+    folder: Annotated[Path, typer.Argument(help="A SynthTalk folder.")] = Path("data/raw"),
+) -> None:
+    """Clip counts, hours, splits and defects of a generated corpus."""
+    from synclip.data.synthtalk import MANIFEST
+
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{folder} holds no {MANIFEST}; generate it with `synclip corpus synth --out {folder}`"
+        )
+    print(json.dumps(json.loads(manifest_path.read_text())["summary"], indent=1))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,33 @@ class PretrainedParams:
 
 
 @dataclass(frozen=True)
+class SplitCounts:
+    train: int
+    val: int
+    test: int
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    """SynthTalk, the built-in corpus (`synclip corpus synth`); data.dvc records what it produced."""
+
+    seed: int
+    clips: int
+    identities: SplitCounts  # identities per split; no identity is in two splits
+    min_seconds: float
+    max_seconds: float
+    frame_rates: tuple[str, ...]  # "25", "30", "30000/1001" ...
+    sizes: tuple[tuple[int, int], ...]  # (width, height) of the raw videos
+    face_width: tuple[float, float]  # face width as a fraction of the frame width
+    audio_rates: tuple[int, ...]
+    stereo_fraction: float
+    snr_db: tuple[float, float]  # background noise
+    defect_rate: float  # share of deliberately bad clips, spread over the defect kinds
+    crf: int  # x264 quality of the raw clips
+    workers: int
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. Later stages add their sections here."""
 
@@ -68,6 +96,7 @@ class Params:
     seed: int
     runtime: RuntimeParams
     pretrained: PretrainedParams
+    corpus: CorpusParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -79,6 +108,31 @@ class Params:
             raise ConfigError(f"runtime.threads must be >= 0, got {self.runtime.threads}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        corpus = self.corpus
+        if corpus.clips < 1 or min(corpus.identities.train, corpus.identities.test) < 1:
+            raise ConfigError("corpus.clips and corpus.identities.train/test must be >= 1")
+        if corpus.identities.val < 0:
+            raise ConfigError(f"corpus.identities.val must be >= 0, got {corpus.identities.val}")
+        if not 0 < corpus.min_seconds <= corpus.max_seconds:
+            raise ConfigError(
+                f"corpus.min_seconds ({corpus.min_seconds}) must be > 0 and <= corpus.max_seconds ({corpus.max_seconds})"
+            )
+        for rate in corpus.frame_rates:
+            if not re.fullmatch(r"\d+(/\d+)?", rate) or Fraction(rate) <= 0:
+                raise ConfigError(
+                    f"corpus.frame_rates: {rate!r} is not a positive rate like 25 or 30000/1001"
+                )
+        for width, height in corpus.sizes:
+            if width % 2 or height % 2 or min(width, height) < 64:
+                raise ConfigError(f"corpus.sizes: {width}x{height} must be even and at least 64 px")
+        if not 0.15 <= corpus.face_width[0] <= corpus.face_width[1] <= 0.6:
+            raise ConfigError(
+                f"corpus.face_width must satisfy 0.15 <= low <= high <= 0.6, got {corpus.face_width}"
+            )
+        if not 0 <= corpus.defect_rate <= 1 or not 0 <= corpus.stereo_fraction <= 1:
+            raise ConfigError("corpus.defect_rate and corpus.stereo_fraction must be in [0, 1]")
+        if corpus.workers < 1:
+            raise ConfigError(f"corpus.workers must be >= 1, got {corpus.workers}")
         for field in dataclasses.fields(self.pretrained):
             value = getattr(self.pretrained, field.name)
             if value is not None and not value.strip():

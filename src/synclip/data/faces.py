@@ -9,6 +9,7 @@ parameters of `visemes.MOUTH_PARAMS`; the jaw and chin drop with the mouth openi
 
 from __future__ import annotations
 
+import colorsys
 import math
 from dataclasses import dataclass
 
@@ -70,8 +71,8 @@ class Identity:
         lip = np.clip(skin * np.array([0.82, 0.52, 0.55]) + np.array([30, 0, 8]) * rng.uniform(0.5, 1.5), 20, 255)
         hair_style = HAIR_STYLES[rng.integers(len(HAIR_STYLES))]
         hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
-        bg_a = rng.uniform(30, 230, 3)
-        bg_b = np.clip(bg_a + rng.uniform(-70, 70, 3), 10, 245)
+        bg_a = _hsv(rng.uniform(0, 1), rng.uniform(0.03, 0.45), rng.uniform(0.25, 0.92))
+        bg_b = np.clip(bg_a * rng.uniform(0.6, 1.25) + rng.uniform(-25, 25, 3), 10, 245)
         return Identity(
             name=name,
             skin=_rgb(skin),
@@ -125,6 +126,10 @@ class MouthState:
 
 
 # --- geometry ----------------------------------------------------------------------------------
+
+
+def _hsv(hue: float, saturation: float, value: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255
 
 
 def _rgb(values) -> tuple[float, float, float]:

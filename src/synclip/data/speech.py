@@ -1,14 +1,19 @@
 """Speech with exact phoneme timing from eSpeak NG, loaded from the `espeakng-loader` wheel via ctypes.
 
 eSpeak NG reports PHONEME events (type 7) with the sample at which each phoneme starts, through
-the same synth callback that delivers the waveform. The library keeps global state, so one
-process-wide engine is initialised once and used under a lock.
+the same synth callback that delivers the waveform. The library keeps global state that changes
+what it synthesises next (the same text twice in one process gives two different waveforms, and
+`espeak_Terminate` + `espeak_Initialize` do not reset it), so every call runs in a forked child
+of a process that never touched eSpeak itself: the same texts and voice always give the same
+samples, whatever ran before.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
+import os
+import pickle
+import traceback
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -91,7 +96,7 @@ class Utterance:
 
 
 class _Engine:
-    """The process-wide eSpeak NG instance."""
+    """An eSpeak NG instance; only ever created in a forked child (see the module docstring)."""
 
     def __init__(self) -> None:
         import espeakng_loader
@@ -114,7 +119,6 @@ class _Engine:
         self._events: list[tuple[int, int, int, str]] = []
         self._callback = _Callback(self._on_synth)  # keep a reference: the C side holds a pointer
         self.lib.espeak_SetSynthCallback(self._callback)
-        self.lock = threading.Lock()
 
     def _on_synth(self, wav, count, events) -> int:
         if count > 0 and wav:
@@ -131,23 +135,22 @@ class _Engine:
 
     def synthesize(self, text: str, voice: Voice) -> Utterance:
         encoded = text.encode("utf-8") + b"\0"
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise SpeechError(f"eSpeak NG has no voice {voice.name!r}")
-            for parameter, value in (
-                (_PARAM_RATE, voice.rate),
-                (_PARAM_PITCH, voice.pitch),
-                (_PARAM_RANGE, voice.pitch_range),
-                (_PARAM_VOLUME, voice.volume),
-                (_PARAM_WORDGAP, voice.word_gap),
-            ):
-                if self.lib.espeak_SetParameter(parameter, value, 0) != 0:
-                    raise SpeechError(f"eSpeak NG refused parameter {parameter} = {value}")
-            self._chunks, self._events = [], []
-            status = self.lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if status != 0:
-                raise SpeechError(f"eSpeak NG could not synthesise {text!r} (status {status})")
-            chunks, events = self._chunks, self._events
+        if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+            raise SpeechError(f"eSpeak NG has no voice {voice.name!r}")
+        for parameter, value in (
+            (_PARAM_RATE, voice.rate),
+            (_PARAM_PITCH, voice.pitch),
+            (_PARAM_RANGE, voice.pitch_range),
+            (_PARAM_VOLUME, voice.volume),
+            (_PARAM_WORDGAP, voice.word_gap),
+        ):
+            if self.lib.espeak_SetParameter(parameter, value, 0) != 0:
+                raise SpeechError(f"eSpeak NG refused parameter {parameter} = {value}")
+        self._chunks, self._events = [], []
+        status = self.lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if status != 0:
+            raise SpeechError(f"eSpeak NG could not synthesise {text!r} (status {status})")
+        chunks, events = self._chunks, self._events
         samples = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
         return _utterance(samples, self.sample_rate, events, text)
 
@@ -174,20 +177,46 @@ def _utterance(samples: np.ndarray, rate: int, events: list[tuple[int, int, int,
     return Utterance(samples=samples, sample_rate=rate, phonemes=tuple(phonemes), words=tuple(words))
 
 
-_engine: _Engine | None = None
-_engine_lock = threading.Lock()
+def synthesize_batch(texts: list[str], voice: Voice | None = None) -> list[Utterance]:
+    """Speak each text in turn with eSpeak NG, in a fresh child process; deterministic.
 
-
-def engine() -> _Engine:
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            _engine = _Engine()
-    return _engine
+    Returns one Utterance per text: the waveform at eSpeak's native rate (22 050 Hz) and the
+    phoneme and word timings.
+    """
+    voice = voice or Voice()
+    for text in texts:
+        if not text.strip():
+            raise SpeechError("nothing to say: a text is empty")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: synthesise, send the pickled result, never return into the caller's code
+        code = 1
+        try:
+            os.close(read_end)
+            try:
+                engine = _Engine()
+                result: tuple[str, object] = ("ok", [engine.synthesize(text, voice) for text in texts])
+            except SpeechError as error:
+                result = ("error", str(error))
+            with os.fdopen(write_end, "wb") as sink:
+                pickle.dump(result, sink)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as source:
+        data = source.read()
+    _, status = os.waitpid(pid, 0)
+    if not data or os.waitstatus_to_exitcode(status) != 0:
+        raise SpeechError(f"the eSpeak NG process failed (exit status {os.waitstatus_to_exitcode(status)})")
+    kind, payload = pickle.loads(data)
+    if kind == "error":
+        raise SpeechError(payload)
+    return payload
 
 
 def synthesize(text: str, voice: Voice | None = None) -> Utterance:
-    """Speak `text` with eSpeak NG; returns the waveform (native rate, 22 050 Hz) and phoneme timings."""
-    if not text.strip():
-        raise SpeechError("nothing to say: the text is empty")
-    return engine().synthesize(text, voice or Voice())
+    """Speak one text; see `synthesize_batch`."""
+    return synthesize_batch([text], voice)[0]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 MOUTH_PARAMS = ("opening", "width", "roundness", "teeth", "lip_contact")
 
 
-class Viseme(str, Enum):
+class Viseme(StrEnum):
     REST = "rest"  # silence: lips together, relaxed
     CLOSED = "closed"  # p b m
     LABIODENTAL = "labiodental"  # f v: lower lip under the upper teeth

@@ -6,6 +6,7 @@ removed on failure, so a crash or an error never leaves a partial file under the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -76,7 +77,9 @@ class VideoWriter:
             self._pending = self._pending[:, AAC_FRAME:]
 
     def _encode_audio(self, chunk: np.ndarray) -> None:
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=self.audio.layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout=self.audio.layout
+        )
         frame.sample_rate = self.audio.rate
         frame.pts = self._audio_pts
         frame.time_base = Fraction(1, self.audio.rate)
@@ -99,10 +102,9 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Drop the partial file."""
-        try:
+        # the container may be unusable after the failure being cleaned up from
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
             self.container.close()
-        except (av.error.FFmpegError, ValueError):
-            pass  # the container may be unusable after the failure we are cleaning up from
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
