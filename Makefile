@@ -2,10 +2,13 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint format lock
+.PHONY: setup demo test lint format lock
 
 setup:  ## venv from requirements.lock + offline pretrained weights
 	VENV=$(VENV) bash scripts/setup.sh
+
+demo:  ## setup + the main job on the built-in corpus (SynthTalk, dvc repro)
+	VENV=$(VENV) bash scripts/demo.sh
 
 test:  ## the test suite (CPU, tiny configs)
 	$(BIN)/pytest
