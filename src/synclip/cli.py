@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import platform
-import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,12 +13,12 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.text import Text
 
 import synclip
 from synclip.config import load_params, to_dict
+from synclip.entry import run
 from synclip.errors import UserError
-from synclip.log import console, setup_logging
+from synclip.log import setup_logging
 
 log = logging.getLogger("synclip")
 
@@ -179,6 +178,23 @@ def weights_convert_whisper(
     print(out)
 
 
+@app.command()
+def align(
+    video: Annotated[Path, typer.Argument(help="Any video with a face.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output mp4 of the aligned face crops.")],
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Align the face of VIDEO to synclip's template (as preprocessing does) and write the crops."""
+    from synclip.data.preprocess import align_video
+    from synclip.pretrained import require
+
+    resolved = load_params(params, overrides or ())
+    model = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
+    summary = align_video(video, out, resolved.preprocess, model)
+    print(json.dumps({"out": str(out), **summary}))
+
+
 @corpus_app.command("synth")
 def corpus_synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the clips and sidecars into.")] = Path(
@@ -227,8 +243,4 @@ def corpus_stats(
 
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2."""
-    try:
-        app()
-    except UserError as error:
-        console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
-        sys.exit(2)
+    run(app)

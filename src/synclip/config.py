@@ -89,6 +89,33 @@ class CorpusParams:
 
 
 @dataclass(frozen=True)
+class PreprocessParams:
+    """Raw videos -> aligned 25 fps face clips (the `preprocess` stage)."""
+
+    resolution: int  # side of the aligned square crop, pixels
+    min_segment_seconds: float  # shorter shots are rejected
+    max_segment_seconds: float  # longer shots are cut into equal segments no longer than this
+    shot_threshold: float  # PySceneDetect ContentDetector threshold
+    min_face_px: float  # median face width in the source frames
+    min_one_face_fraction: float  # share of frames that must show exactly one face
+    max_piqe: float  # image quality (PIQE, lower is better) of the aligned crops
+    min_audio_dbfs: float  # a segment whose audio peak is quieter than this is silent
+    smoothing_frames: float  # Gaussian sigma, in frames, of the landmark smoothing before alignment
+    crf: int  # x264 quality of the aligned clips
+    val_fraction: float  # for sources without ground truth: share of sources in val
+    test_fraction: float  # ... and in test
+    workers: int
+
+
+@dataclass(frozen=True)
+class DataQualityParams:
+    """The data-quality gate on the preprocessing manifest (`validate` stage)."""
+
+    min_clips: int  # fewer accepted clips than this fails the gate
+    max_jitter_px: float  # aligned eye and mouth-corner wobble allowed per clip, pixels
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. Later stages add their sections here."""
 
@@ -97,6 +124,8 @@ class Params:
     runtime: RuntimeParams
     pretrained: PretrainedParams
     corpus: CorpusParams
+    preprocess: PreprocessParams
+    data_quality: DataQualityParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -133,6 +162,24 @@ class Params:
             raise ConfigError("corpus.defect_rate and corpus.stereo_fraction must be in [0, 1]")
         if corpus.workers < 1:
             raise ConfigError(f"corpus.workers must be >= 1, got {corpus.workers}")
+        pre = self.preprocess
+        if pre.resolution % 8 or pre.resolution < 32:
+            raise ConfigError(
+                f"preprocess.resolution must be a multiple of 8 and >= 32, got {pre.resolution}"
+            )
+        if not 0 < pre.min_segment_seconds <= pre.max_segment_seconds:
+            raise ConfigError(
+                f"preprocess.min_segment_seconds ({pre.min_segment_seconds}) must be > 0 and <= "
+                f"preprocess.max_segment_seconds ({pre.max_segment_seconds})"
+            )
+        if not 0 < pre.min_one_face_fraction <= 1:
+            raise ConfigError(
+                f"preprocess.min_one_face_fraction must be in (0, 1], got {pre.min_one_face_fraction}"
+            )
+        if pre.val_fraction < 0 or pre.test_fraction < 0 or pre.val_fraction + pre.test_fraction >= 1:
+            raise ConfigError("preprocess.val_fraction and test_fraction must be >= 0 and sum to less than 1")
+        if pre.workers < 1:
+            raise ConfigError(f"preprocess.workers must be >= 1, got {pre.workers}")
         for field in dataclasses.fields(self.pretrained):
             value = getattr(self.pretrained, field.name)
             if value is not None and not value.strip():

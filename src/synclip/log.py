@@ -36,6 +36,8 @@ def setup_logging(level: str = "INFO") -> None:
         fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format=fmt, force=True)
     logging.getLogger("synclip").setLevel(level)
+    for noisy in ("great_expectations", "pyscenedetect", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class RateColumn(ProgressColumn):

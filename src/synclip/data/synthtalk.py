@@ -50,8 +50,11 @@ DEFECTS = (
     "truncated",  # the file was cut short (an interrupted download)
     "not_a_video",  # the file is not a video at all
 )
+# English eSpeak voices whose output is the same in every process. The female variants f2, f3 and
+# f5 are not (their breath/echo settings read memory that differs between runs), so they are left out.
 VOICES = (
-    "en-us", "en", "en-us+f2", "en-us+f3", "en+f4", "en-us+m1", "en+m3", "en-us+m7", "en-gb-x-rp", "en-029",
+    "en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-us+m1", "en+m3", "en-us+m7",
+    "en-us+f1", "en+f4", "en-us+f4", "en-us+linda",
 )  # fmt: skip
 
 

@@ -54,7 +54,8 @@ class VideoWriter:
         if audio_rate is not None:
             layout = {1: "mono", 2: "stereo"}[audio_channels]
             self.audio = self.container.add_stream("aac", rate=audio_rate, layout=layout)
-            self.audio.bit_rate = 128_000 * audio_channels
+            # AAC carries at most 6144 bits per channel per 1024-sample frame
+            self.audio.bit_rate = min(128_000, 6 * audio_rate) * audio_channels
         self.frames = 0
 
     def write_frame(self, rgb: np.ndarray) -> None:

@@ -1,0 +1,550 @@
+"""Raw talking-head videos -> aligned 25 fps face clips, a manifest and the rejects with reasons.
+
+Per source file: probe, check the audio, find shots (PySceneDetect), cut them into segments,
+then per segment detect faces and landmarks on every 25 fps frame, filter (exactly one face,
+face size, image quality, silence), align to the face template with smoothed similarity
+transforms and write the aligned clip with its 16 kHz mono audio. Nothing in the raw folder is
+ever modified. A bad file or segment becomes a row of `rejects.csv` and the run goes on.
+Finished sources are remembered in `<out>/.work/`, so a rerun (or a killed run) resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+import json
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from synclip.config import PreprocessParams, to_dict
+from synclip.constants import AUDIO_SAMPLE_RATE, VIDEO_FPS
+from synclip.face.align import apply, stable_points, track_transforms, warp_face
+from synclip.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker, find_small_faces
+from synclip.log import progress
+from synclip.media.decode import iter_frames, read_audio
+from synclip.media.io import VideoWriter
+from synclip.media.probe import MediaError, probe, require_video
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.parquet"
+REJECTS = "rejects.csv"
+CLIPS = "clips"
+WORK = ".work"
+SIDECAR_SCHEMA = "synthtalk-gt/1"
+NOT_MEDIA = {".json", ".txt", ".md", ".csv", ".dvc", ".yaml", ".yml", ".parquet", ".npz", ".png", ".jpg"}
+# MediaPipe indices of the lips (outer and inner contours), kept per frame in the clip's .npz.
+LIPS = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
+)  # fmt: skip
+
+REASONS = {
+    "unreadable": "not a readable media file",
+    "no_video": "no video stream",
+    "no_audio": "no audio stream",
+    "truncated": "the file ends before its declared length",
+    "silent_audio": "the audio is silent",
+    "too_short": "shot shorter than the minimum segment",
+    "no_face": "too many frames without a face",
+    "face_too_small": "the face is smaller than the minimum size",
+    "several_faces": "more than one face",
+    "low_quality": "image quality below the threshold",
+}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames [first, last) of a source on the 25 fps grid."""
+
+    index: int
+    first: int
+    last: int
+
+    @property
+    def start(self) -> float:
+        return self.first / VIDEO_FPS
+
+    @property
+    def end(self) -> float:
+        return self.last / VIDEO_FPS
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def list_sources(raw_dir: Path) -> list[Path]:
+    """Every file under `raw_dir` that could be a video (sidecars, manifests and hidden files excluded)."""
+    return sorted(
+        p
+        for p in raw_dir.rglob("*")
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(raw_dir).parts)
+        and p.suffix.lower() not in NOT_MEDIA
+    )
+
+
+def segments_of(cuts: list[int], frames: int, min_seconds: float, max_seconds: float) -> tuple[list[Segment], list[Segment]]:
+    """(kept, too short): the shots between `cuts` (25 fps frame indices), cut into equal segments."""
+    kept, short = [], []
+    index = 0
+    bounds = [0, *sorted(c for c in cuts if 0 < c < frames), frames]
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        length = last - first
+        if length < min_seconds * VIDEO_FPS:
+            short.append(Segment(index, first, last))
+            index += 1
+            continue
+        pieces = int(np.ceil(length / (max_seconds * VIDEO_FPS)))
+        edges = np.linspace(first, last, pieces + 1).round().astype(int)
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            kept.append(Segment(index, int(a), int(b)))
+            index += 1
+    return kept, short
+
+
+def shot_cuts(index: int, frame: np.ndarray, detector) -> list[int]:
+    """Feed frame `index` (RGB) to a PySceneDetect ContentDetector; returns the frame indices it cuts at."""
+    from scenedetect.common import FrameTimecode
+
+    cuts = detector.process_frame(FrameTimecode(index, fps=Fraction(VIDEO_FPS)), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    return [cut.frame_num for cut in cuts]
+
+
+def ground_truth(path: Path) -> dict | None:
+    """The SynthTalk sidecar of a source, when there is one."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        data = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SIDECAR_SCHEMA else None
+
+
+def split_of(source_key: str, val_fraction: float, test_fraction: float) -> str:
+    """A stable split for a source without ground truth: every segment of a source lands together."""
+    bucket = int(hashlib.sha256(source_key.encode()).hexdigest()[:8], 16) / 16**8
+    if bucket < test_fraction:
+        return "test"
+    if bucket < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+# --- one source --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str
+    key: str  # the source's path relative to the raw folder
+    out_dir: str
+    params: PreprocessParams
+    model_path: str
+
+
+def _reject(job: Job, reason: str, detail: str, segment: Segment | None = None) -> dict:
+    return {
+        "source": job.key,
+        "segment": -1 if segment is None else segment.index,
+        "start": np.nan if segment is None else segment.start,
+        "end": np.nan if segment is None else segment.end,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+@dataclass
+class Track:
+    """What the detection pass saw on every 25 fps frame of a source."""
+
+    counts: np.ndarray  # (F,) faces found
+    widths: np.ndarray  # (F,) width of the largest face, NaN without one
+    stable: np.ndarray  # (F, 4, 2) stable points of the only face, NaN unless exactly one
+    lips: np.ndarray  # (F, L, 2) lip points of the only face
+    cuts: list[int]
+
+
+def detect_pass(path: Path, params: PreprocessParams, model_path: str) -> Track:
+    """One decode of the whole source: shot cuts (PySceneDetect) and landmarks (MediaPipe) per frame."""
+    from scenedetect import ContentDetector
+
+    detector = ContentDetector(threshold=params.shot_threshold)
+    counts, widths, stable, lips, cuts = [], [], [], [], []
+    with FaceLandmarker(model_path, max_faces=3, fps=VIDEO_FPS) as landmarker:
+        for index, frame in enumerate(iter_frames(path)):
+            cuts += shot_cuts(index, frame, detector)
+            faces = landmarker.detect(frame, index)
+            counts.append(len(faces))
+            widths.append(faces[0].width if faces else np.nan)
+            single = len(faces) == 1
+            stable.append(stable_points(faces[0]) if single else np.full((4, 2), np.nan))
+            lips.append(faces[0].points[list(LIPS)] if single else np.full((len(LIPS), 2), np.nan))
+    return Track(np.array(counts, int), np.array(widths), np.array(stable), np.array(lips), cuts)
+
+
+def process_source(job: Job) -> tuple[list[dict], list[dict]]:
+    """Manifest rows and reject rows for one source file."""
+    path = Path(job.path)
+    params = job.params
+    try:
+        info = probe(path)
+        require_video(info)
+    except MediaError as error:
+        reason = "no_video" if "no video stream" in str(error) else "unreadable"
+        return [], [_reject(job, reason, str(error))]
+    if info.audio is None:
+        return [], [_reject(job, "no_audio", f"{job.key}: no audio stream")]
+    try:
+        audio = read_audio(path)
+        peak = _dbfs(np.abs(audio).max(initial=0.0))
+        if peak < params.min_audio_dbfs:
+            return [], [_reject(job, "silent_audio", f"audio peak {peak:.1f} dBFS < {params.min_audio_dbfs} dBFS")]
+        track = detect_pass(path, params, job.model_path)
+    except MediaError as error:
+        return [], [_reject(job, "truncated" if "truncated" in str(error) else "unreadable", str(error))]
+
+    gt = ground_truth(path)
+    segments, short = segments_of(track.cuts, len(track.counts), params.min_segment_seconds, params.max_segment_seconds)
+    rows: list[dict] = []
+    rejects = [_reject(job, "too_short", f"{s.end - s.start:.2f} s shot", s) for s in short]
+    for segment in segments:
+        try:
+            row, reject = _process_segment(job, segment, audio, track, gt)
+        except MediaError as error:  # a file that breaks while writing is dropped whole
+            return [], [_reject(job, "truncated" if "truncated" in str(error) else "unreadable", str(error))]
+        if reject is not None:
+            rejects.append(reject)
+        else:
+            rows.append(row)
+    return rows, rejects
+
+
+def _process_segment(
+    job: Job, segment: Segment, audio: np.ndarray, track: Track, gt: dict | None
+) -> tuple[dict | None, dict | None]:
+    params = job.params
+    path = Path(job.path)
+    resolution = params.resolution
+    part = slice(segment.first, segment.last)
+    counts = track.counts[part]
+    frames = len(counts)
+    one = float(np.mean(counts == 1))
+    if one < params.min_one_face_fraction:
+        none, many = float(np.mean(counts == 0)), float(np.mean(counts >= 2))
+        if many >= none:
+            return None, _reject(job, "several_faces", f"2+ faces in {many:.0%} of {frames} frames", segment)
+        faceless = [i for i, count in enumerate(counts) if count == 0]
+        small = _small_face_width(path, segment, job.model_path, faceless[:: max(1, len(faceless) // 3)][:3])
+        if small is not None and small < params.min_face_px:
+            detail = f"a {small:.0f} px face, found only by zooming (minimum {params.min_face_px:.0f} px)"
+            return None, _reject(job, "face_too_small", detail, segment)
+        return None, _reject(job, "no_face", f"no face in {none:.0%} of {frames} frames", segment)
+    widths = track.widths[part]
+    face_width = float(np.nanmedian(widths))
+    if face_width < params.min_face_px:
+        detail = f"median face width {face_width:.0f} px < {params.min_face_px:.0f} px"
+        return None, _reject(job, "face_too_small", detail, segment)
+
+    per_frame = AUDIO_SAMPLE_RATE // VIDEO_FPS
+    clip_audio = audio[segment.first * per_frame : segment.last * per_frame]
+    clip_audio = np.pad(clip_audio, (0, frames * per_frame - len(clip_audio)))
+    segment_peak = _dbfs(np.abs(clip_audio).max(initial=0.0))
+    if segment_peak < params.min_audio_dbfs:
+        return None, _reject(job, "silent_audio", f"segment audio peak {segment_peak:.1f} dBFS", segment)
+
+    matrices = track_transforms(track.stable[part], resolution, params.smoothing_frames)
+    clip_id = _clip_id(job.key, segment.index)
+    clips_dir = Path(job.out_dir) / CLIPS
+    samples = []
+    with VideoWriter(
+        clips_dir / f"{clip_id}.mp4", resolution, resolution, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE,
+        crf=params.crf, threads=1,
+    ) as writer:  # fmt: skip
+        for index, frame in enumerate(iter_frames(path, start=segment.start, end=segment.end)):
+            crop = warp_face(frame, matrices[index], resolution)
+            writer.write_frame(crop)
+            writer.write_audio(clip_audio[None, index * per_frame : (index + 1) * per_frame])
+            if index in (0, frames // 2, frames - 1):
+                samples.append(crop)
+        if writer.frames != frames:
+            raise MediaError(f"{path}: truncated: {writer.frames} of {frames} frames decoded for segment {segment.index}")
+    quality = _piqe(samples)
+    if quality > params.max_piqe:
+        (clips_dir / f"{clip_id}.mp4").unlink()
+        return None, _reject(job, "low_quality", f"PIQE {quality:.1f} > {params.max_piqe}", segment)
+
+    lips = np.stack([apply(m, p) for m, p in zip(matrices, track.lips[part], strict=True)])
+    aligned_stable = np.stack([apply(m, p) for m, p in zip(matrices, track.stable[part], strict=True)])
+    np.savez_compressed(
+        clips_dir / f"{clip_id}.npz",
+        matrices=matrices.astype(np.float32),
+        lips=lips.astype(np.float16),
+        face_found=counts == 1,
+    )
+    identity, split, offset = _identity(job, segment, gt)
+    corners = lips[:, [LIPS.index(MOUTH_LEFT), LIPS.index(MOUTH_RIGHT)]]
+    return {
+        "clip": clip_id,
+        "source": job.key,
+        "segment": segment.index,
+        "start": segment.start,
+        "end": segment.end,
+        "fps": VIDEO_FPS,
+        "frames": frames,
+        "resolution": resolution,
+        "face_width_px": face_width,
+        "face_width_min_px": float(np.nanmin(widths)),
+        "one_face_fraction": one,
+        "eye_jitter_px": _jitter(aligned_stable[:, :2]),
+        "mouth_jitter_px": _jitter(corners),
+        "quality_piqe": quality,
+        "audio_peak_dbfs": segment_peak,
+        "identity": identity,
+        "split": split,
+        "gt_av_offset": offset,
+    }, None
+
+
+def align_video(path: str | Path, out: str | Path, params: PreprocessParams, model_path: str | Path) -> dict:
+    """Write the aligned face crop of a whole video (25 fps, 16 kHz mono audio) for inspection.
+
+    Frames without a face reuse the nearest face's alignment. Returns a small summary.
+    """
+    path, out = Path(path), Path(out)
+    info = probe(path)
+    require_video(info)
+    track = detect_pass(path, params, str(model_path))
+    if not (track.counts == 1).any():
+        raise MediaError(f"{path}: no frame shows exactly one face; nothing to align to")
+    matrices = track_transforms(track.stable, params.resolution, params.smoothing_frames)
+    audio = read_audio(path) if info.audio else None
+    per_frame = AUDIO_SAMPLE_RATE // VIDEO_FPS
+    with VideoWriter(out, params.resolution, params.resolution, VIDEO_FPS, crf=params.crf,
+                     audio_rate=AUDIO_SAMPLE_RATE if audio is not None else None) as writer:  # fmt: skip
+        for index, frame in enumerate(iter_frames(path)):
+            writer.write_frame(warp_face(frame, matrices[index], params.resolution))
+            if audio is not None:
+                chunk = audio[index * per_frame : (index + 1) * per_frame]
+                writer.write_audio(np.pad(chunk, (0, per_frame - len(chunk)))[None])
+    lips = np.stack([apply(m, p) for m, p in zip(matrices, track.lips, strict=True)])
+    corners = lips[:, [LIPS.index(MOUTH_LEFT), LIPS.index(MOUTH_RIGHT)]]
+    return {
+        "frames": int(len(track.counts)),
+        "frames_with_one_face": int((track.counts == 1).sum()),
+        "shot_cuts": track.cuts,
+        "mouth_jitter_px": _jitter(corners),
+    }
+
+
+def _clip_id(key: str, index: int) -> str:
+    stem = Path(key).with_suffix("").as_posix().replace("/", "__")
+    return f"{stem}_s{index:02d}"
+
+
+def _identity(job: Job, segment: Segment, gt: dict | None) -> tuple[str, str, float]:
+    if gt is None:
+        return (
+            Path(job.key).with_suffix("").as_posix(),
+            split_of(job.key, job.params.val_fraction, job.params.test_fraction),
+            np.nan,
+        )
+    fps = float(Fraction(gt["video"]["fps"]))
+    frame = segment.start * fps
+    identity = gt["identity"]
+    for shot in gt.get("shots", []):
+        if shot["start_frame"] <= frame + 0.5:
+            identity = shot["identity"]
+    return identity, gt["split"], float(gt.get("av_offset_frames", 0))
+
+
+def _small_face_width(path: Path, segment: Segment, model_path: str, wanted: list[int]) -> float | None:
+    """Width of a face the detector missed at full view, searched by zooming into frames `wanted`."""
+    if not wanted:
+        return None
+    with FaceLandmarker(model_path, max_faces=2, video=False) as landmarker:
+        for index, frame in enumerate(iter_frames(path, start=segment.start, end=segment.end)):
+            if index > max(wanted):
+                break
+            if index in wanted:
+                faces = find_small_faces(landmarker, frame)
+                if faces:
+                    return faces[0].width
+    return None
+
+
+def _jitter(track: np.ndarray) -> float:
+    """Median frame-to-frame wobble of points (F, K, 2): |x_t − (x_{t−1} + x_{t+1})/2| in pixels."""
+    if len(track) < 3:
+        return 0.0
+    wobble = track[1:-1] - 0.5 * (track[:-2] + track[2:])
+    return float(np.nanmedian(np.linalg.norm(wobble.astype(np.float64), axis=-1)))
+
+
+def _dbfs(peak: float) -> float:
+    return float(20 * np.log10(peak)) if peak > 0 else -np.inf
+
+
+_PIQE = None
+
+
+def _piqe(crops: list[np.ndarray]) -> float:
+    """Mean PIQE (pyiqa; works offline, lower is better) of a few aligned crops."""
+    global _PIQE
+    import torch
+
+    if _PIQE is None:
+        import pyiqa
+
+        _PIQE = pyiqa.create_metric("piqe", device="cpu")
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        return float(_PIQE(batch).mean())
+
+
+# --- the corpus --------------------------------------------------------------------------------
+
+
+def _work_key(path: Path, params: PreprocessParams, model_path: str) -> str:
+    stat = path.stat()
+    payload = json.dumps([to_dict(params), stat.st_size, stat.st_mtime_ns, Path(model_path).name], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
+    rows, rejects = process_source(job)
+    record = {"key": job_key(job), "rows": rows, "rejects": rejects}
+    work = Path(job.out_dir) / WORK / f"{_clip_id(job.key, 0)}.json"
+    tmp = work.with_suffix(".partial")
+    tmp.write_text(json.dumps(record, default=_json_default))
+    os.replace(tmp, work)
+    return job.key, rows, rejects
+
+
+def job_key(job: Job) -> str:
+    return _work_key(Path(job.path), job.params, job.model_path)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _cached(job: Job) -> tuple[list[dict], list[dict]] | None:
+    work = Path(job.out_dir) / WORK / f"{_clip_id(job.key, 0)}.json"
+    if not work.is_file():
+        return None
+    record = json.loads(work.read_text())
+    if record.get("key") != job_key(job):
+        return None
+    clips = Path(job.out_dir) / CLIPS
+    if not all((clips / f"{row['clip']}.mp4").is_file() for row in record["rows"]):
+        return None
+    return record["rows"], record["rejects"]
+
+
+def preprocess_corpus(
+    raw_dir: str | Path, out_dir: str | Path, params: PreprocessParams, model_path: str | Path, workers: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Process every source under `raw_dir` into `out_dir`; returns (manifest, rejects).
+
+    Writes `clips/`, `manifest.parquet` and `rejects.csv`; removes clips that no longer belong to
+    the manifest (from an earlier run with other parameters).
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    sources = list_sources(raw_dir)
+    (out_dir / CLIPS).mkdir(parents=True, exist_ok=True)
+    (out_dir / WORK).mkdir(parents=True, exist_ok=True)
+    jobs = [Job(str(p), p.relative_to(raw_dir).as_posix(), str(out_dir), params, str(model_path)) for p in sources]
+    results: dict[str, tuple[list[dict], list[dict]]] = {}
+    todo = []
+    for job in jobs:
+        cached = _cached(job)
+        if cached is None:
+            todo.append(job)
+        else:
+            results[job.key] = cached
+    workers = workers or params.workers
+    log.info("preprocess: %d sources (%d to process, %d cached), %d worker(s)", len(jobs), len(todo), len(results), workers)
+    with progress("sources") as bar:
+        task = bar.add_task("preprocess", total=len(todo))
+        if workers == 1:
+            outcomes = map(_run_job, todo)
+            for key, rows, rejects in outcomes:
+                results[key] = (rows, rejects)
+                bar.advance(task)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for key, rows, rejects in pool.imap_unordered(_run_job, todo):
+                    results[key] = (rows, rejects)
+                    bar.advance(task)
+    rows = [row for job in jobs for row in results[job.key][0]]
+    rejects = [reject for job in jobs for reject in results[job.key][1]]
+    manifest = pd.DataFrame(rows, columns=_MANIFEST_COLUMNS)
+    manifest["gt_av_offset"] = manifest["gt_av_offset"].astype("float64")
+    rejected = pd.DataFrame(rejects, columns=["source", "segment", "start", "end", "reason", "detail"])
+    _prune(out_dir, set(manifest["clip"]))
+    manifest.to_parquet(out_dir / MANIFEST, index=False)
+    rejected.to_csv(out_dir / REJECTS, index=False)
+    return manifest, rejected
+
+
+_MANIFEST_COLUMNS = [
+    "clip", "source", "segment", "start", "end", "fps", "frames", "resolution", "face_width_px", "face_width_min_px",
+    "one_face_fraction", "eye_jitter_px", "mouth_jitter_px", "quality_piqe", "audio_peak_dbfs", "identity", "split",
+    "gt_av_offset",
+]  # fmt: skip
+
+
+def _prune(out_dir: Path, keep: set[str]) -> None:
+    for path in (out_dir / CLIPS).iterdir():
+        if path.stem not in keep or path.name.startswith("."):
+            path.unlink()
+
+
+def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd.DataFrame) -> dict:
+    """How the rejects compare with SynthTalk's defect labels (sources without a sidecar are skipped).
+
+    A source counts as rejected when none of its segments made it into the manifest. Expected:
+    every clip whose defect makes it unusable is rejected with the matching reason; clean clips,
+    shifted-audio clips (the sync stage corrects them) and shot cuts (split at the cut) are kept.
+    """
+    expected = {
+        "no_face": "no_face", "two_faces": "several_faces", "tiny_face": "face_too_small",
+        "silent_audio": "silent_audio", "no_audio": "no_audio", "truncated": "truncated",
+        "not_a_video": "unreadable",
+    }  # fmt: skip
+    raw_dir = Path(raw_dir)
+    kept_sources = set(manifest["source"])
+    per_kind: dict[str, dict[str, int]] = {}
+    true_positive = false_positive = false_negative = 0
+    for path in list_sources(raw_dir):
+        gt = ground_truth(path)
+        if gt is None:
+            continue
+        key = path.relative_to(raw_dir).as_posix()
+        kind = (gt["defect"] or {}).get("kind", "clean")
+        reasons = set(rejects.loc[rejects["source"] == key, "reason"])
+        rejected = key not in kept_sources
+        stats = per_kind.setdefault(kind, {"clips": 0, "rejected": 0, "right_reason": 0})
+        stats["clips"] += 1
+        stats["rejected"] += int(rejected)
+        should_reject = kind in expected
+        if should_reject:
+            stats["right_reason"] += int(expected[kind] in reasons)
+        true_positive += int(rejected and should_reject and expected[kind] in reasons)
+        false_positive += int(rejected and not should_reject)
+        false_negative += int(should_reject and not (rejected and expected[kind] in reasons))
+    precision = true_positive / max(true_positive + false_positive, 1)
+    recall = true_positive / max(true_positive + false_negative, 1)
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "per_defect": per_kind}

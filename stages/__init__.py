@@ -1,0 +1,1 @@
+"""DVC stage entry points: parse paths, load params, call one library function, write outputs."""

@@ -1,0 +1,191 @@
+"""The preprocess and validate stages on SynthTalk and on broken inputs, run as DVC runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synclip.config import load_params
+from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose, background
+from synclip.data.preprocess import (
+    REASONS,
+    ground_truth_report,
+    preprocess_corpus,
+    segments_of,
+)
+from synclip.media.decode import iter_frames
+from synclip.media.io import VideoWriter
+from synclip.quality.expectations import validate_manifest
+
+pytestmark = pytest.mark.pretrained
+
+
+@pytest.fixture(scope="module")
+def params(root):
+    return load_params(root / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def processed(corpus, params, pretrained_dir, tmp_path_factory):
+    raw, _, _ = corpus
+    out = tmp_path_factory.mktemp("processed")
+    manifest, rejects = preprocess_corpus(
+        raw, out, params.preprocess, pretrained_dir / "face_landmarker.task"
+    )
+    return out, manifest, rejects
+
+
+def test_segments_follow_shots_and_length_limits():
+    kept, short = segments_of([61, 100], 400, min_seconds=2.0, max_seconds=6.0)
+    assert [(s.first, s.last) for s in kept] == [(0, 61), (100, 250), (250, 400)]
+    assert [(s.first, s.last) for s in short] == [(61, 100)]
+    assert all(s.last - s.first <= 150 for s in kept)
+
+
+def test_every_unusable_clip_is_rejected_for_its_own_reason(corpus, processed):
+    raw, _, gts = corpus
+    _, manifest, rejects = processed
+    report = ground_truth_report(raw, rejects, manifest)
+    assert report["precision"] == 1.0, report
+    assert report["recall"] == 1.0, report
+    assert set(rejects["reason"]) <= set(REASONS)
+    kept = set(manifest["source"])
+    for gt in gts.values():
+        kind = (gt["defect"] or {}).get("kind")
+        if kind in (None, "av_shift", "shot_cut"):
+            assert gt["file"] in kept, (
+                gt["clip"],
+                rejects[rejects["source"] == gt["file"]].to_dict("records"),
+            )
+
+
+def test_a_shot_cut_splits_the_source_at_the_cut(corpus, processed):
+    _, _, gts = corpus
+    _, manifest, rejects = processed
+    (gt,) = [g for g in gts.values() if (g["defect"] or {}).get("kind") == "shot_cut"]
+    kept = manifest[manifest["source"] == gt["file"]]
+    short = rejects[(rejects["source"] == gt["file"]) & (rejects["reason"] == "too_short")]
+    pieces = sorted(
+        [
+            *zip(kept["start"], kept["end"], kept["identity"], strict=False),
+            *zip(short["start"], short["end"], [None] * len(short), strict=False),
+        ]
+    )
+    # two pieces, split at the cut; a piece shorter than min_segment_seconds is rejected as too_short
+    assert len(pieces) == 2
+    assert len(kept) >= 1
+    assert abs(pieces[0][1] - gt["defect"]["cut_time"]) <= 0.04 + 1e-9
+    expected = {pieces[0][0]: gt["identity"], pieces[1][0]: gt["defect"]["partner"]}
+    assert all(identity == expected[start] for start, _, identity in pieces if identity is not None)
+
+
+def test_clips_are_aligned_25_fps_with_16k_audio_and_the_manifest_is_complete(processed, params):
+    out, manifest, _ = processed
+    assert manifest.notna().drop(columns=["gt_av_offset"]).all().all()
+    for row in manifest.itertuples():
+        frames = list(iter_frames(out / "clips" / f"{row.clip}.mp4"))
+        assert len(frames) == row.frames
+        assert frames[0].shape == (params.preprocess.resolution,) * 2 + (3,)
+        npz = np.load(out / "clips" / f"{row.clip}.npz")
+        assert npz["matrices"].shape == (row.frames, 2, 3)
+        assert row.mouth_jitter_px < 1.0
+        assert row.eye_jitter_px < 1.0
+    assert set(manifest["split"]) <= {"train", "val", "test"}
+    assert manifest.groupby("identity")["split"].nunique().max() == 1
+
+
+def test_a_still_head_aligns_to_under_a_pixel(tmp_path, params, pretrained_dir):
+    """A talking-free still face: the aligned mouth corners must not wander (128×128 crops)."""
+    from synclip.data.preprocess import detect_pass
+    from synclip.face.align import apply, track_transforms
+    from synclip.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT
+
+    identity = Identity.sample("still", np.random.default_rng(5))
+    renderer = FaceRenderer(identity)
+    backdrop = background(identity, 640, 480, np.random.default_rng(6))
+    path = tmp_path / "still.mp4"
+    with VideoWriter(path, 640, 480, 25, crf=16) as writer:
+        for _ in range(75):
+            image = backdrop.copy()
+            renderer.draw(image, Pose(320, 220, 100, 0.05), MouthState(0.0, 0.45, 0.1, 0.0, 0.7), 1.0)
+            writer.write_frame(image)
+    track = detect_pass(path, params.preprocess, str(pretrained_dir / "face_landmarker.task"))
+    matrices = track_transforms(track.stable, 128, params.preprocess.smoothing_frames)
+    from synclip.data.preprocess import LIPS
+
+    corners = np.stack([apply(m, p) for m, p in zip(matrices, track.lips, strict=True)])[
+        :, [LIPS.index(MOUTH_LEFT), LIPS.index(MOUTH_RIGHT)]
+    ]
+    spread = np.linalg.norm(corners - corners.mean(axis=0), axis=-1).max()
+    assert spread < 1.0, spread
+
+
+def test_broken_inputs_are_rejected_and_the_stage_still_succeeds(tmp_path, corpus, root, pretrained_dir):
+    raw_src, _, gts = corpus
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    good = next(g for g in gts.values() if g["defect"] is None)
+    shutil.copy(raw_src / good["file"], raw / "good.mp4")
+    (raw / "empty.mp4").write_bytes(b"")
+    (raw / "corrupt.mp4").write_bytes((raw_src / good["file"]).read_bytes()[:2000] + b"\x00" * 5000)
+    import av
+
+    with av.open(str(raw / "speech.m4a"), "w") as container:  # an audio-only file
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 16000), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    (raw / "notes").mkdir()
+    (raw / "notes" / "clip.mov").write_bytes(b"not a movie")
+    before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    out, metrics = tmp_path / "processed", tmp_path / "metrics.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.preprocess", "--raw", str(raw), "--out", str(out), "--metrics", str(metrics),
+         "--params", str(root / "params.yaml")],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rejects = pd.read_csv(out / "rejects.csv")
+    reasons = dict(zip(rejects["source"], rejects["reason"], strict=True))
+    assert reasons == {
+        "empty.mp4": "unreadable",
+        "corrupt.mp4": "unreadable",
+        "speech.m4a": "no_video",
+        "notes/clip.mov": "unreadable",
+    }
+    assert list(pd.read_parquet(out / "manifest.parquet")["source"]) == ["good.mp4"]
+    assert json.loads(metrics.read_text())["clips"] == 1
+    assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before  # raw data untouched
+
+
+def test_a_rerun_resumes_without_redoing_finished_sources(corpus, processed, params, pretrained_dir):
+    raw, _, _ = corpus
+    out, manifest, _ = processed
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "clips").iterdir()}
+    again, _ = preprocess_corpus(raw, out, params.preprocess, pretrained_dir / "face_landmarker.task")
+    pd.testing.assert_frame_equal(again, manifest)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "clips").iterdir()} == stamps
+
+
+def test_the_quality_gate_passes_good_data_and_names_what_is_wrong(processed, params):
+    _, manifest, _ = processed
+    gate = dataclasses.replace(params.data_quality, min_clips=3)
+    assert validate_manifest(manifest, params.preprocess, gate).success
+    bad = manifest.copy()
+    bad.loc[0, "fps"] = 30
+    bad.loc[1, "split"] = "train" if bad.loc[0, "split"] != "train" else "test"
+    bad.loc[1, "identity"] = bad.loc[0, "identity"]
+    outcome = validate_manifest(bad, params.preprocess, gate)
+    assert not outcome.success
+    failed = {(r["table"], r["expectation"], r["column"]) for r in outcome.failures()}
+    assert ("clips", "expect_column_values_to_be_in_set", "fps") in failed
+    assert ("identities", "expect_column_values_to_be_in_set", "splits") in failed
+    assert "fps" in outcome.summary()
