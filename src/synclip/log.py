@@ -34,10 +34,11 @@ def setup_logging(level: str = "INFO") -> None:
     else:  # CI logs and files: one plain line per record, never wrapped
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    # other libraries (Great Expectations, PySceneDetect …) set their own loggers to INFO when
+    # imported; only synclip's records below WARNING are shown
+    handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith("synclip"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format=fmt, force=True)
     logging.getLogger("synclip").setLevel(level)
-    for noisy in ("great_expectations", "pyscenedetect", "numba"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class RateColumn(ProgressColumn):

@@ -216,7 +216,7 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
     gt = ground_truth(path)
     segments, short = segments_of(track.cuts, len(track.counts), params.min_segment_seconds, params.max_segment_seconds)
     rows: list[dict] = []
-    rejects = [_reject(job, "too_short", f"{s.end - s.start:.2f} s shot", s) for s in short]
+    rejects = [_short_reject(job, s, track) for s in short]
     for segment in segments:
         try:
             row, reject = _process_segment(job, segment, audio, track, gt)
@@ -227,6 +227,17 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
         else:
             rows.append(row)
     return rows, rejects
+
+
+def _short_reject(job: Job, segment: Segment, track: Track) -> dict:
+    """A shot too short to use; when it also lacks a single face, that is the more telling reason."""
+    counts = track.counts[segment.first : segment.last]
+    if np.mean(counts == 1) < job.params.min_one_face_fraction:
+        none, many = float(np.mean(counts == 0)), float(np.mean(counts >= 2))
+        if many >= none:
+            return _reject(job, "several_faces", f"2+ faces in {many:.0%} of a {len(counts)}-frame shot", segment)
+        return _reject(job, "no_face", f"no face in {none:.0%} of a {len(counts)}-frame shot", segment)
+    return _reject(job, "too_short", f"{segment.end - segment.start:.2f} s shot", segment)
 
 
 def _process_segment(
@@ -414,10 +425,28 @@ def _piqe(crops: list[np.ndarray]) -> float:
 # --- the corpus --------------------------------------------------------------------------------
 
 
+def _code_digest() -> str:
+    """A digest of the code that shapes the outputs, so a code change invalidates remembered work."""
+    package = Path(__file__).resolve().parents[1]
+    files = [Path(__file__).resolve(), *sorted((package / "face").glob("*.py")), *sorted((package / "media").glob("*.py"))]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
 def _work_key(path: Path, params: PreprocessParams, model_path: str) -> str:
+    """Same source file, params, model and code: the remembered result is still valid."""
     stat = path.stat()
-    payload = json.dumps([to_dict(params), stat.st_size, stat.st_mtime_ns, Path(model_path).name], sort_keys=True)
+    payload = json.dumps(
+        [to_dict(params), stat.st_size, stat.st_mtime_ns, sha_of_model(model_path), _code_digest()], sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def sha_of_model(model_path: str) -> str:
+    stat = Path(model_path).stat()
+    return f"{Path(model_path).name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
@@ -513,11 +542,12 @@ def _prune(out_dir: Path, keep: set[str]) -> None:
 
 
 def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd.DataFrame) -> dict:
-    """How the rejects compare with SynthTalk's defect labels (sources without a sidecar are skipped).
+    """How the preprocessing outcome compares with SynthTalk's defect labels (other sources are skipped).
 
     A source counts as rejected when none of its segments made it into the manifest. Expected:
-    every clip whose defect makes it unusable is rejected with the matching reason; clean clips,
-    shifted-audio clips (the sync stage corrects them) and shot cuts (split at the cut) are kept.
+    every clip whose defect makes it unusable is rejected with the matching reason; clean clips and
+    shifted-audio clips (the sync stage corrects them) are kept. Shot cuts are judged apart: the
+    source must be split within one frame of the cut (pieces may still be too short to keep).
     """
     expected = {
         "no_face": "no_face", "two_faces": "several_faces", "tiny_face": "face_too_small",
@@ -528,6 +558,7 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
     kept_sources = set(manifest["source"])
     per_kind: dict[str, dict[str, int]] = {}
     true_positive = false_positive = false_negative = 0
+    cuts_found = cuts = 0
     for path in list_sources(raw_dir):
         gt = ground_truth(path)
         if gt is None:
@@ -539,12 +570,22 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
         stats = per_kind.setdefault(kind, {"clips": 0, "rejected": 0, "right_reason": 0})
         stats["clips"] += 1
         stats["rejected"] += int(rejected)
+        if kind == "shot_cut":
+            bounds = [*manifest.loc[manifest["source"] == key, "start"], *rejects.loc[rejects["source"] == key, "start"]]
+            found = any(abs(b - gt["defect"]["cut_time"]) <= 1 / VIDEO_FPS + 1e-6 for b in bounds if b > 0)
+            cuts += 1
+            cuts_found += int(found)
+            stats["right_reason"] += int(found)
+            continue
         should_reject = kind in expected
-        if should_reject:
-            stats["right_reason"] += int(expected[kind] in reasons)
-        true_positive += int(rejected and should_reject and expected[kind] in reasons)
+        right = should_reject and rejected and expected[kind] in reasons
+        stats["right_reason"] += int(right)
+        true_positive += int(right)
         false_positive += int(rejected and not should_reject)
-        false_negative += int(should_reject and not (rejected and expected[kind] in reasons))
-    precision = true_positive / max(true_positive + false_positive, 1)
-    recall = true_positive / max(true_positive + false_negative, 1)
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "per_defect": per_kind}
+        false_negative += int(should_reject and not right)
+    return {
+        "precision": round(true_positive / max(true_positive + false_positive, 1), 4),
+        "recall": round(true_positive / max(true_positive + false_negative, 1), 4),
+        "shot_cuts_split": f"{cuts_found}/{cuts}",
+        "per_defect": per_kind,
+    }

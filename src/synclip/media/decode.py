@@ -49,8 +49,11 @@ def iter_frames(
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            origin = Fraction(stream.start_time * stream.time_base) if stream.start_time is not None else Fraction(0)
+            origin = (
+                Fraction(stream.start_time * stream.time_base)
+                if stream.start_time is not None
+                else Fraction(0)
+            )
             if begin > 0:
                 container.seek(int((begin + origin) / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
@@ -70,7 +73,9 @@ def iter_frames(
             rate = stream.average_rate or stream.guessed_rate or Fraction(VIDEO_FPS)
             if held is None or stream_end - held_time > 2 / Fraction(rate) + Fraction(1, 10):
                 decoded = "no frame" if held is None else f"frames up to {float(held_time):.2f} s"
-                raise MediaError(f"{path}: truncated: decoded {decoded} of a {float(stream_end):.2f} s video stream")
+                raise MediaError(
+                    f"{path}: truncated: decoded {decoded} of a {float(stream_end):.2f} s video stream"
+                )
             stop = stream_end if stop_at is None else min(stop_at, stream_end)
             while held is not None and begin + (index + 1) * step <= stop:
                 yield _display(held, rotation, rotate)

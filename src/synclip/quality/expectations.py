@@ -63,8 +63,9 @@ def _suites(pre: PreprocessParams, gate: DataQualityParams):
             column="one_face_fraction", min_value=pre.min_one_face_fraction, max_value=1
         ),
         e.ExpectColumnValuesToBeBetween(column="quality_piqe", min_value=0, max_value=pre.max_piqe),
+        # decoded AAC resampled to 16 kHz overshoots full scale a little; beyond +3 dB is real clipping
         e.ExpectColumnValuesToBeBetween(
-            column="audio_peak_dbfs", min_value=pre.min_audio_dbfs, max_value=0.0
+            column="audio_peak_dbfs", min_value=pre.min_audio_dbfs, max_value=3.0
         ),
         e.ExpectColumnValuesToBeBetween(column="eye_jitter_px", min_value=0, max_value=gate.max_jitter_px),
         e.ExpectColumnValuesToBeBetween(column="mouth_jitter_px", min_value=0, max_value=gate.max_jitter_px),

@@ -1,0 +1,58 @@
+"""`dvc repro` of the real dvc.yaml in a fresh git + DVC repository, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.pretrained]
+
+
+def run(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_dvc_repro_runs_preprocess_and_validate_then_is_up_to_date(root, corpus, pretrained_dir, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", "params", "stages", "src"):
+        source = root / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / name)
+    (repo / "models").mkdir()
+    shutil.copytree(pretrained_dir, repo / "models" / "pretrained")
+    shutil.copytree(corpus[0], repo / "data" / "raw")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data_quality"]["min_clips"] = 3  # the test corpus is 13 short clips
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": str(repo / "src")}  # fmt: skip
+    dvc = str(Path(bin_dir) / "dvc")
+    run(["git", "init", "-q"], repo, env)
+    run([dvc, "init", "-q"], repo, env)
+    output = run([dvc, "repro"], repo, env)
+    assert "Running stage 'preprocess'" in output
+    assert "Running stage 'validate'" in output
+
+    metrics = json.loads((repo / "reports" / "preprocess" / "metrics.json").read_text())
+    assert metrics["ground_truth"]["precision"] == metrics["ground_truth"]["recall"] == 1.0
+    assert metrics["clips"] == len(pd.read_parquet(repo / "data" / "processed" / "manifest.parquet"))
+    report = json.loads((repo / "reports" / "data_quality" / "validation.json").read_text())
+    assert report["success"] is True
+    assert "all expectations met" in (repo / "reports" / "data_quality" / "index.html").read_text()
+
+    shown = run([dvc, "metrics", "show", "--json"], repo, env)
+    assert "ground_truth" in shown
+    again = run([dvc, "repro"], repo, env)
+    assert "Running stage" not in again  # nothing changed, nothing runs
