@@ -26,7 +26,9 @@ from synclip.media.probe import MediaError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--raw", type=Path, default=Path("data/raw"))
     parser.add_argument("--clips", type=int, default=6)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))

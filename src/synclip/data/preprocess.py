@@ -39,6 +39,7 @@ REJECTS = "rejects.csv"
 CLIPS = "clips"
 WORK = ".work"
 SIDECAR_SCHEMA = "synthtalk-gt/1"
+SHOT_DETECT_WIDTH = 256
 NOT_MEDIA = {".json", ".txt", ".md", ".csv", ".dvc", ".yaml", ".yml", ".parquet", ".npz", ".png", ".jpg"}
 # MediaPipe indices of the lips (outer and inner contours), kept per frame in the clip's .npz.
 LIPS = (
@@ -114,7 +115,10 @@ def shot_cuts(index: int, frame: np.ndarray, detector) -> list[int]:
     """Feed frame `index` (RGB) to a PySceneDetect ContentDetector; returns the frame indices it cuts at."""
     from scenedetect.common import FrameTimecode
 
-    cuts = detector.process_frame(FrameTimecode(index, fps=Fraction(VIDEO_FPS)), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    # PySceneDetect's own SceneManager scores frames downscaled to about 256 px wide; so do we
+    factor = min(1.0, SHOT_DETECT_WIDTH / frame.shape[1])
+    small = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) if factor < 1 else frame
+    cuts = detector.process_frame(FrameTimecode(index, fps=Fraction(VIDEO_FPS)), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     return [cut.frame_num for cut in cuts]
 
 
@@ -180,7 +184,7 @@ def detect_pass(path: Path, params: PreprocessParams, model_path: str) -> Track:
 
     detector = ContentDetector(threshold=params.shot_threshold)
     counts, widths, stable, lips, cuts = [], [], [], [], []
-    with FaceLandmarker(model_path, max_faces=3, fps=VIDEO_FPS) as landmarker:
+    with FaceLandmarker(model_path, max_faces=2, fps=VIDEO_FPS) as landmarker:
         for index, frame in enumerate(iter_frames(path)):
             cuts += shot_cuts(index, frame, detector)
             faces = landmarker.detect(frame, index)
