@@ -15,7 +15,14 @@ if [ ! -f data/raw/synthtalk.json ]; then
     "$VENV/bin/synclip" corpus synth --out data/raw
 fi
 printf '\n==> data/raw against data.dvc\n'
-"$VENV/bin/dvc" status data.dvc
+# record the corpus in the DVC cache; data.dvc changes only if the files differ from the recorded ones
+"$VENV/bin/dvc" commit --force --quiet data.dvc
+if git diff --quiet -- data.dvc; then
+    echo "data/raw is the corpus data.dvc records"
+else
+    echo "warning: data/raw differs from the corpus data.dvc records (other parameters or package versions?);"
+    echo "         data.dvc now describes the files on disk: 'git diff data.dvc' shows the change"
+fi
 
 printf '\n==> dvc repro\n'
 "$VENV/bin/dvc" repro
