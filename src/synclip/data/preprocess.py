@@ -10,6 +10,7 @@ Finished sources are remembered in `<out>/.work/`, so a rerun (or a killed run) 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from fractions import Fraction
 import json
@@ -31,6 +32,7 @@ from synclip.log import progress
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import MediaError, probe, require_video
+from synclip.pretrained.store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +431,7 @@ def _piqe(crops: list[np.ndarray]) -> float:
 # --- the corpus --------------------------------------------------------------------------------
 
 
+@functools.cache
 def _code_digest() -> str:
     """A digest of the code that shapes the outputs, so a code change invalidates remembered work."""
     package = Path(__file__).resolve().parents[1]
@@ -440,17 +443,25 @@ def _code_digest() -> str:
 
 
 def _work_key(path: Path, params: PreprocessParams, model_path: str) -> str:
-    """Same source file, params, model and code: the remembered result is still valid."""
-    stat = path.stat()
+    """Same source bytes, params, model and code: the remembered result is still valid.
+
+    Content hashes, not timestamps, so a fresh clone reproduces the same `.work` records (and
+    DVC sees the same output).
+    """
     payload = json.dumps(
-        [to_dict(params), stat.st_size, stat.st_mtime_ns, sha_of_model(model_path), _code_digest()], sort_keys=True
+        [to_dict(params), _file_digest(Path(path)), _file_digest(Path(model_path)), _code_digest()], sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def sha_of_model(model_path: str) -> str:
-    stat = Path(model_path).stat()
-    return f"{Path(model_path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime only key the cache
+    return sha256_file(Path(path))
 
 
 def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
