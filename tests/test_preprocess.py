@@ -74,8 +74,8 @@ def test_a_shot_cut_splits_the_source_at_the_cut(corpus, processed):
     short = rejects[(rejects["source"] == gt["file"]) & (rejects["reason"] == "too_short")]
     pieces = sorted(
         [
-            *zip(kept["start"], kept["end"], kept["identity"], strict=False),
-            *zip(short["start"], short["end"], [None] * len(short), strict=False),
+            *zip(kept["start"], kept["end"], kept["identity"], strict=True),
+            *zip(short["start"], short["end"], [None] * len(short), strict=True),
         ]
     )
     # two pieces, split at the cut; a piece shorter than min_segment_seconds is rejected as too_short

@@ -410,7 +410,7 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
             **{name: [round(float(v), 4) for v in mouth[:, k]] for k, name in enumerate(MOUTH_PARAMS)},
             "keypoints": keypoints,
         },
-        "mouth_25fps": _track_25fps(segs, duration, main.articulation, frames / float(fps)),
+        "mouth_25fps": _track_25fps(segs, main.articulation, frames / float(fps)),
     }
     _write_atomic(out_dir / f"{plan.name}.json", json.dumps(gt, sort_keys=True).encode())
     return {
@@ -425,7 +425,7 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
     }
 
 
-def _track_25fps(segs, duration: float, articulation: float, video_seconds: float) -> dict[str, list[float]]:
+def _track_25fps(segs, articulation: float, video_seconds: float) -> dict[str, list[float]]:
     """Mouth parameters at 25 fps on the video clock, the rate every processed clip uses."""
     count = int(np.floor(video_seconds * VIDEO_FPS))
     track = mouth_track(segs, (np.arange(count) + 0.5) / VIDEO_FPS, articulation)
