@@ -148,3 +148,9 @@ def test_cli_prints_the_resolved_params(params_file):
     import json
 
     assert json.loads(result.stdout)["runtime"]["threads"] == 2
+
+
+def test_exponent_notation_is_a_number_even_without_a_dot(params_file):
+    assert load_params(params_file, ["syncnet.lr=1e-3"]).syncnet.lr == 0.001
+    with pytest.raises(ConfigError, match=r"'syncnet\.lr' must be a number, got str 'fast'"):
+        load_params(params_file, ["syncnet.lr=fast"])

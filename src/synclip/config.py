@@ -116,6 +116,40 @@ class DataQualityParams:
 
 
 @dataclass(frozen=True)
+class TowerParams:
+    block_out_channels: tuple[int, ...]
+    downsample_factors: tuple[int | tuple[int, int], ...]  # per stage: 1, 2 or [h, w]
+    attn_blocks: tuple[int, ...]  # per stage: 1 = a self-attention block after it
+    norm_num_groups: int
+
+
+@dataclass(frozen=True)
+class SyncNetParams:
+    """The lip-sync expert: geometry, training (`train_syncnet`) and filtering (`sync_filter`)."""
+
+    source: Literal["trained", "pretrained"]  # pretrained: load pretrained.latentsync_syncnet instead
+    num_frames: int  # frames per window
+    image_size: tuple[int, int]  # (H, W) the lower half of the aligned face is resized to
+    subtract_window_mean: bool  # visual tower sees frames minus the window's mean frame (synclip option)
+    visual: TowerParams
+    audio: TowerParams
+    batch_size: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    max_steps: int
+    val_every: int
+    val_pairs: int  # balanced pairs from held-out identities, fixed across evaluations
+    checkpoint_every: int
+    small_offset_fraction: float  # share of negatives shifted by only 1–3 frames
+    contrastive_weight: float  # auxiliary in-batch InfoNCE term (0 = LatentSync's BCE-only recipe)
+    contrastive_temperature: float
+    max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
+    min_confidence: float  # sync_filter: clips scoring below are dropped
+    max_abs_offset: int  # sync_filter: clips further off are dropped; the rest are corrected
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. Later stages add their sections here."""
 
@@ -126,6 +160,7 @@ class Params:
     corpus: CorpusParams
     preprocess: PreprocessParams
     data_quality: DataQualityParams
+    syncnet: SyncNetParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -180,6 +215,26 @@ class Params:
             raise ConfigError("preprocess.val_fraction and test_fraction must be >= 0 and sum to less than 1")
         if pre.workers < 1:
             raise ConfigError(f"preprocess.workers must be >= 1, got {pre.workers}")
+        sync = self.syncnet
+        for name in ("visual", "audio"):
+            tower = getattr(sync, name)
+            stages = len(tower.block_out_channels)
+            if not stages == len(tower.downsample_factors) == len(tower.attn_blocks):
+                raise ConfigError(
+                    f"syncnet.{name}: block_out_channels, downsample_factors and attn_blocks differ in length"
+                )
+            if any(c % tower.norm_num_groups for c in tower.block_out_channels):
+                raise ConfigError(f"syncnet.{name}.block_out_channels must be multiples of norm_num_groups")
+        if sync.source == "pretrained" and self.pretrained.latentsync_syncnet is None:
+            raise ConfigError("syncnet.source is 'pretrained' but pretrained.latentsync_syncnet is not set")
+        if not 0 <= sync.small_offset_fraction <= 1:
+            raise ConfigError(
+                f"syncnet.small_offset_fraction must be in [0, 1], got {sync.small_offset_fraction}"
+            )
+        if min(sync.batch_size, sync.max_steps, sync.val_every, sync.checkpoint_every, sync.val_pairs) < 1:
+            raise ConfigError(
+                "syncnet.batch_size, max_steps, val_every, checkpoint_every and val_pairs must be >= 1"
+            )
         for field in dataclasses.fields(self.pretrained):
             value = getattr(self.pretrained, field.name)
             if value is not None and not value.strip():
@@ -291,6 +346,9 @@ def _convert(hint: Any, value: Any, source: str, key: str) -> Any:
         return {k: _convert(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML reads 1e-3 (no dot) as a string; take exponent notation as the number it is
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value.strip()):
             return float(value)
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -29,6 +29,7 @@ from synclip.constants import AUDIO_SAMPLE_RATE, VIDEO_FPS
 from synclip.face.align import apply, stable_points, track_transforms, warp_face
 from synclip.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker, find_small_faces
 from synclip.log import progress
+from synclip.media import reproducible_encoding
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import MediaError, probe, require_video
@@ -465,6 +466,7 @@ def _digest_of(path: str, size: int, mtime_ns: int) -> str:  # size and mtime on
 
 
 def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
+    reproducible_encoding()  # the clips, and so DVC's hash of data/processed, repeat byte for byte
     rows, rejects = process_source(job)
     record = {"key": job_key(job), "rows": rows, "rejects": rejects}
     work = Path(job.out_dir) / WORK / f"{_clip_id(job.key, 0)}.json"

@@ -31,6 +31,7 @@ from synclip.data.speech import Voice, synthesize_batch
 from synclip.data.visemes import MOUTH_PARAMS, mouth_track, segments
 from synclip.errors import UserError
 from synclip.log import progress
+from synclip.media import reproducible_encoding
 from synclip.media.io import VideoWriter
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ def _eyes(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
 
 def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str]) -> dict:
     """Write `<name>.mp4` and `<name>.json` into `out_dir`; returns the manifest row."""
+    reproducible_encoding()
     rng = np.random.default_rng(plan.seed)
     video_path = out_dir / f"{plan.name}.mp4"
     shift = 0

@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import functools
 
 import av.logging
 
@@ -9,12 +10,21 @@ import av.logging
 # synclip reports every failure itself, with FFmpeg's reason in the message.
 av.logging.set_level(av.logging.PANIC)
 
-# Measured here: the same frames encoded with libx264 gave different bytes once the process had
-# encoded other clips before, and always the same bytes when glibc hands out fresh (zeroed) pages
-# for large buffers. Some encoder path reads memory it did not write; pinning glibc's mmap
-# threshold (which otherwise grows after large frees, so big buffers get recycled) keeps output
-# a pure function of the input, which SynthTalk's byte-for-byte reproducibility relies on.
 _M_MMAP_THRESHOLD = -3
-_libc_name = ctypes.util.find_library("c")
-if _libc_name:
-    ctypes.CDLL(_libc_name).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
+@functools.cache
+def reproducible_encoding() -> None:
+    """Make libx264's output a pure function of its input frames, for the rest of this process.
+
+    Measured here: the same frames encoded with libx264 gave different bytes once the process had
+    encoded other clips before, and always the same bytes when glibc hands out fresh (zeroed)
+    pages for large buffers: some encoder path reads memory it did not write. Pinning glibc's
+    mmap threshold (which otherwise grows after large frees, so big buffers get recycled) fixes
+    that, but it also makes every large allocation a fresh mapping, which halves the speed of
+    torch training on the CPU. So only the processes that write reproducible files call this
+    (SynthTalk generation, preprocessing workers), never training or inference.
+    """
+    name = ctypes.util.find_library("c")
+    if name:
+        ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)

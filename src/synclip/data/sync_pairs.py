@@ -1,0 +1,150 @@
+"""SyncNet data: the lower halves of processed clips with their mel, and in/out-of-sync pairs.
+
+A positive pairs frames [s, s + F) with the mel window of the same frames; a negative pairs them
+with the window of [s + Δ, s + Δ + F), Δ ≠ 0 — a share of negatives uses |Δ| ≤ 3, so the expert
+learns that a small slip is already out of sync (LatentSync draws any other start of the clip).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from synclip.audio.mel import mel_window, syncnet_mel
+from synclip.constants import syncnet_mel_start
+from synclip.log import track
+from synclip.media.decode import iter_frames, read_audio
+
+SMALL_OFFSETS = (1, 2, 3)
+
+
+def lower_half(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(R, R, 3) aligned face → (H, W, 3) of its lower half resized to `size` = (H, W)."""
+    half = frame[frame.shape[0] // 2 :]
+    height, width = size
+    if half.shape[:2] == (height, width):
+        return half
+    return cv2.resize(half, (width, height), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class Clip:
+    name: str
+    identity: str
+    frames: np.ndarray  # (T, H, W, 3) uint8, lower halves
+    mel: torch.Tensor  # (80, M)
+    shift: int = 0  # audio correction in frames (sync_filter's offset): audio of frame t is at t + shift
+    voiced: np.ndarray | None = None  # (T,) bool: the audio of frame t carries speech energy
+
+    def __post_init__(self) -> None:
+        if self.voiced is None:
+            self.voiced = voiced_frames(self.mel, len(self.frames))
+
+
+def voiced_frames(mel: torch.Tensor, frames: int, below_peak_db: float = 25.0) -> np.ndarray:
+    """Per video frame: is its audio within `below_peak_db` of the clip's loudest frame?
+
+    The mel is in [−4, 4] for [−100, 0] dB, so 1 unit = 12.5 dB.
+    """
+    energy = mel.mean(dim=0).numpy()
+    starts = [syncnet_mel_start(t) for t in range(frames + 1)]
+    per_frame = np.array([energy[a:b].max(initial=-4.0) for a, b in itertools.pairwise(starts)])
+    return per_frame > per_frame.max(initial=-4.0) - below_peak_db / 12.5
+
+
+def load_clip(path: Path, size: tuple[int, int], name: str = "", identity: str = "", shift: int = 0) -> Clip:
+    frames = np.stack([lower_half(frame, size) for frame in iter_frames(path)])
+    return Clip(name or path.stem, identity, frames, syncnet_mel(read_audio(path)), shift)
+
+
+def load_clips(manifest: pd.DataFrame, clips_dir: Path, size: tuple[int, int], description: str) -> list[Clip]:
+    """Every clip of `manifest` (rows of the preprocessing manifest) in memory, lower halves only."""
+    return [
+        load_clip(clips_dir / f"{row.clip}.mp4", size, row.clip, row.identity, int(getattr(row, "audio_shift", 0) or 0))
+        for row in track(list(manifest.itertuples()), description, unit="clips")
+    ]
+
+
+def visual_window(clip: Clip, start: int, num_frames: int) -> torch.Tensor:
+    """(3·F, H, W) in [−1, 1]: frames [start, start + F) stacked on channels (frame-major, RGB)."""
+    frames = torch.from_numpy(clip.frames[start : start + num_frames]).float() / 127.5 - 1
+    return frames.permute(0, 3, 1, 2).reshape(-1, *frames.shape[1:3])
+
+
+def audio_window(clip: Clip, start: int, num_frames: int) -> torch.Tensor:
+    """(1, 80, W) mel window of frames [start, start + F), with the clip's audio correction applied."""
+    return mel_window(clip.mel, start + clip.shift, num_frames)[None]
+
+
+@dataclass(frozen=True)
+class Pair:
+    clip: int  # index into the sampler's clips
+    start: int  # first video frame
+    audio_start: int  # first frame whose audio is paired with them
+    label: float  # 1 in sync, 0 not
+
+
+class PairSampler:
+    """Balanced in-sync / out-of-sync pairs from a list of clips, drawn from one numpy Generator.
+
+    Only windows whose audio is voiced for at least `min_voiced` of their frames are used: two
+    silent windows with closed mouths are the same picture whether or not they are in sync, and
+    would only teach the expert to guess.
+    """
+
+    def __init__(
+        self,
+        clips: list[Clip],
+        num_frames: int,
+        small_offset_fraction: float,
+        rng: np.random.Generator,
+        min_voiced: float = 0.5,
+    ):
+        self.num_frames = num_frames
+        self.small = small_offset_fraction
+        self.rng = rng
+        kernel = np.ones(num_frames)
+        self.clips, self.starts = [], []
+        for clip in clips:
+            if len(clip.frames) < num_frames + max(SMALL_OFFSETS):
+                continue
+            share = np.convolve(clip.voiced.astype(float), kernel, mode="valid") / num_frames  # per start
+            starts = np.flatnonzero(share >= min_voiced)
+            if len(starts) >= 2:
+                self.clips.append(clip)
+                self.starts.append(starts)
+        if not self.clips:
+            raise ValueError(f"no clip has two voiced {num_frames}-frame windows to pair")
+        counts = np.array([len(s) for s in self.starts], dtype=np.float64)
+        self.weights = counts / counts.sum()
+
+    def draw(self) -> Pair:
+        index = int(self.rng.choice(len(self.clips), p=self.weights))
+        starts = self.starts[index]
+        start = int(starts[self.rng.integers(len(starts))])
+        if self.rng.random() < 0.5:
+            return Pair(index, start, start, 1.0)
+        usable = set(starts.tolist())
+        if self.rng.random() < self.small:
+            offsets = [s for d in SMALL_OFFSETS for s in (d, -d) if start + s in usable]
+            if offsets:
+                return Pair(index, start, start + offsets[int(self.rng.integers(len(offsets)))], 0.0)
+        others = starts[starts != start]
+        return Pair(index, start, int(others[self.rng.integers(len(others))]), 0.0)  # any other voiced start
+
+    def tensors(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3·F, H, W), (B, 1, 80, W), (B,) labels."""
+        return (
+            torch.stack([visual_window(self.clips[p.clip], p.start, self.num_frames) for p in pairs]),
+            torch.stack([audio_window(self.clips[p.clip], p.audio_start, self.num_frames) for p in pairs]),
+            torch.tensor([p.label for p in pairs]),
+        )
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.tensors([self.draw() for _ in range(size)])

@@ -1,0 +1,231 @@
+"""StableSyncNet: the lip-sync expert (LatentSync's `stable_syncnet.py` geometry, written anew).
+
+Two towers of SD-VAE-encoder-style blocks (GroupNorm/SiLU ResNet blocks, each followed by a
+strided conv with asymmetric zero padding; optional self-attention blocks after chosen stages),
+a GroupNorm + ReLU head and L2 normalisation: embeddings are non-negative unit vectors, so their
+cosine lies in [0, 1] and feeds BCE directly. Module names follow the reference, so a published
+`stable_syncnet.pt` state dict loads key for key (see `synclip.nn.checkpoints`).
+
+Shapes: visual input (B, 3·F, H, W) — F frames of the lower half of the aligned face stacked on
+channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end at (B, E, 1, 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from einops import rearrange
+from torch import nn
+
+Factor = int | tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    in_channels: int
+    block_out_channels: tuple[int, ...]
+    downsample_factors: tuple[Factor, ...]  # per stage: 1 (none), 2, or (h, w)
+    attn_blocks: tuple[int, ...]  # per stage: 1 = an attention block after it
+    norm_num_groups: int = 32
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class SyncNetConfig:
+    visual: TowerConfig
+    audio: TowerConfig
+    num_frames: int = 16  # frames per window; visual in_channels = 3 · num_frames
+    image_size: tuple[int, int] = (128, 256)  # (H, W) of the visual input: the lower face half
+    mel_bins: int = 80
+    mel_frames: int = 52  # mel frames per window (constants.syncnet_mel_window(num_frames))
+    # synclip option (not in LatentSync): feed the visual tower each frame minus the window's mean
+    # frame, so it sees how the mouth moves rather than who is speaking
+    subtract_window_mean: bool = False
+    extra: dict = field(default_factory=dict)  # free-form notes kept with the weights
+
+    @staticmethod
+    def from_dict(data: dict) -> SyncNetConfig:
+        def tower(t: dict) -> TowerConfig:
+            factors = tuple(
+                tuple(f) if isinstance(f, list | tuple) else int(f) for f in t["downsample_factors"]
+            )
+            return TowerConfig(
+                in_channels=int(t["in_channels"]),
+                block_out_channels=tuple(int(c) for c in t["block_out_channels"]),
+                downsample_factors=factors,
+                attn_blocks=tuple(int(a) for a in t["attn_blocks"]),
+                norm_num_groups=int(t.get("norm_num_groups", 32)),
+                dropout=float(t.get("dropout", 0.0)),
+            )
+
+        return SyncNetConfig(
+            visual=tower(data["visual"]),
+            audio=tower(data["audio"]),
+            num_frames=int(data["num_frames"]),
+            image_size=tuple(data["image_size"]),
+            mel_bins=int(data["mel_bins"]),
+            mel_frames=int(data["mel_frames"]),
+            subtract_window_mean=bool(data.get("subtract_window_mean", False)),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def released_config() -> SyncNetConfig:
+    """LatentSync's `syncnet_16_pixel_attn.yaml` (the `stable_syncnet.pt` of 1.5/1.6)."""
+    return SyncNetConfig(
+        visual=TowerConfig(
+            in_channels=48,
+            block_out_channels=(64, 128, 256, 256, 512, 1024, 2048, 2048),
+            downsample_factors=((1, 2), 2, 2, 2, 2, 2, 2, 2),
+            attn_blocks=(0, 0, 0, 0, 1, 1, 0, 0),
+        ),
+        audio=TowerConfig(
+            in_channels=1,
+            block_out_channels=(32, 64, 128, 256, 512, 1024, 2048),
+            downsample_factors=((2, 1), 2, 2, 1, 2, 2, (2, 3)),
+            attn_blocks=(0, 0, 0, 1, 1, 0, 0),
+        ),
+        num_frames=16,
+        image_size=(128, 256),
+        mel_bins=80,
+        mel_frames=52,
+    )
+
+
+class ResnetBlock2D(nn.Module):
+    """GN → SiLU → conv3 → GN → SiLU → conv3 (+ 1×1 shortcut), then an optional strided conv."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, downsample: Factor, groups: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=1e-6)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=1e-6)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.downsample_conv = None
+        if downsample != 1:
+            self.downsample_conv = nn.Conv2d(out_channels, out_channels, 3, stride=downsample)
+        # F.pad order is (left, right, top, bottom); a factor of 1 along an axis pads both sides
+        factor = downsample if isinstance(downsample, tuple) else (downsample, downsample)
+        self.pad = (1 if factor[1] == 1 else 0, 1, 1 if factor[0] == 1 else 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = h + (self.conv_shortcut(x) if self.conv_shortcut is not None else x)
+        if self.downsample_conv is not None:
+            h = self.downsample_conv(F.pad(h, self.pad))
+        return h
+
+
+class AttentionBlock2D(nn.Module):
+    """GN → 1×1 conv → [LN → 8-head self-attention] → [LN → GEGLU FF] → 1×1 conv, residual."""
+
+    def __init__(self, channels: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv_in = nn.Conv2d(channels, channels, 1)
+        self.norm2 = nn.LayerNorm(channels)
+        self.attn = Attention(query_dim=channels, heads=8, dim_head=channels // 8, dropout=dropout, bias=True)
+        self.norm3 = nn.LayerNorm(channels)
+        self.ff = FeedForward(channels, dropout=dropout, activation_fn="geglu")
+        self.conv_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        h = self.conv_in(self.norm1(x))
+        h = rearrange(h, "b c h w -> b (h w) c")
+        h = self.attn(self.norm2(h)) + h
+        h = self.ff(self.norm3(h)) + h
+        h = rearrange(h, "b (h w) c -> b c h w", h=height, w=width)
+        return self.conv_out(h) + x
+
+
+class DownEncoder2D(nn.Module):
+    """One tower: conv_in, the down blocks (attention interleaved), GroupNorm + ReLU."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        channels = config.block_out_channels
+        if not len(channels) == len(config.downsample_factors) == len(config.attn_blocks):
+            raise ValueError(
+                "block_out_channels, downsample_factors and attn_blocks need one entry per stage"
+            )
+        self.conv_in = nn.Conv2d(config.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList()
+        previous = channels[0]
+        for out, factor, attention in zip(
+            channels, config.downsample_factors, config.attn_blocks, strict=True
+        ):
+            self.down_blocks.append(
+                ResnetBlock2D(previous, out, factor, config.norm_num_groups, config.dropout)
+            )
+            if attention:
+                self.down_blocks.append(AttentionBlock2D(out, config.norm_num_groups, config.dropout))
+            previous = out
+        self.norm_out = nn.GroupNorm(config.norm_num_groups, channels[-1], eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for block in self.down_blocks:
+            h = block(h)
+        return F.relu(self.norm_out(h))
+
+
+class StableSyncNet(nn.Module):
+    def __init__(self, config: SyncNetConfig) -> None:
+        super().__init__()
+        if config.visual.in_channels != 3 * config.num_frames:
+            raise ValueError(
+                f"visual in_channels {config.visual.in_channels} != 3 · num_frames {config.num_frames}"
+            )
+        self.config = config
+        self.audio_encoder = DownEncoder2D(config.audio)
+        self.visual_encoder = DownEncoder2D(config.visual)
+
+    def embed_visual(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3·F, H, W) in [-1, 1] → (B, E) unit, non-negative."""
+        if self.config.subtract_window_mean:
+            stacked = rearrange(frames, "b (f c) h w -> b f c h w", c=3)
+            frames = rearrange(stacked - stacked.mean(dim=1, keepdim=True), "b f c h w -> b (f c) h w")
+        embeds = self.visual_encoder(frames)
+        assert embeds.shape[-2:] == (1, 1), f"visual tower ends at {tuple(embeds.shape[-2:])}, not 1×1"
+        return F.normalize(embeds.flatten(1), dim=1)
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, 1, M, T) → (B, E) unit, non-negative."""
+        embeds = self.audio_encoder(mel)
+        assert embeds.shape[-2:] == (1, 1), f"audio tower ends at {tuple(embeds.shape[-2:])}, not 1×1"
+        return F.normalize(embeds.flatten(1), dim=1)
+
+    def forward(self, frames: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_visual(frames), self.embed_audio(mel)
+
+
+def sync_probability(visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    """Cosine of unit, non-negative embeddings (B, E) → (B,) in [0, 1]: the 'in sync' probability."""
+    return (visual * audio).sum(dim=1)
+
+
+def sync_loss(visual: torch.Tensor, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE between the cosine and the label (1 = in sync), as LatentSync trains and uses it."""
+    probability = sync_probability(visual, audio).clamp(1e-7, 1 - 1e-7)
+    return F.binary_cross_entropy(probability, target.to(probability.dtype))
+
+
+def contrastive_loss(visual: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over in-sync pairs: row i's audio is the positive, the batch's others negatives.
+
+    Not part of LatentSync's recipe: an auxiliary term that gives every step B² comparisons
+    instead of B, which is what lets a small SyncNet leave the ln 2 plateau within minutes.
+    """
+    logits = visual @ audio.T / temperature
+    targets = torch.arange(len(visual), device=visual.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))

@@ -1,0 +1,154 @@
+"""The SyncNet: reference geometry, mel, strict loading, resumable training and sync scoring."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from synclip.artifacts import CheckpointError, load_strict, read_latentsync_checkpoint
+from synclip.audio.mel import mel_window, syncnet_mel
+from synclip.config import load_params
+from synclip.data.sync_pairs import Clip, PairSampler
+from synclip.eval.sync import score_clip
+from synclip.nn.syncnet import StableSyncNet, released_config
+from synclip.train.syncnet import load_latentsync_syncnet, load_syncnet, syncnet_config, train_syncnet
+
+
+def test_the_released_geometry_has_latentsyncs_parameter_count():
+    with torch.device("meta"):
+        model = StableSyncNet(released_config())
+        visual, audio = model(torch.zeros(2, 48, 128, 256), torch.zeros(2, 1, 80, 52))
+    assert sum(p.numel() for p in model.parameters()) == 401_306_080
+    assert len(model.state_dict()) == 266
+    assert visual.shape == audio.shape == (2, 2048)
+    config = released_config()
+    plain = dataclasses.replace(
+        config,
+        visual=dataclasses.replace(config.visual, attn_blocks=(0,) * 8),
+        audio=dataclasses.replace(config.audio, attn_blocks=(0,) * 7),
+    )
+    with torch.device("meta"):
+        assert sum(p.numel() for p in StableSyncNet(plain).parameters()) == 371_766_496
+
+
+def test_embeddings_are_unit_non_negative_and_cosine_is_a_probability(root):
+    model = StableSyncNet(syncnet_config(load_params(root / "params.yaml").syncnet)).eval()
+    with torch.no_grad():
+        visual, audio = model(torch.randn(3, 48, 32, 64), torch.randn(3, 1, 80, 52))
+    assert torch.allclose(visual.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert (visual >= 0).all()
+    assert (audio >= 0).all()
+
+
+def test_mel_matches_the_librosa_recipe_and_windows_follow_the_clock():
+    import librosa
+
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(16000) * 0.1).astype(np.float32)
+    ours = syncnet_mel(audio).numpy()
+    # Wav2Lip's audio.py with LatentSync's hparams, written with librosa directly
+    emphasised = np.append(audio[0], audio[1:] - 0.97 * audio[:-1])
+    spec = np.abs(librosa.stft(emphasised, n_fft=800, hop_length=200, win_length=800, pad_mode="constant"))
+    mel = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600) @ spec
+    db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
+    reference = np.clip(8 * (db + 100) / 100 - 4, -4, 4)
+    assert ours.shape == (80, 81)
+    np.testing.assert_allclose(ours, reference, atol=2e-3)
+    window = mel_window(torch.from_numpy(ours), 5, 16)
+    assert window.shape == (80, 52)
+    torch.testing.assert_close(window, torch.from_numpy(ours[:, 16:68]))
+
+
+def test_loading_is_strict_and_names_the_keys(root, tmp_path):
+    model = StableSyncNet(syncnet_config(load_params(root / "params.yaml").syncnet))
+    state = model.state_dict()
+    broken = {k: v for k, v in state.items() if not k.startswith("audio_encoder.norm_out")}
+    broken["visual_encoder.extra.weight"] = torch.zeros(1)
+    with pytest.raises(
+        CheckpointError, match=r"missing: audio_encoder\.norm_out.*unexpected: visual_encoder\.extra"
+    ):
+        load_strict(model, broken, "test weights")
+    # the published layout: a .pt with "state_dict", read weights-only
+    torch.save({"state_dict": state, "global_step": 5}, tmp_path / "stable_syncnet.pt")
+    loaded = load_latentsync_syncnet(tmp_path / "stable_syncnet.pt", model.config)
+    torch.testing.assert_close(loaded.state_dict(), state)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pt"):
+        read_latentsync_checkpoint(tmp_path / "junk.pt")
+
+
+def synthetic_clips(count: int, frames: int, seed: int) -> list[Clip]:
+    """Clips whose 'mouth' brightness follows the loudness of their audio (a learnable sync signal)."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for index in range(count):
+        level = np.clip(np.cumsum(rng.standard_normal(frames)) * 0.3, -2, 2)
+        loud = 1 / (1 + np.exp(-3 * level))
+        images = np.full((frames, 32, 64, 3), 90, np.uint8)
+        images[:, 8:20, 20:44] = (60 + 180 * loud)[:, None, None, None].astype(np.uint8)
+        samples = np.concatenate([np.sin(np.arange(640) * 0.3) * a for a in loud]).astype(np.float32) * 0.5
+        clips.append(Clip(f"c{index}", f"id{index}", images, syncnet_mel(samples)))
+    return clips
+
+
+@pytest.fixture(scope="module")
+def tiny_params(root):
+    params = load_params(root / "params.yaml").syncnet
+    return dataclasses.replace(
+        params, max_steps=6, val_every=3, checkpoint_every=3, val_pairs=16, batch_size=8
+    )
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tiny_params, tmp_path):
+    train, val = synthetic_clips(4, 60, 0), synthetic_clips(2, 60, 1)
+    straight, history = train_syncnet(train, val, tiny_params, tmp_path / "a", torch.device("cpu"), seed=3)
+    train_syncnet(train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3, stop_after=3)
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # killed before the end
+    resumed, resumed_history = train_syncnet(
+        train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3
+    )
+    torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
+    assert [r["val_loss"] for r in resumed_history.rows] == [r["val_loss"] for r in history.rows]
+    reloaded = load_syncnet(tmp_path / "b")
+    torch.testing.assert_close(reloaded.state_dict(), straight.state_dict())
+
+
+def test_sampler_pairs_are_balanced_and_negatives_are_other_windows():
+    clips = synthetic_clips(3, 60, 2)
+    sampler = PairSampler(clips, 16, 0.5, np.random.default_rng(0))
+    pairs = [sampler.draw() for _ in range(400)]
+    labels = np.array([p.label for p in pairs])
+    assert 0.4 < labels.mean() < 0.6
+    assert all((p.start == p.audio_start) == (p.label == 1.0) for p in pairs)
+    assert any(abs(p.start - p.audio_start) <= 3 for p in pairs if p.label == 0.0)
+
+
+def test_score_finds_a_shift_that_a_perfect_expert_would_see(root):
+    """With an 'expert' that embeds loudness exactly, the detected offset is the applied shift."""
+    clip = synthetic_clips(1, 120, 4)[0]
+    shifted = Clip(clip.name, clip.identity, clip.frames, clip.mel, shift=0)
+    # delay the audio by 4 frames: audio of frame t now sits at t + 4
+    pad = torch.full((80, int(4 * 16 / 5)), -4.0)
+    shifted.mel = torch.cat([pad, clip.mel], dim=1)
+
+    class Expert(StableSyncNet):
+        def embed_visual(self, frames):  # mean brightness of the mouth box, per frame
+            mouth = frames.reshape(len(frames), 16, 3, 32, 64)[:, :, 0, 8:20, 20:44].mean(dim=(2, 3))
+            return torch.nn.functional.normalize(torch.cat([mouth + 1, 1 - mouth], 1), dim=1)
+
+        def embed_audio(self, mel):  # loudness per video frame
+            energy = mel[:, 0].mean(dim=1)  # (B, W)
+            per_frame = torch.stack(
+                [energy[:, int(i * 3.2) : int(i * 3.2) + 3].mean(1) for i in range(16)], 1
+            )
+            level = (per_frame + 4) / 8 * 2 - 1
+            return torch.nn.functional.normalize(torch.cat([level + 1, 1 - level], 1), dim=1)
+
+    expert = Expert(syncnet_config(load_params(root / "params.yaml").syncnet))
+    assert score_clip(expert, clip, max_offset=8).offset == 0
+    result = score_clip(expert, shifted, max_offset=8)
+    assert result.offset == 4
+    assert result.lse_c > 0
