@@ -195,6 +195,40 @@ def align(
     print(json.dumps({"out": str(out), **summary}))
 
 
+@app.command("sync-score")
+def sync_score(
+    video: Annotated[Path, typer.Argument(help="A video with a face (any size, rate, container).")],
+    audio: Annotated[
+        Path | None, typer.Option("--audio", help="Score against this audio instead of the video's own.")
+    ] = None,
+    model: Annotated[Path, typer.Option("--model", help="A trained SyncNet artifact.")] = Path(
+        "models/syncnet"
+    ),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with the distance per offset).")
+    ] = False,
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D."""
+    from synclip.eval.sync import score_video
+    from synclip.pretrained import require
+    from synclip.runtime import configure
+    from synclip.train.syncnet import load_syncnet
+
+    resolved = load_params(params, overrides or ())
+    device = configure(resolved.runtime)
+    landmarker = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
+    net = load_syncnet(model).to(device)
+    score = score_video(
+        net, video, audio, resolved.preprocess, landmarker, resolved.syncnet.max_offset, device
+    )
+    if as_json:
+        print(json.dumps(score.as_dict(), indent=1))
+    else:
+        print(f"offset {score.offset:+d} frames   LSE-C {score.lse_c:.4f}   LSE-D {score.lse_d:.4f}")
+
+
 @corpus_app.command("synth")
 def corpus_synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the clips and sidecars into.")] = Path(

@@ -129,7 +129,10 @@ class SyncNetParams:
 
     source: Literal["trained", "pretrained"]  # pretrained: load pretrained.latentsync_syncnet instead
     num_frames: int  # frames per window
-    image_size: tuple[int, int]  # (H, W) the lower half of the aligned face is resized to
+    crop: tuple[
+        float, float, float, float
+    ]  # (top, bottom, left, right) of the aligned face; lower half: 0.5 1 0 1
+    image_size: tuple[int, int]  # (H, W) the crop is resized to
     subtract_window_mean: bool  # visual tower sees frames minus the window's mean frame (synclip option)
     visual: TowerParams
     audio: TowerParams
@@ -142,7 +145,10 @@ class SyncNetParams:
     val_pairs: int  # balanced pairs from held-out identities, fixed across evaluations
     checkpoint_every: int
     small_offset_fraction: float  # share of negatives shifted by only 1–3 frames
-    contrastive_weight: float  # auxiliary in-batch InfoNCE term (0 = LatentSync's BCE-only recipe)
+    contrastive_weight: float  # multi-offset matching term (0 = LatentSync's single-pair BCE recipe)
+    contrastive_offsets: tuple[
+        int, ...
+    ]  # shifted audio windows (± each) every video window is matched against
     contrastive_temperature: float
     max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
     min_confidence: float  # sync_filter: clips scoring below are dropped

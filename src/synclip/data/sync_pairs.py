@@ -24,20 +24,31 @@ from synclip.media.decode import iter_frames, read_audio
 SMALL_OFFSETS = (1, 2, 3)
 
 
-def lower_half(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(R, R, 3) aligned face → (H, W, 3) of its lower half resized to `size` = (H, W)."""
-    half = frame[frame.shape[0] // 2 :]
+def face_region(frame: np.ndarray, crop: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
+    """The SyncNet's view of an aligned face (R, R, 3): rows/cols `crop` = (top, bottom, left, right)
+    as fractions of R, resized to `size` = (H, W). LatentSync uses the lower half: (0.5, 1, 0, 1)."""
+    side = frame.shape[0]
+    top, bottom, left, right = (round(f * side) for f in crop)
+    region = frame[top:bottom, left:right]
     height, width = size
-    if half.shape[:2] == (height, width):
-        return half
-    return cv2.resize(half, (width, height), interpolation=cv2.INTER_AREA)
+    if region.shape[:2] == (height, width):
+        return region
+    return cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class SyncView:
+    """Which part of the aligned face the SyncNet looks at, and at what size."""
+
+    crop: tuple[float, float, float, float]  # (top, bottom, left, right) fractions of the face crop
+    size: tuple[int, int]  # (H, W)
 
 
 @dataclass
 class Clip:
     name: str
     identity: str
-    frames: np.ndarray  # (T, H, W, 3) uint8, lower halves
+    frames: np.ndarray  # (T, H, W, 3) uint8, the SyncNet's view of each frame
     mel: torch.Tensor  # (80, M)
     shift: int = 0  # audio correction in frames (sync_filter's offset): audio of frame t is at t + shift
     voiced: np.ndarray | None = None  # (T,) bool: the audio of frame t carries speech energy
@@ -58,15 +69,15 @@ def voiced_frames(mel: torch.Tensor, frames: int, below_peak_db: float = 25.0) -
     return per_frame > per_frame.max(initial=-4.0) - below_peak_db / 12.5
 
 
-def load_clip(path: Path, size: tuple[int, int], name: str = "", identity: str = "", shift: int = 0) -> Clip:
-    frames = np.stack([lower_half(frame, size) for frame in iter_frames(path)])
+def load_clip(path: Path, view: SyncView, name: str = "", identity: str = "", shift: int = 0) -> Clip:
+    frames = np.stack([face_region(frame, view.crop, view.size) for frame in iter_frames(path)])
     return Clip(name or path.stem, identity, frames, syncnet_mel(read_audio(path)), shift)
 
 
-def load_clips(manifest: pd.DataFrame, clips_dir: Path, size: tuple[int, int], description: str) -> list[Clip]:
-    """Every clip of `manifest` (rows of the preprocessing manifest) in memory, lower halves only."""
+def load_clips(manifest: pd.DataFrame, clips_dir: Path, view: SyncView, description: str) -> list[Clip]:
+    """Every clip of `manifest` (rows of the preprocessing manifest) in memory, as the SyncNet sees them."""
     return [
-        load_clip(clips_dir / f"{row.clip}.mp4", size, row.clip, row.identity, int(getattr(row, "audio_shift", 0) or 0))
+        load_clip(clips_dir / f"{row.clip}.mp4", view, row.clip, row.identity, int(getattr(row, "audio_shift", 0) or 0))
         for row in track(list(manifest.itertuples()), description, unit="clips")
     ]
 
@@ -137,6 +148,21 @@ class PairSampler:
                 return Pair(index, start, start + offsets[int(self.rng.integers(len(offsets)))], 0.0)
         others = starts[starts != start]
         return Pair(index, start, int(others[self.rng.integers(len(others))]), 0.0)  # any other voiced start
+
+    def anchor(self) -> tuple[int, int]:
+        """(clip index, start) of a voiced window."""
+        index = int(self.rng.choice(len(self.clips), p=self.weights))
+        starts = self.starts[index]
+        return index, int(starts[self.rng.integers(len(starts))])
+
+    def offset_batch(self, size: int, deltas: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3·F, H, W) video windows and (B, D, 1, 80, W) audio windows at each start + Δ (Δ = deltas)."""
+        anchors = [self.anchor() for _ in range(size)]
+        frames = torch.stack([visual_window(self.clips[c], s, self.num_frames) for c, s in anchors])
+        mel = torch.stack(
+            [torch.stack([audio_window(self.clips[c], s + d, self.num_frames) for d in deltas]) for c, s in anchors]
+        )
+        return frames, mel
 
     def tensors(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3·F, H, W), (B, 1, 80, W), (B,) labels."""

@@ -10,11 +10,14 @@ the offset is the k at the minimum: k > 0 means the audio is late by k frames.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from synclip.data.sync_pairs import Clip, audio_window, visual_window
+from synclip.audio.mel import syncnet_mel
+from synclip.config import PreprocessParams
+from synclip.data.sync_pairs import Clip, audio_window, face_region, visual_window
 from synclip.nn.syncnet import StableSyncNet
 
 
@@ -71,3 +74,36 @@ def score_clip(
         offsets=offsets,
         distances=distances,
     )
+
+
+def score_video(
+    model: StableSyncNet,
+    video: str | Path,
+    audio: str | Path | None,
+    preprocess: PreprocessParams,
+    landmarker: str | Path,
+    max_offset: int = 15,
+    device: torch.device | None = None,
+) -> SyncScore:
+    """Align the face of any video as preprocessing does, then score it against its (or another) audio."""
+    from synclip.data.preprocess import detect_pass
+    from synclip.face.align import track_transforms, warp_face
+    from synclip.media.decode import iter_frames, read_audio
+    from synclip.media.probe import MediaError, probe, require_video
+
+    video = Path(video)
+    require_video(probe(video))
+    track = detect_pass(video, preprocess, str(landmarker))
+    if not (track.counts == 1).any():
+        raise MediaError(f"{video}: no frame shows exactly one face; nothing to score")
+    matrices = track_transforms(track.stable, preprocess.resolution, preprocess.smoothing_frames)
+    config = model.config
+    frames = np.stack(
+        [
+            face_region(warp_face(f, m, preprocess.resolution), config.crop, config.image_size)
+            for f, m in zip(iter_frames(video), matrices, strict=True)
+        ]
+    )
+    source = Path(audio) if audio is not None else video
+    samples = read_audio(source)
+    return score_clip(model, Clip(video.stem, "", frames, syncnet_mel(samples)), max_offset, device)

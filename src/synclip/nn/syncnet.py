@@ -6,8 +6,8 @@ a GroupNorm + ReLU head and L2 normalisation: embeddings are non-negative unit v
 cosine lies in [0, 1] and feeds BCE directly. Module names follow the reference, so a published
 `stable_syncnet.pt` state dict loads key for key (see `synclip.nn.checkpoints`).
 
-Shapes: visual input (B, 3·F, H, W) — F frames of the lower half of the aligned face stacked on
-channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end at (B, E, 1, 1).
+Shapes: visual input (B, 3·F, H, W) — F frames of a region of the aligned face (LatentSync: the
+lower half) stacked on channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end at (B, E, 1, 1).
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ class SyncNetConfig:
     visual: TowerConfig
     audio: TowerConfig
     num_frames: int = 16  # frames per window; visual in_channels = 3 · num_frames
-    image_size: tuple[int, int] = (128, 256)  # (H, W) of the visual input: the lower face half
+    image_size: tuple[int, int] = (128, 256)  # (H, W) of the visual input
+    crop: tuple[float, float, float, float] = (
+        0.5,
+        1.0,
+        0.0,
+        1.0,
+    )  # region of the aligned face: the lower half
     mel_bins: int = 80
     mel_frames: int = 52  # mel frames per window (constants.syncnet_mel_window(num_frames))
     # synclip option (not in LatentSync): feed the visual tower each frame minus the window's mean
@@ -67,6 +73,7 @@ class SyncNetConfig:
             audio=tower(data["audio"]),
             num_frames=int(data["num_frames"]),
             image_size=tuple(data["image_size"]),
+            crop=tuple(float(v) for v in data.get("crop", (0.5, 1.0, 0.0, 1.0))),
             mel_bins=int(data["mel_bins"]),
             mel_frames=int(data["mel_frames"]),
             subtract_window_mean=bool(data.get("subtract_window_mean", False)),
@@ -220,12 +227,24 @@ def sync_loss(visual: torch.Tensor, audio: torch.Tensor, target: torch.Tensor) -
     return F.binary_cross_entropy(probability, target.to(probability.dtype))
 
 
-def contrastive_loss(visual: torch.Tensor, audio: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE over in-sync pairs: row i's audio is the positive, the batch's others negatives.
+def offset_losses(
+    visual: torch.Tensor, audio: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses for video windows against their audio at several offsets (Δ = 0 first).
 
-    Not part of LatentSync's recipe: an auxiliary term that gives every step B² comparisons
-    instead of B, which is what lets a small SyncNet leave the ln 2 plateau within minutes.
+    visual (B, E); audio (B, D, E), where audio[:, 0] is in sync and audio[:, 1:] is shifted.
+    Returns (balanced BCE over all B·D cosines, multi-way cross-entropy): the second is the
+    "perfect match" idea (Chung et al., 2019) — pick the in-sync audio among the shifted ones and
+    the other windows' in-sync audio — which gives each step far more signal than single pairs.
+    Not part of LatentSync's recipe; `sync_loss` alone is.
     """
-    logits = visual @ audio.T / temperature
-    targets = torch.arange(len(visual), device=visual.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    own = torch.einsum("be,bde->bd", visual, audio)  # (B, D)
+    positive = own[:, 0].clamp(1e-7, 1 - 1e-7)
+    negative = own[:, 1:].clamp(1e-7, 1 - 1e-7)
+    bce = 0.5 * (-torch.log(positive).mean() - torch.log1p(-negative).mean())
+    others = visual @ audio[:, 0].T  # (B, B): window i against window j's in-sync audio
+    batch = len(visual)
+    off_diagonal = others[~torch.eye(batch, dtype=torch.bool, device=visual.device)].view(batch, batch - 1)
+    logits = torch.cat([own, off_diagonal], dim=1) / temperature
+    target = torch.zeros(batch, dtype=torch.long, device=visual.device)
+    return bce, F.cross_entropy(logits, target)

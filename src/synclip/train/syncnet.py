@@ -23,13 +23,13 @@ from synclip.artifacts import (
 )
 from synclip.config import SyncNetParams, to_dict
 from synclip.constants import syncnet_mel_window
-from synclip.data.sync_pairs import Clip, Pair, PairSampler
+from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView
 from synclip.log import progress
 from synclip.nn.syncnet import (
     StableSyncNet,
     SyncNetConfig,
     TowerConfig,
-    contrastive_loss,
+    offset_losses,
     sync_loss,
     sync_probability,
 )
@@ -58,6 +58,7 @@ def syncnet_config(params: SyncNetParams) -> SyncNetConfig:
         audio=tower(params.audio, 1),
         num_frames=params.num_frames,
         image_size=params.image_size,
+        crop=params.crop,
         mel_bins=80,
         mel_frames=syncnet_mel_window(params.num_frames),
         subtract_window_mean=params.subtract_window_mean,
@@ -145,16 +146,19 @@ def train_syncnet(
     with progress("steps") as bar:
         task = bar.add_task("train_syncnet", total=params.max_steps, completed=step)
         while step < params.max_steps:
-            frames, mel, labels = (t.to(device) for t in sampler.batch(params.batch_size))
-            with context:
-                visual, audio = model(frames, mel)
-            loss = sync_loss(visual.float(), audio.float(), labels)
             if params.contrastive_weight > 0:
-                positive = labels > 0.5
-                if int(positive.sum()) > 1:
-                    loss = loss + params.contrastive_weight * contrastive_loss(
-                        visual[positive].float(), audio[positive].float(), params.contrastive_temperature
-                    )
+                deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
+                frames, mel = (t.to(device) for t in sampler.offset_batch(params.batch_size, deltas))
+                with context:
+                    visual = model.embed_visual(frames)
+                    audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
+                bce, match = offset_losses(visual.float(), audio.float(), params.contrastive_temperature)
+                loss = bce + params.contrastive_weight * match
+            else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
+                frames, mel, labels = (t.to(device) for t in sampler.batch(params.batch_size))
+                with context:
+                    visual, audio = model(frames, mel)
+                bce = loss = sync_loss(visual.float(), audio.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -162,9 +166,8 @@ def train_syncnet(
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            value = loss.item()
-            window_losses.append(value)
-            smoothed = 0.95 * smoothed + 0.05 * value
+            window_losses.append(loss.item())
+            smoothed = 0.95 * smoothed + 0.05 * bce.item()  # the BCE part, comparable with ln 2
             if history.left_chance_step is None and smoothed < 0.6:
                 history.left_chance_step = step
             bar.advance(task)
@@ -208,3 +211,7 @@ def load_latentsync_syncnet(path: str | Path, config: SyncNetConfig) -> StableSy
     model = StableSyncNet(config)
     load_strict(model, read_latentsync_checkpoint(path), str(path))
     return model.eval()
+
+
+def view_of(config: SyncNetConfig) -> SyncView:
+    return SyncView(crop=config.crop, size=config.image_size)
