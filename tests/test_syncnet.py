@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from synclip.artifacts import CheckpointError, load_strict, read_latentsync_checkpoint
+from synclip.artifacts import CheckpointError, load_strict, read_latentsync_checkpoint, save_artifact
 from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.config import load_params
-from synclip.data.sync_pairs import Clip, PairSampler
+from synclip.data.sync_filter import filter_by_sync
+from synclip.data.sync_pairs import Clip, PairSampler, audio_window
 from synclip.eval.sync import score_clip
 from synclip.nn.syncnet import StableSyncNet, released_config
 from synclip.train.syncnet import load_latentsync_syncnet, load_syncnet, syncnet_config, train_syncnet
+
+SYNCLIP = Path(sys.executable).with_name("synclip")
 
 
 def test_the_released_geometry_has_latentsyncs_parameter_count():
@@ -152,3 +160,64 @@ def test_score_finds_a_shift_that_a_perfect_expert_would_see(root):
     result = score_clip(expert, shifted, max_offset=8)
     assert result.offset == 4
     assert result.lse_c > 0
+
+
+def test_sync_filter_drops_unsure_and_far_clips_and_corrects_the_rest(root):
+    params = dataclasses.replace(
+        load_params(root / "params.yaml").syncnet, min_confidence=0.05, max_abs_offset=6
+    )
+    scored = pd.DataFrame(
+        {
+            "clip": ["good", "late", "unsure", "far"],
+            "sync_offset": [0, 3, 0, -9],
+            "sync_confidence": [0.3, 0.2, 0.01, 0.4],
+            "sync_distance": [0.5, 0.6, 0.9, 0.4],
+        }
+    )
+    kept, rejects = filter_by_sync(scored, params)
+    assert kept["clip"].tolist() == ["good", "late"]
+    assert kept["audio_shift"].tolist() == [0, 3]
+    assert dict(zip(rejects["clip"], rejects["reason"], strict=True)) == {
+        "unsure": "low_sync_confidence",
+        "far": "offset_too_large",
+    }
+    assert "offset -9 (max ±6)" in rejects.loc[rejects["clip"] == "far", "detail"].item()
+
+
+def test_a_corrected_clip_pairs_frames_with_the_shifted_audio():
+    clip = synthetic_clips(1, 60, 5)[0]
+    corrected = dataclasses.replace(clip, shift=3)
+    torch.testing.assert_close(audio_window(corrected, 10, 16), audio_window(clip, 13, 16))
+
+
+@pytest.mark.pretrained
+def test_sync_score_cli_scores_a_real_video_and_refuses_bad_input(root, corpus, pretrained_dir, tmp_path):
+    model = StableSyncNet(syncnet_config(load_params(root / "params.yaml").syncnet))
+    save_artifact(tmp_path / "syncnet", {"model": dataclasses.asdict(model.config)}, model, "syncnet")
+    folder, manifest, gts = corpus
+    clean = [c["clip"] for c in manifest["clips"] if gts[c["clip"]]["defect"] is None]
+    video, other = folder / f"{clean[0]}.mp4", folder / f"{clean[1]}.mp4"
+
+    def sync_score(*args):
+        return subprocess.run(
+            [SYNCLIP, "sync-score", *map(str, args)], capture_output=True, text=True, check=False, cwd=root
+        )
+
+    result = sync_score(video, "--model", tmp_path / "syncnet", "--audio", other, "--json")
+    assert result.returncode == 0, result.stderr
+    score = json.loads(result.stdout)
+    assert len(score["distances"]) == 31  # ±15 frames
+    assert score["lse_d"] == min(score["distances"].values())
+    assert -15 <= score["offset"] <= 15
+    assert score["lse_c"] >= 0
+
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    for args, message in (
+        ((video, "--model", tmp_path / "missing"), "not a synclip syncnet artifact"),
+        ((not_a_video, "--model", tmp_path / "syncnet"), str(not_a_video)),
+    ):
+        failed = sync_score(*args)
+        assert failed.returncode == 2, failed.stderr
+        assert message in failed.stderr
+        assert "Traceback" not in failed.stderr

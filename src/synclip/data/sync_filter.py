@@ -63,6 +63,8 @@ def mismatched_confidences(
     clips: list[Clip], model: StableSyncNet, params: SyncNetParams, device: torch.device
 ) -> list[float]:
     """LSE-C of each clip's frames paired with the next clip's audio (an out-of-sync reference)."""
+    if len(clips) < 2:
+        return []
     values = []
     for clip, other in zip(clips, clips[1:] + clips[:1], strict=True):
         paired = Clip(clip.name, clip.identity, clip.frames, other.mel)
@@ -72,6 +74,13 @@ def mismatched_confidences(
 
 def ground_truth_agreement(scored: pd.DataFrame) -> dict:
     """How the detected offsets compare with SynthTalk's known ones (rows without ground truth skipped)."""
+    return {
+        "held_out": _agreement(scored[scored["split"].isin(["val", "test"])]),
+        "all": _agreement(scored),
+    }
+
+
+def _agreement(scored: pd.DataFrame) -> dict:
     known = scored[scored["gt_av_offset"].notna()]
     if known.empty:
         return {"clips_with_ground_truth": 0}
@@ -79,10 +88,22 @@ def ground_truth_agreement(scored: pd.DataFrame) -> dict:
     shifted = truth != 0
     return {
         "clips_with_ground_truth": len(known),
-        "offset_exact_in_sync_clips": round(float((known.loc[~shifted, "sync_offset"] == 0).mean()), 4),
+        "in_sync_clips": int((~shifted).sum()),
+        "offset_zero_in_sync_clips": round(float((known.loc[~shifted, "sync_offset"] == 0).mean()), 4),
+        "offset_exact_shifted_clips": round(
+            float((known.loc[shifted, "sync_offset"] == truth[shifted]).mean()), 4
+        )
+        if shifted.any()
+        else None,
         "shifted_clips": [
-            {"clip": c, "true_offset": int(t), "detected_offset": int(d)}
-            for c, t, d in zip(known.loc[shifted, "clip"], truth[shifted], known.loc[shifted, "sync_offset"], strict=True)
+            {"clip": c, "split": s, "true_offset": int(t), "detected_offset": int(d)}
+            for c, s, t, d in zip(
+                known.loc[shifted, "clip"],
+                known.loc[shifted, "split"],
+                truth[shifted],
+                known.loc[shifted, "sync_offset"],
+                strict=True,
+            )
         ],
     }
 
