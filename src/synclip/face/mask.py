@@ -1,0 +1,53 @@
+"""The inpainting mask: which part of the aligned face the UNet regenerates (0) and keeps (1).
+
+One fixed image for every frame and every person, as LatentSync's `mask.png`, drawn on synclip's
+face template (`synclip.face.align.TEMPLATE`: eyes at 32 % of the height, nose tip at 47 %, mouth near
+65 %, chin near 86 %). The region to generate starts just below the nose tip and runs to the bottom
+of the crop, across the jaw, so an opening mouth and a dropping chin both lie inside it; the eyes,
+nose and cheeks above it stay visible to the model. `assets/mask.png` (256×256, 255 = keep) is the
+shipped file; `draw_mask` is how it was made (`python -m synclip.face.mask` rewrites it).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from synclip.face.align import TEMPLATE
+
+MASK_FILE = "mask.png"
+MASK_SIZE = 256
+# in units of the crop: the top of the generated region sits this far below the nose tip
+NOSE_MARGIN = 0.05
+SIDES = (0.12, 0.88)  # columns of the generated region, left and right edge
+
+
+def draw_mask(size: int = MASK_SIZE) -> np.ndarray:
+    """(size, size) uint8: 255 keep, 0 generate."""
+    top = TEMPLATE[3, 1] + NOSE_MARGIN
+    mask = np.full((size, size), 255, np.uint8)
+    left, right = (round(s * size) for s in SIDES)
+    mask[round(top * size) :, left:right] = 0
+    return mask
+
+
+def mask_path() -> Path:
+    return Path(str(resources.files("synclip.face") / "assets" / MASK_FILE))
+
+
+def load_mask(size: int, path: str | Path | None = None) -> torch.Tensor:
+    """(1, size, size) float, 1 = keep, 0 = generate: the shipped mask (or `path`), nearest-resized."""
+    path = Path(path) if path is not None else mask_path()
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise FileNotFoundError(f"{path}: not a readable mask image")
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
+    return torch.from_numpy((resized >= 128).astype(np.float32))[None]
+
+
+if __name__ == "__main__":
+    cv2.imwrite(str(mask_path()), draw_mask())
