@@ -275,6 +275,67 @@ def corpus_stats(
     print(json.dumps(json.loads(manifest_path.read_text())["summary"], indent=1))
 
 
+@app.command()
+def lipsync(
+    video: Annotated[
+        Path, typer.Option("--video", help="The video with the face (any size, rate, container).")
+    ],
+    audio: Annotated[Path, typer.Option("--audio", help="The speech (any audio or video file).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The output video (mp4).")],
+    model: Annotated[Path, typer.Option("--model", help="A packaged synclip model folder.")] = Path(
+        "models/synclip"
+    ),
+    steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (default: the model's).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Audio guidance scale; 1.0 turns it off.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the initial noise.")] = None,
+    face_index: Annotated[
+        int, typer.Option("--face-index", help="0 = the largest face, 1 = the next largest …")
+    ] = 0,
+    cut: Annotated[
+        bool, typer.Option("--cut", help="Audio longer than the video: cut it instead of looping the video.")
+    ] = False,
+    pad: Annotated[
+        bool, typer.Option("--pad", help="Video longer than the audio: pad with silence instead of cutting.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (default: runtime.device).")
+    ] = None,
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Lip-sync VIDEO to the speech in AUDIO; frames without a face pass through unchanged."""
+    from synclip.lipsync import LipSyncOptions, check_inputs, lipsync_file
+    from synclip.log import progress
+    from synclip.pipeline import LipSyncPipeline
+    from synclip.pretrained import require
+    from synclip.runtime import configure
+
+    cli_overrides = [*(overrides or ()), *([f"runtime.device={device}"] if device else [])]
+    resolved = load_params(params, cli_overrides)
+    torch_device = configure(resolved.runtime)
+    landmarker = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
+    options = LipSyncOptions(
+        steps=steps, guidance=guidance, seed=seed, face_index=face_index, cut=cut, pad=pad,
+        smoothing_frames=resolved.preprocess.smoothing_frames,
+    )  # fmt: skip
+    check_inputs(video, audio)  # bad input fails before the model is loaded
+    pipeline = LipSyncPipeline.from_pretrained(model, torch_device)
+    with progress("frames") as bar:
+        task = bar.add_task("lipsync", total=None)
+        summary = lipsync_file(
+            pipeline, video, audio, out, landmarker, options,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    print(
+        f"{summary.out}: {summary.frames} frames at {summary.fps} fps ({summary.width}x{summary.height}), "
+        f"{summary.frames_generated} generated, {summary.frames_without_face} without a face, "
+        f"{summary.frames_with_several_faces} with several faces, audio {summary.audio}"
+        + (", video looped" if summary.looped else "")
+    )
+
+
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2."""
     run(app)

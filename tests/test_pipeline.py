@@ -1,0 +1,472 @@
+"""LipSyncPipeline (tensors) and `synclip lipsync` (files): sampler equivalences, streaming, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+from einops import rearrange, repeat
+
+from synclip.artifacts import CheckpointError
+from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose
+from synclip.errors import UserError
+from synclip.face.mask import load_mask
+from synclip.lipsync import (
+    FaceTrack,
+    LipSyncOptions,
+    lipsync_file,
+    output_frames,
+    ping_pong,
+    synced_frames,
+)
+from synclip.media.decode import iter_frames, read_audio
+from synclip.media.io import VideoWriter
+from synclip.media.probe import probe
+from synclip.nn.unet import UNet3DConditionModel, UNetConfig
+from synclip.pipeline import PIPELINE_FILE, LipSyncPipeline, PipelineConfig, assemble
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNCLIP = Path(sys.executable).with_name("synclip")
+RES, WIDTH, TOKENS = 32, 16, 30  # face size, audio width D, S = 10 tokens × 3 Whisper states
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_unet(joint: bool = False, seed: int = 0) -> UNet3DConditionModel:
+    """Two levels, 16/32 channels; `joint=False` makes frames independent (chunking cannot matter)."""
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(
+        UNetConfig(
+            block_out_channels=(16, 32),
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+            layers_per_block=1,
+            num_attention_heads=2,
+            norm_num_groups=8,
+            cross_attention_dim=WIDTH,
+            joint_frame_groupnorm=joint,
+        )
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(1)
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8),
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RES,
+    )
+
+
+def tiny_whisper(folder: Path) -> Path:
+    from transformers import WhisperConfig, WhisperModel
+
+    config = WhisperConfig(
+        vocab_size=64, num_mel_bins=80, d_model=WIDTH, encoder_layers=2, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=1500, max_target_positions=16, pad_token_id=0, bos_token_id=0,
+        eos_token_id=0, decoder_start_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(2)
+    WhisperModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("model")
+    config = PipelineConfig(resolution=RES, num_frames=4, overlap=1, steps=2, guidance=1.5, seed=7)
+    return assemble(tmp / "synclip", tiny_unet(), tiny_vae(), tiny_whisper(tmp / "whisper"), config)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir) -> LipSyncPipeline:
+    return LipSyncPipeline.from_pretrained(model_dir)
+
+
+def inputs(frames: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    faces = torch.rand(frames, 3, RES, RES, generator=generator) * 2 - 1
+    return faces, torch.randn(frames, TOKENS, WIDTH, generator=generator)
+
+
+def with_config(pipe: LipSyncPipeline, unet=None, **changes) -> LipSyncPipeline:
+    config = PipelineConfig(**{**pipe.config.__dict__, **changes})
+    return LipSyncPipeline(unet or pipe.unet, pipe.vae, pipe.audio_encoder, pipe.mask.cpu(), config)
+
+
+# --- the tensor core -------------------------------------------------------------------------------
+
+
+def test_guidance_one_is_exactly_the_conditional_ddim_loop(pipe):
+    faces, audio = inputs(4)
+    batches = []
+    hook = pipe.unet.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    try:
+        ours = pipe(faces, audio, steps=3, guidance=1.0, seed=3)
+    finally:
+        hook.remove()
+    assert batches == [1, 1, 1]  # no unconditional pass
+
+    # the reference sampler written out: shared noise, [noisy, mask, masked, reference], DDIM eta 0
+    scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
+    scheduler.set_timesteps(3)
+    with torch.no_grad():
+        reference = pipe.encode(faces)
+        masked = pipe.encode(faces * pipe.mask)
+        noise = torch.randn(reference.shape[1:], generator=torch.Generator().manual_seed(3))
+        latent_mask = torch.nn.functional.interpolate(pipe.mask[None], size=reference.shape[-2:])
+        condition = torch.cat([latent_mask.expand(4, -1, -1, -1), masked, reference], dim=1)
+        condition = rearrange(condition, "f c h w -> 1 c f h w")
+        latents = repeat(noise, "c h w -> 1 c f h w", f=4)
+        for t in scheduler.timesteps:
+            eps = pipe.unet(torch.cat([latents, condition], dim=1), t, audio[None])
+            latents = scheduler.step(eps, t, latents).prev_sample
+        expected = pipe.decode(rearrange(latents, "1 c f h w -> f c h w"))
+    expected = expected * (1 - pipe.mask) + faces * pipe.mask
+    assert torch.equal(ours, expected)
+
+
+def test_guidance_runs_a_null_audio_pass_and_changes_the_output(pipe):
+    faces, audio = inputs(4)
+    batches = []
+    hook = pipe.unet.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
+    try:
+        guided = pipe(faces, audio, steps=2, guidance=2.0)
+    finally:
+        hook.remove()
+    assert batches == [2, 2]
+    assert not torch.allclose(guided, pipe(faces, audio, steps=2, guidance=1.0))
+
+
+def test_same_seed_same_output_other_seed_other_output(pipe):
+    faces, audio = inputs(5)
+    first = pipe(faces, audio, seed=11)
+    assert torch.equal(first, pipe(faces, audio, seed=11))
+    assert not torch.equal(first, pipe(faces, audio, seed=12))
+
+
+def test_only_the_masked_region_changes(pipe):
+    faces, audio = inputs(4)
+    out = pipe(faces, audio)
+    keep = pipe.mask.bool().expand_as(faces[0])
+    assert torch.equal(out[:, keep], faces[:, keep])
+    assert not torch.equal(out[:, ~keep], faces[:, ~keep])
+
+
+@pytest.mark.parametrize(("num_frames", "overlap"), [(4, 1), (4, 2), (3, 0), (2, 1)])
+def test_chunked_equals_one_chunk_when_frames_are_independent(pipe, num_frames, overlap):
+    faces, audio = inputs(9)
+    whole = with_config(pipe, num_frames=9, overlap=0)(faces, audio)
+    chunked = with_config(pipe, num_frames=num_frames, overlap=overlap)(faces, audio)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)  # batch-size rounding only
+
+
+def test_chunks_with_frame_mixing_differ_only_by_their_seams(pipe):
+    """With clip-wide GroupNorm, chunks see different statistics; every frame still comes out, bounded."""
+    faces, audio = inputs(7)
+    unet = tiny_unet(joint=True)
+    out = with_config(pipe, unet=unet, num_frames=4, overlap=2)(faces, audio)
+    assert out.shape == faces.shape
+    assert out.abs().max() <= 1
+
+
+def test_stream_holds_one_chunk_of_inputs(pipe):
+    """The stream pulls at most F inputs ahead of what it has given out (plus the overlap)."""
+    faces, audio = inputs(12)
+    pulled = 0
+
+    def items():
+        nonlocal pulled
+        for item in zip(faces, audio, strict=True):
+            pulled += 1
+            yield item
+
+    given = 0
+    for _ in pipe.stream(items()):
+        given += 1
+        assert pulled - given <= pipe.config.num_frames
+    assert given == 12
+
+
+def test_bad_shapes_and_settings_are_errors(pipe):
+    faces, audio = inputs(3)
+    with pytest.raises(ValueError, match="faces must be"):
+        pipe(faces[:, :, :16], audio)
+    with pytest.raises(ValueError, match="audio tokens must be"):
+        pipe(faces, audio[:2])
+    with pytest.raises(UserError, match="guidance"):
+        pipe(faces, audio, guidance=0.5)
+    with pytest.raises(UserError, match="steps"):
+        pipe(faces, audio, steps=0)
+
+
+# --- packaging --------------------------------------------------------------------------------------
+
+
+def test_packaged_folder_round_trips(model_dir, pipe):
+    meta = json.loads((model_dir / PIPELINE_FILE).read_text())
+    assert meta["kind"] == "synclip-pipeline"
+    assert meta["resolution"] == RES
+    assert "synclip_version" in meta
+    assert pipe.config == PipelineConfig(
+        resolution=RES, num_frames=4, overlap=1, steps=2, guidance=1.5, seed=7
+    )
+    assert pipe.scheduler_config["beta_schedule"] == "scaled_linear"
+    assert pipe.scheduler_config["steps_offset"] == 1
+    assert not pipe.scheduler_config["set_alpha_to_one"]
+    assert torch.equal(pipe.mask.cpu(), load_mask(RES))
+    for name, tensor in tiny_unet().state_dict().items():
+        assert torch.equal(pipe.unet.state_dict()[name], tensor), name
+
+
+def test_assemble_replaces_a_folder_whole(tmp_path, model_dir):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "stale.txt").write_text("old")
+    config = PipelineConfig(resolution=RES, num_frames=4, overlap=1)
+    assemble(folder, tiny_unet(), tiny_vae(), model_dir / "whisper", config)
+    assert not (folder / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary left
+
+
+def test_not_a_model_folder_and_mismatched_parts_are_errors(tmp_path, pipe):
+    with pytest.raises(UserError, match="not a packaged synclip model"):
+        LipSyncPipeline.from_pretrained(tmp_path)
+    wide = UNet3DConditionModel(dataclass_replace(pipe.unet.config, cross_attention_dim=24))
+    with pytest.raises(CheckpointError, match="cross_attention_dim"):
+        LipSyncPipeline(wide, pipe.vae, pipe.audio_encoder, pipe.mask.cpu(), pipe.config)
+
+
+def dataclass_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+# --- lengths ----------------------------------------------------------------------------------------
+
+
+def test_lengths_follow_the_audio_unless_cut_or_pad():
+    assert output_frames(10, 25) == 25
+    assert output_frames(10, 25, cut=True) == 10
+    assert output_frames(30, 25) == 25
+    assert output_frames(30, 25, pad=True) == 30
+
+
+def test_ping_pong_plays_forward_then_backward_without_repeating_ends():
+    assert [ping_pong(i, 4) for i in range(9)] == [0, 1, 2, 3, 2, 1, 0, 1, 2]
+    assert [ping_pong(i, 1) for i in range(3)] == [0, 0, 0]
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+FACELESS = range(8, 12)  # frames of the test video that show no face
+
+
+def talking_video(path: Path, frames: int = 20, size: tuple[int, int] = (192, 160)) -> Path:
+    """A drawn face (SynthTalk's renderer) with a moving mouth; FACELESS frames show the background only."""
+    width, height = size
+    renderer = FaceRenderer(Identity.sample("id0001", np.random.default_rng(0)))
+    rng = np.random.default_rng(1)
+    backdrop = np.full((height, width, 3), (90, 120, 150), np.uint8)
+    with VideoWriter(path, width, height, 25, audio_rate=16_000, crf=16, threads=1) as writer:
+        for i in range(frames):
+            image = backdrop.copy()
+            if i not in FACELESS:
+                opening = 0.5 + 0.5 * np.sin(i / 2)
+                mouth = MouthState(opening, 0.5, 0.2, 0.3, 0.0)
+                renderer.draw(
+                    image, Pose(width / 2, height * 0.42, height * 0.28, 0.02 * np.sin(i)), mouth, 1.0
+                )
+            writer.write_frame(image)
+            writer.write_audio(0.1 * rng.standard_normal((1, 640)).astype(np.float32))
+    return path
+
+
+def speech_wav(path: Path, seconds: float, rate: int = 44_100) -> Path:
+    """Stereo 16-bit PCM WAV (mp4 cannot carry it as is: it must be encoded, keeping rate and channels)."""
+    t = np.arange(int(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            (np.stack([tone, -tone]) * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    return talking_video(folder / "face.mp4"), speech_wav(folder / "speech.wav", 1.0)
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    return list(iter_frames(path, fps=probe(path).video.fps))
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_lipsync_keeps_size_rate_and_the_speech_and_loops_the_video(pipe, media, tmp_path, pretrained_dir):
+    video, speech = media
+    out = tmp_path / "out.mp4"
+    summary = lipsync_file(pipe, video, speech, out, pretrained_dir / "face_landmarker.task")
+    info = probe(out)
+    assert (info.video.width, info.video.height, info.video.fps) == (192, 160, Fraction(25))
+    assert summary.frames == 25 == len(decoded(out))  # 1 s of speech > 0.8 s of video: looped
+    assert summary.looped
+    assert summary.video_frames == 20
+    assert summary.frames_without_face == len(FACELESS)
+    assert summary.frames_generated == 25 - len(FACELESS)
+    assert (info.audio.sample_rate, info.audio.channels) == (44_100, 2)  # not downmixed to 16 kHz mono
+    assert abs(info.audio.duration - 1.0) < 0.05
+    heard, said = read_audio(out), read_audio(speech)
+    n = min(len(heard), len(said))
+    assert np.corrcoef(heard[2000 : n - 2000], said[2000 : n - 2000])[0, 1] > 0.95
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+@pytest.mark.pretrained
+def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir):
+    from synclip.lipsync import track_face
+
+    video, speech = media
+    options = LipSyncOptions()
+    track = track_face(video, Fraction(25), RES, pretrained_dir / "face_landmarker.task", options)
+    assert [i for i in range(20) if not track.found[i]] == list(FACELESS)
+    counts = {"generated": 0, "without_face": 0}
+    samples = read_audio(speech)
+    out = list(synced_frames(pipe, video, samples, Fraction(25), track, 20, options, counts))
+    source = decoded(video)
+    for i in range(20):
+        same = np.array_equal(out[i], source[i])
+        assert same == (i in FACELESS), i
+        # far above the generated region (the lower face) nothing moves
+        assert np.array_equal(out[i][:30], source[i][:30]), i
+    assert counts == {"generated": 16, "without_face": 4}
+
+
+def test_a_video_without_any_face_passes_through(pipe, media):
+    video, speech = media
+    track = FaceTrack(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
+    counts = {"generated": 0, "without_face": 0}
+    out = list(
+        synced_frames(pipe, video, read_audio(speech), Fraction(25), track, 20, LipSyncOptions(), counts)
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(out, decoded(video), strict=True))
+    assert counts["without_face"] == 20
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SYNCLIP, "lipsync", *map(str, args)], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+
+
+def video_only(path: Path) -> Path:
+    with VideoWriter(path, 64, 64, 25, threads=1) as writer:
+        for _ in range(5):
+            writer.write_frame(np.zeros((64, 64, 3), np.uint8))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case", ["not_a_video", "truncated", "no_audio_stream", "audio_only_video", "missing"]
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(case, media, tmp_path, model_dir):
+    video, speech = media
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    if case == "not_a_video":
+        bad = tmp_path / "notes.mp4"
+        bad.write_text("hello, not a video\n" * 20)
+        args, named = ("--video", bad, "--audio", speech), bad
+    elif case == "truncated":
+        bad = tmp_path / "cut.mp4"
+        bad.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+        args, named = ("--video", bad, "--audio", speech), bad
+    elif case == "no_audio_stream":
+        bad = video_only(tmp_path / "mute.mp4")
+        args, named = ("--video", video, "--audio", bad), bad
+    elif case == "audio_only_video":
+        args, named = ("--video", speech, "--audio", speech), speech
+    else:
+        bad = tmp_path / "nowhere.mp4"
+        args, named = ("--video", bad, "--audio", speech), bad
+    result = cli(*args, "-o", out, "--model", model_dir)
+    assert result.returncode == 2, result.stderr
+    # one error line and no traceback (third-party import warnings may print lines of their own)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert named.name in lines[0], result.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def fixed_track(frames: int = 20) -> FaceTrack:
+    """The alignment of a face in the middle of the 192×160 test frames, on every frame."""
+    matrix = np.array([[RES / 80, 0, -56 * RES / 80], [0, RES / 80, -30 * RES / 80]])
+    return FaceTrack(np.repeat(matrix[None], frames, axis=0), np.ones(frames, bool), 0)
+
+
+def test_output_keeps_size_rate_and_speech_without_a_landmarker(pipe, media, tmp_path, monkeypatch):
+    video, speech = media
+    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: fixed_track())
+    out = tmp_path / "out.mp4"
+    summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True))
+    info = probe(out)
+    assert (info.video.width, info.video.height, info.video.fps) == (192, 160, Fraction(25))
+    assert summary.frames == 20 == len(decoded(out))
+    assert not summary.looped
+    assert (info.audio.sample_rate, info.audio.channels, info.audio.codec) == (44_100, 2, "aac")
+    assert abs(info.audio.duration - 0.8) < 0.05  # cut to the video
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypatch):
+    import synclip.lipsync
+
+    video, speech = media
+    monkeypatch.setattr(synclip.lipsync, "track_face", lambda *args: fixed_track())
+    real, calls = synclip.lipsync.paste, []
+
+    def paste(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("disk on fire")
+        return real(*args)
+
+    monkeypatch.setattr(synclip.lipsync, "paste", paste)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        lipsync_file(pipe, video, speech, out, "unused")
+    assert list(tmp_path.iterdir()) == []
