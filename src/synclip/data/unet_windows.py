@@ -1,0 +1,274 @@
+"""UNet training windows: F-frame target windows of processed clips with their VAE latents, the masked
+latents, a non-overlapping reference window of the same clip, and audio aligned to the frames.
+
+The VAE is frozen, so every frame is encoded once (frame and frame × mask) and the posterior's mean
+and std are kept: a training batch draws `mean + std·ε` — what LatentSync's per-step
+`latent_dist.sample()` gives, without running the encoder per step; validation uses the means. The
+posteriors are cached on disk per clip, keyed by the VAE's weights, the mask and the clip's bytes, so
+stage 2 reuses stage 1's encodings. Audio: Whisper tokens (`cached_whisper_features`) and the SyncNet
+mel, both read at frame t + `audio_shift` (the sync_filter correction).
+
+Shapes: latents (T, 4, h, w) per clip; a batch as `synclip.train.diffusion.UNetBatch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from diffusers import AutoencoderKL
+from einops import rearrange
+
+from synclip.audio.mel import mel_window, syncnet_mel
+from synclip.audio.whisper import (
+    FRAME_CONTEXT,
+    WhisperAudioEncoder,
+    cached_whisper_features,
+    encoder_fingerprint,
+)
+from synclip.constants import WHISPER_TOKENS_PER_FRAME, whisper_token_window
+from synclip.face.mask import load_mask
+from synclip.log import track
+from synclip.media.decode import iter_frames, read_audio
+from synclip.train.diffusion import UNetBatch, region_pixels
+
+log = logging.getLogger(__name__)
+
+LATENTS_VERSION = "synclip-unet-latents-v1"
+POSTERIORS = ("mean", "std", "masked_mean", "masked_std")
+
+
+@dataclass
+class WindowClip:
+    """One processed clip in memory, as the UNet trainer reads it."""
+
+    name: str
+    identity: str
+    posteriors: dict[str, torch.Tensor]  # POSTERIORS → (T, 4, h, w), scaled by the VAE's scaling factor
+    features: torch.Tensor  # (T_w, L, D) Whisper states, 50 per second
+    mel: torch.Tensor  # (80, M) SyncNet mel
+    shift: int  # audio of frame t is at t + shift (sync_filter's audio_shift)
+    pixels: torch.Tensor | None  # (T, 3, H', W') uint8 `pixel_region` of each frame, for LPIPS/TREPA
+
+    @property
+    def num_frames(self) -> int:
+        return self.posteriors["mean"].shape[0]
+
+    @property
+    def audio_frames(self) -> int:
+        """Video frames whose start lies inside the audio (2i < T_w)."""
+        return math.ceil(self.features.shape[0] / WHISPER_TOKENS_PER_FRAME)
+
+
+@dataclass(frozen=True)
+class Window:
+    clip: int  # index into the sampler's clips
+    start: int  # first target frame
+    reference: int  # first reference frame, |reference − start| >= F
+
+
+def target_starts(clip: WindowClip, num_frames: int) -> np.ndarray:
+    """Target starts s whose frames and shifted audio fit and that leave room for a reference window."""
+    first = max(0, -clip.shift)
+    last = min(clip.num_frames - num_frames, clip.audio_frames - num_frames - clip.shift)
+    starts = np.arange(first, last + 1)
+    room = (starts >= num_frames) | (starts + 2 * num_frames <= clip.num_frames)
+    return starts[room]
+
+
+def reference_starts(clip: WindowClip, start: int, num_frames: int) -> np.ndarray:
+    """Reference starts r in [0, T − F] with no frame in common with the target: |r − s| >= F."""
+    starts = np.arange(0, clip.num_frames - num_frames + 1)
+    return starts[np.abs(starts - start) >= num_frames]
+
+
+def audio_tokens(features: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """(T_w, L, D) → (count, S, D): `frame_audio_windows(features, ·)[first : first + count]`, computed
+    for those frames only (indices clamped to the audio, as LatentSync)."""
+    before, after = FRAME_CONTEXT
+    index = torch.tensor(
+        [list(range(*whisper_token_window(i, before, after))) for i in range(first, first + count)]
+    )
+    windows = features[index.clamp(0, features.shape[0] - 1)]  # (count, 10, L, D)
+    return rearrange(windows, "f t l d -> f (t l) d")
+
+
+class WindowSampler:
+    """Random windows of `clips` (target, reference ≥ F frames away) and their batches."""
+
+    def __init__(self, clips: list[WindowClip], num_frames: int, rng: np.random.Generator) -> None:
+        self.num_frames = num_frames
+        self.rng = rng
+        self.clips = [c for c in clips if len(target_starts(c, num_frames))]
+        self.skipped = [c.name for c in clips if not len(target_starts(c, num_frames))]
+        if self.skipped:
+            log.info("%d clips too short for %d-frame target + reference windows: %s", len(self.skipped),
+                     num_frames, ", ".join(self.skipped[:5]))  # fmt: skip
+        if not self.clips:
+            raise ValueError(f"no clip holds two non-overlapping {num_frames}-frame windows")
+        size = self.clips[0].posteriors["mean"].shape[-2:]
+        self.mask = load_mask(size[0])  # (1, h, w), nearest-resized as LatentSync's latent mask
+        assert self.mask.shape[-2:] == size, (self.mask.shape, size)
+
+    def draw(self) -> Window:
+        index = int(self.rng.integers(len(self.clips)))
+        clip = self.clips[index]
+        start = int(self.rng.choice(target_starts(clip, self.num_frames)))
+        reference = int(self.rng.choice(reference_starts(clip, start, self.num_frames)))
+        return Window(index, start, reference)
+
+    def batch(self, windows: list[Window], sample: bool = True) -> UNetBatch:
+        """Windows → a batch; latents are posterior samples (torch's global RNG), or the means if not `sample`."""
+        frames = self.num_frames
+
+        def latent(clip: WindowClip, first: int, kind: str) -> torch.Tensor:
+            mean = clip.posteriors[kind][first : first + frames]
+            if sample:
+                std = clip.posteriors[kind.replace("mean", "std")][first : first + frames]
+                mean = mean + std * torch.randn(mean.shape)
+            return rearrange(mean, "f c h w -> c f h w")
+
+        parts: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("latents", "masked", "reference", "audio", "mel", "pixels")
+        }
+        for window in windows:
+            clip = self.clips[window.clip]
+            parts["latents"].append(latent(clip, window.start, "mean"))
+            parts["masked"].append(latent(clip, window.start, "masked_mean"))
+            parts["reference"].append(latent(clip, window.reference, "mean"))
+            parts["audio"].append(audio_tokens(clip.features, window.start + clip.shift, frames))
+            parts["mel"].append(mel_window(clip.mel, window.start + clip.shift, frames)[None])
+            if clip.pixels is not None:
+                pixels = clip.pixels[window.start : window.start + frames].float() / 127.5 - 1
+                parts["pixels"].append(rearrange(pixels, "f c h w -> c f h w"))
+        latents = torch.stack(parts["latents"])  # (B, 4, F, h, w)
+        batch, _, _, height, width = latents.shape
+        return UNetBatch(
+            latents=latents,
+            masked_latents=torch.stack(parts["masked"]),
+            reference_latents=torch.stack(parts["reference"]),
+            mask=self.mask[None, :, None].expand(batch, 1, frames, height, width).contiguous(),
+            audio=torch.stack(parts["audio"]).float(),  # (B, F, S, D)
+            mel=torch.stack(parts["mel"]),  # (B, 1, 80, W)
+            pixels=torch.stack(parts["pixels"]) if parts["pixels"] else None,
+        )
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def vae_fingerprint(vae: AutoencoderKL) -> str:
+    """sha256 over the VAE's config and weights: what the cached posteriors depend on."""
+    digest = hashlib.sha256(LATENTS_VERSION.encode())
+    digest.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def encode_posteriors(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -> dict[str, torch.Tensor]:
+    """uint8 (T, H, W, 3) → POSTERIORS (T, 4, h, w), unscaled, on the CPU; the mask is the shipped one."""
+    device = next(vae.parameters()).device
+    mask = load_mask(frames.shape[1]).to(device)  # (1, H, W)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in POSTERIORS}
+    for i in range(0, len(frames), batch):
+        images = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).to(device)
+        images = rearrange(images, "b h w c -> b c h w").float() / 127.5 - 1  # [−1, 1]
+        for prefix, pixels in (("", images), ("masked_", images * mask)):  # masked: the region is 0 (grey)
+            posterior = vae.encode(pixels).latent_dist
+            out[f"{prefix}mean"].append(posterior.mean.float().cpu())
+            out[f"{prefix}std"].append(posterior.std.float().cpu())
+    return {k: torch.cat(v).contiguous() for k, v in out.items()}
+
+
+def cached_posteriors(
+    path: Path, vae: AutoencoderKL, cache_dir: Path | None, fingerprint: str
+) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+    """(POSTERIORS of every frame of the clip at `path`, the frames if they were decoded, else None)."""
+    from safetensors.torch import load_file, save_file
+
+    key = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(f"{LATENTS_VERSION} {fingerprint} ".encode())
+        digest.update(load_mask(256).numpy().tobytes())
+        digest.update(path.read_bytes())
+        key = digest.hexdigest()
+        file = cache_dir / f"{key}.safetensors"
+        if file.is_file():
+            stored = load_file(file)
+            if set(stored) == set(POSTERIORS):
+                return stored, None
+            log.warning("%s holds %s, not the posteriors; re-encoding", file, sorted(stored))
+    frames = np.stack(list(iter_frames(path)))
+    posteriors = encode_posteriors(vae, frames)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(posteriors, tmp, metadata={"format": LATENTS_VERSION})
+            os.replace(tmp, cache_dir / f"{key}.safetensors")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return posteriors, frames
+
+
+def load_window_clips(
+    manifest: pd.DataFrame,
+    clips_dir: str | Path,
+    *,
+    vae: AutoencoderKL,
+    whisper: WhisperAudioEncoder,
+    whisper_cache: str | Path,
+    latent_cache: str | Path | None,
+    pixel_region: tuple[float, float, float, float] | None,
+    description: str,
+) -> list[WindowClip]:
+    """Every clip of `manifest` (rows with clip, identity and optionally audio_shift) in memory.
+
+    `pixel_region` keeps that part of each frame (snapped to latent cells) for pixel losses; None keeps none.
+    """
+    clips_dir = Path(clips_dir)
+    latent_cache = Path(latent_cache) if latent_cache is not None else None
+    vae_key = vae_fingerprint(vae)
+    whisper_key = encoder_fingerprint(whisper)
+    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    clips = []
+    for row in track(list(manifest.itertuples()), description, unit="clips"):
+        path = clips_dir / f"{row.clip}.mp4"
+        raw, frames = cached_posteriors(path, vae, latent_cache, vae_key)
+        posteriors = {
+            k: (v - shift) * scale if k.endswith("mean") else v * scale for k, v in raw.items()
+        }  # the UNet's latent space
+        pixels = None
+        if pixel_region is not None:
+            frames = frames if frames is not None else np.stack(list(iter_frames(path)))
+            rows, cols = region_pixels(pixel_region, tuple(posteriors["mean"].shape[-2:]), factor)
+            pixels = rearrange(torch.from_numpy(frames[:, rows, cols]), "t h w c -> t c h w").contiguous()
+        samples = read_audio(path)
+        audio_shift = getattr(row, "audio_shift", 0)
+        clips.append(
+            WindowClip(
+                name=row.clip,
+                identity=row.identity,
+                posteriors=posteriors,
+                features=cached_whisper_features(samples, whisper, whisper_cache, fingerprint=whisper_key),
+                mel=syncnet_mel(samples),
+                shift=0 if pd.isna(audio_shift) else int(audio_shift),
+                pixels=pixels,
+            )
+        )
+    return clips

@@ -1,0 +1,236 @@
+"""Training the UNet (LatentSync stages 1 and 2): AdamW, gradient clipping, EMA weights, audio dropout,
+trainable-module patterns, deterministic validation on held-out identities, exact resumption.
+
+The objective lives in `synclip.train.diffusion`, the windows in `synclip.data.unet_windows`; the
+artifact is `save_unet` of the EMA weights with their config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from synclip.artifacts import read_weights
+from synclip.config import UNetParams, UNetStageParams, to_dict
+from synclip.data.unet_windows import Window, WindowClip, WindowSampler
+from synclip.log import progress
+from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, load_unet_state, save_unet
+from synclip.runtime import autocast_dtype
+from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.train.diffusion import DiffusionObjective, mixed_noise
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def unet_config(params: UNetParams, stage: UNetStageParams, audio_width: int) -> UNetConfig:
+    """The UNet geometry of `params` with the stage's motion modules and the audio encoder's width D."""
+    values = dataclasses.asdict(params)
+    values["motion_module_decoder_only"] = params.motion_module_decoder_only and stage.motion_modules
+    return UNetConfig(**values, cross_attention_dim=audio_width, motion_modules=stage.motion_modules)
+
+
+def select_trainable(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Freeze every parameter whose name matches none of `patterns` (fnmatch); no patterns: train all.
+
+    Returns the trainable names; a pattern that matches nothing is an error (a typo would freeze all).
+    """
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise ValueError(f"trainable pattern {pattern!r} matches no parameter of the UNet")
+    chosen = []
+    for name, parameter in model.named_parameters():
+        keep = not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        parameter.requires_grad_(keep)
+        if keep:
+            chosen.append(name)
+    return chosen
+
+
+def initial_unet(config: UNetConfig, init: str | Path | None) -> tuple[UNet3DConditionModel, list[str]]:
+    """A fresh UNet, or one started from the artifact `init` (stage 1's): motion modules absent there
+    keep their (identity) initialisation and are returned; any other mismatch is a CheckpointError."""
+    model = UNet3DConditionModel(config)
+    if init is None:
+        return model, []
+    allow = (MOTION_MODULES,) if config.motion_modules else ()
+    return model, load_unet_state(model, read_weights(init), f"{init}/model.safetensors", allow)
+
+
+@dataclass
+class History:
+    rows: list[dict]  # one per validation: step, train_<term>, val_<term>, seconds
+    seconds: float
+
+
+def fingerprint(
+    config: UNetConfig, stage: UNetStageParams, seed: int, clips: list[WindowClip], extra: dict
+) -> str:
+    payload = json.dumps(
+        [
+            dataclasses.asdict(config),
+            to_dict(stage),
+            seed,
+            [(c.name, c.num_frames, c.shift) for c in clips],
+            extra,
+        ],
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+class Validation:
+    """Fixed windows of held-out identities with fixed noise and timesteps: a deterministic loss."""
+
+    def __init__(self, sampler: WindowSampler, count: int, alpha: float, seed: int) -> None:
+        self.sampler = sampler
+        self.windows: list[Window] = [sampler.draw() for _ in range(count)]
+        generator = torch.Generator().manual_seed(seed)
+        self.batches = [sampler.batch([w], sample=False) for w in self.windows]  # posterior means
+        self.noise = [mixed_noise(tuple(b.latents.shape), alpha, generator) for b in self.batches]
+        self.timesteps = [torch.randint(0, 1000, (1,), generator=generator) for _ in self.batches]
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, objective: DiffusionObjective, device: torch.device) -> dict:
+        was_training = model.training
+        model.eval()
+        sums: dict[str, float] = {}
+        for batch, noise, timesteps in zip(self.batches, self.noise, self.timesteps, strict=True):
+            terms = objective(model, batch.to(device), noise.to(device), timesteps.to(device))
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        model.train(was_training)
+        return {name: value / len(self.batches) for name, value in sums.items()}
+
+
+def train_unet(
+    train: list[WindowClip],
+    val: list[WindowClip],
+    objective: DiffusionObjective,
+    config: UNetConfig,
+    stage: UNetStageParams,
+    out_dir: str | Path,
+    device: torch.device,
+    seed: int,
+    *,
+    init: str | Path | None = None,
+    info: dict | None = None,
+    stop_after: int | None = None,
+) -> tuple[UNet3DConditionModel, History]:
+    """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}` (EMA weights).
+
+    A complete checkpoint (`out_dir/checkpoint.pt`: weights, EMA, optimizer, scaler, step, history,
+    every RNG) is written every `checkpoint_every` steps; a rerun with the same inputs continues from
+    it and ends with the same weights as an uninterrupted run. `stop_after` ends early (for tests).
+    """
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sampler = WindowSampler(train, stage.num_frames, rng)
+    validation = Validation(
+        WindowSampler(val, stage.num_frames, np.random.default_rng(seed + 1)),
+        stage.val_windows, stage.mixed_noise_alpha, seed + 2,
+    )  # fmt: skip
+    model, fresh = initial_unet(config, init)
+    trainable = select_trainable(model, stage.trainable)
+    model.to(device).train()
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(stage.ema_decay), use_buffers=True)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay)
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+
+    key = fingerprint(
+        config, stage, seed, sampler.clips,
+        {"weights": objective.weights, "init": _file_digest(Path(init) / "model.safetensors") if init else ""},
+    )  # fmt: skip
+    history = History(rows=[], seconds=0.0)
+    step, sums, count = 0, {}, 0
+    resumed = load_training_state(
+        out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, rng=rng, fingerprint=key
+    )
+    if resumed is not None:
+        step, extra = resumed
+        ema.load_state_dict(extra["ema"])
+        history = History(**extra["history"])
+        sums, count = extra["sums"], extra["count"]
+        log.info("resuming UNet training from step %d (%s)", step, out_dir / CHECKPOINT)
+    total = sum(p.numel() for p in model.parameters())
+    log.info(
+        "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
+        "clips, %d steps of %d × %d frames on %s; terms %s, disabled %s",
+        total / 1e6, sum(p.numel() for p in parameters) / 1e6, len(fresh), len(sampler.clips),
+        len(validation.sampler.clips), stage.max_steps, stage.batch_size, stage.num_frames, device,
+        objective.weights, objective.disabled,
+    )  # fmt: skip
+    started = time.perf_counter() - history.seconds
+    with progress("steps") as bar:
+        task = bar.add_task("train_unet", total=stage.max_steps, completed=step)
+        while step < stage.max_steps:
+            batch = sampler.batch([sampler.draw() for _ in range(stage.batch_size)])
+            dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
+            batch.audio[dropped] = 0
+            noise = mixed_noise(tuple(batch.latents.shape), stage.mixed_noise_alpha)
+            timesteps = torch.randint(0, objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
+            batch = batch.to(device)
+            with context:
+                terms = objective(model, batch, noise.to(device), timesteps.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, stage.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update_parameters(model)
+            step += 1
+            count += 1
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+            bar.advance(task)
+            if step % stage.val_every == 0 or step == stage.max_steps:
+                val = validation(ema.module, objective, device)
+                row = {"step": step}
+                row |= {f"train_{k}": round(v / count, 6) for k, v in sums.items()}
+                row |= {f"val_{k}": round(v, 6) for k, v in val.items()}
+                row["seconds"] = round(time.perf_counter() - started, 1)
+                history.rows.append(row)
+                sums, count = {}, 0
+                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if "_" in k))
+            history.seconds = time.perf_counter() - started
+            if step % stage.checkpoint_every == 0 or step == stage.max_steps:
+                save_training_state(
+                    out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, step=step, rng=rng,
+                    fingerprint=key,
+                    extra={"history": dataclasses.asdict(history), "ema": ema.state_dict(), "sums": sums,
+                           "count": count},
+                )  # fmt: skip
+            if stop_after is not None and step >= stop_after:
+                return ema.module, history
+    artifact = {
+        "trained_steps": step,
+        "trainable": list(stage.trainable),
+        "trainable_tensors": len(trainable),
+        "loss_weights": objective.weights,
+        "disabled_terms": objective.disabled,
+        **(info or {}),
+    }
+    save_unet(out_dir, ema.module, artifact)
+    return ema.module, history

@@ -1,0 +1,110 @@
+"""DVC stages `train_unet_stage1` / `train_unet_stage2`: the denoiser on cached latents (resumes a killed run)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from synclip.audio.whisper import load_whisper_encoder
+from synclip.config import load_params
+from synclip.data.unet_windows import load_window_clips
+from synclip.entry import run
+from synclip.errors import UserError
+from synclip.log import setup_logging
+from synclip.runtime import configure
+from synclip.train.diffusion import DiffusionObjective, load_lpips, load_trepa_term
+from synclip.train.syncnet import load_syncnet
+from synclip.train.unet import train_unet, unet_config
+from synclip.train.vae import load_vae
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--manifest", type=Path, required=True, help="data/synced/manifest.parquet")
+    parser.add_argument("--clips", type=Path, required=True, help="data/processed/clips")
+    parser.add_argument("--vae", type=Path, required=True)
+    parser.add_argument("--init", type=Path, help="stage 2: the stage-1 UNet artifact")
+    parser.add_argument("--syncnet", type=Path, help="stage 2: the SyncNet artifact")
+    parser.add_argument("--trepa", type=Path, help="stage 2: the TREPA video encoder folder (optional)")
+    parser.add_argument("--whisper-cache", type=Path, required=True)
+    parser.add_argument("--latent-cache", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args()
+    params = load_params(args.params)
+    setup_logging(params.runtime.log_level)
+    device = configure(params.runtime)
+    stage = params.train_unet.stage(args.stage)
+    weights = stage.loss_weights
+    if args.stage == 2 and args.init is None:
+        raise UserError("stage 2 starts from the stage-1 UNet: pass --init")
+
+    vae = load_vae(args.vae, param="--vae").to(device).requires_grad_(False)
+    syncnet = (
+        load_syncnet(args.syncnet).to(device).requires_grad_(False) if weights.sync and args.syncnet else None
+    )
+    lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg) if weights.lpips else (None, "weight 0")
+    trepa, trepa_reason = load_trepa_term(args.trepa) if weights.trepa else (None, "weight 0")
+    objective = DiffusionObjective(
+        dataclasses.asdict(weights),
+        pixel_region=stage.pixel_region,
+        vae=vae,
+        syncnet=syncnet,
+        lpips=lpips.to(device) if lpips is not None else None,
+        trepa=trepa.to(device) if trepa is not None else None,
+        unavailable={"sync": "no --syncnet given", "lpips": lpips_reason, "trepa": trepa_reason},
+    )
+
+    manifest = pd.read_parquet(args.manifest)
+    for split in ("train", "val"):
+        if not (manifest["split"] == split).any():
+            raise UserError(f"{args.manifest} has no {split} clips; UNet training needs both")
+    train_rows = manifest[manifest["split"] == "train"].sort_values("clip")
+    if stage.max_clips:
+        train_rows = train_rows.iloc[:: max(1, len(train_rows) // stage.max_clips)].iloc[: stage.max_clips]
+    val_rows = manifest[manifest["split"] == "val"].sort_values("clip").iloc[: stage.val_windows]
+    whisper = load_whisper_encoder(params.pretrained.whisper)
+    region = stage.pixel_region if objective.needs_pixels else None
+    common = dict(vae=vae, whisper=whisper, whisper_cache=args.whisper_cache, latent_cache=args.latent_cache,
+                  pixel_region=region)  # fmt: skip
+    train = load_window_clips(train_rows, args.clips, description="train clips", **common)
+    val = load_window_clips(val_rows, args.clips, description="val clips", **common)
+    config = unet_config(params.unet, stage, audio_width=whisper.width)
+    _, history = train_unet(
+        train, val, objective, config, stage, args.out, device, params.seed, init=args.init,
+        info={"stage": args.stage, "manifest": str(args.manifest)},
+    )  # fmt: skip
+
+    rows = history.rows
+    last = rows[-1]
+    summary = {
+        "stage": args.stage,
+        "steps": last["step"],
+        "train_seconds": round(history.seconds, 1),
+        "seconds_per_step": round(history.seconds / last["step"], 3),
+        "train_clips": len(train),
+        "val_clips": len(val),
+        "terms": objective.weights,
+        "disabled_terms": objective.disabled,
+        **{k: v for k, v in last.items() if k.startswith("val_")},
+        "best_val_total": min(r["val_total"] for r in rows),
+    }
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    args.history.parent.mkdir(parents=True, exist_ok=True)
+    with args.history.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    run(main)

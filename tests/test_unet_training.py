@@ -1,0 +1,224 @@
+"""UNet training: mixed noise, x̂0, named loss terms, windows and their audio, exact resumption, stage 2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from synclip.audio.mel import mel_window
+from synclip.audio.whisper import frame_audio_windows
+from synclip.config import load_params
+from synclip.data.unet_windows import WindowClip, WindowSampler, audio_tokens
+from synclip.nn.syncnet import StableSyncNet
+from synclip.nn.unet import UNet3DConditionModel, load_unet, save_unet
+from synclip.train.diffusion import (
+    DiffusionObjective,
+    add_noise,
+    load_lpips,
+    load_trepa_term,
+    mixed_noise,
+    noise_correlation,
+    noise_scheduler,
+    predict_x0,
+)
+from synclip.train.syncnet import syncnet_config
+from synclip.train.unet import initial_unet, select_trainable, train_unet, unet_config
+
+CPU = torch.device("cpu")
+LATENT, WIDTH, STATES = 8, 8, 1  # h = w, audio width D, Whisper states L (S = 10·L tokens per frame)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def params(root):
+    return load_params(root / "params.yaml")
+
+
+def tiny_unet_params(params):
+    return dataclasses.replace(params.unet, block_out_channels=(8, 16, 16), norm_num_groups=4,
+                               num_attention_heads=2, motion_num_attention_heads=2)  # fmt: skip
+
+
+def tiny_stage(params, **changes):
+    stage = params.train_unet.stage1
+    values = dict(num_frames=4, batch_size=1, max_steps=4, val_every=2, val_windows=2, checkpoint_every=1)
+    return dataclasses.replace(stage, **(values | changes))
+
+
+def synthetic_clip(name: str, frames: int, shift: int = 0, seed: int = 0) -> WindowClip:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = 2 * frames + 1
+    # token t's features are all t, so a window's values name the tokens it holds
+    features = torch.arange(tokens, dtype=torch.float32)[:, None, None].expand(tokens, STATES, WIDTH)
+    posteriors = {
+        k: torch.randn(frames, 4, LATENT, LATENT, generator=generator) for k in ("mean", "masked_mean")
+    }
+    posteriors |= {k: torch.full((frames, 4, LATENT, LATENT), 0.05) for k in ("std", "masked_std")}
+    mel = torch.arange(4 * frames, dtype=torch.float32)[None].expand(80, -1)  # mel frame k holds k
+    return WindowClip(name, name[:4], posteriors, features.contiguous(), mel.contiguous(), shift, None)
+
+
+def test_mixed_noise_has_the_stated_inter_frame_correlation():
+    generator = torch.Generator().manual_seed(0)
+    for alpha in (1.0, 2.0, 0.0):
+        noise = mixed_noise((20_000, 1, 3, 1, 1), alpha, generator).flatten(1)  # (N, F)
+        assert noise.var(dim=0).sub(1).abs().max() < 0.05  # unit variance per frame
+        measured = torch.corrcoef(noise.T)[0, 1:]
+        assert (measured - noise_correlation(alpha)).abs().max() < 0.03, (alpha, measured)
+    assert noise_correlation(1.0) == 0.5
+
+
+def test_one_step_x0_inverts_the_forward_process_when_the_noise_is_known():
+    scheduler = noise_scheduler()
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    assert scheduler.config.num_train_timesteps == 1000
+    latents = torch.randn(3, 4, 2, 4, 4)
+    noise = mixed_noise(tuple(latents.shape), 1.0)
+    timesteps = torch.tensor([0, 500, 999])
+    noisy = add_noise(scheduler, latents, noise, timesteps)
+    torch.testing.assert_close(noisy, scheduler.add_noise(latents, noise, timesteps), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(predict_x0(scheduler, noisy, noise, timesteps), latents, rtol=0, atol=1e-4)
+
+
+def test_reference_windows_never_overlap_and_audio_follows_the_shift():
+    clips = [
+        synthetic_clip("a000", 40, shift=0),
+        synthetic_clip("b000", 40, shift=3),
+        synthetic_clip("c000", 7),
+    ]
+    sampler = WindowSampler(clips, 8, np.random.default_rng(0))
+    assert sampler.skipped == ["c000"]  # too short for two 8-frame windows
+    for _ in range(300):
+        window = sampler.draw()
+        clip = sampler.clips[window.clip]
+        assert abs(window.reference - window.start) >= 8
+        assert 0 <= window.reference <= clip.num_frames - 8
+        assert window.start + clip.shift >= 0
+        assert window.start + clip.shift + 8 <= clip.audio_frames
+    window = next(w for w in iter(sampler.draw, None) if sampler.clips[w.clip].shift == 3)
+    clip = sampler.clips[window.clip]
+    batch = sampler.batch([window], sample=False)
+    first = window.start + 3  # the audio of frame t is at t + audio_shift
+    expected = frame_audio_windows(clip.features, clip.audio_frames)[first : first + 8]
+    torch.testing.assert_close(batch.audio[0], expected)
+    torch.testing.assert_close(audio_tokens(clip.features, first, 8), expected)
+    # frame i's tokens are [2i − 4, 2i + 6): token 2i sits at position 4
+    assert batch.audio[0, :, 4, 0].tolist() == [2.0 * (first + i) for i in range(8)]
+    torch.testing.assert_close(batch.mel[0, 0], mel_window(clip.mel, first, 8))
+    torch.testing.assert_close(
+        batch.latents[0].transpose(0, 1), clip.posteriors["mean"][window.start : window.start + 8]
+    )
+    torch.testing.assert_close(
+        batch.reference_latents[0].transpose(0, 1),
+        clip.posteriors["mean"][window.reference : window.reference + 8],
+    )
+    assert batch.mask.shape == (1, 1, 8, LATENT, LATENT)
+    assert set(batch.mask.unique().tolist()) == {0.0, 1.0}
+
+
+def test_unavailable_terms_are_disabled_with_their_reason():
+    lpips, lpips_reason = load_lpips(None)
+    trepa, trepa_reason = load_trepa_term(None)
+    assert lpips is None
+    assert "lpips_vgg" in lpips_reason
+    objective = DiffusionObjective(
+        {"recon": 1.0, "sync": 0.0, "lpips": 0.1, "trepa": 10.0},
+        vae=tiny_vae(),
+        lpips=lpips,
+        trepa=trepa,
+        unavailable={"lpips": lpips_reason, "trepa": trepa_reason},
+    )
+    assert objective.weights == {"recon": 1.0}
+    assert objective.disabled == {"sync": "weight 0", "lpips": lpips_reason, "trepa": trepa_reason}
+    assert load_trepa_term("/no/such/folder")[0] is None
+    with pytest.raises(ValueError, match="unknown loss terms"):
+        DiffusionObjective({"recon": 1.0, "l2": 1.0})
+
+
+def tiny_vae(resolution: int = 64) -> AutoencoderKL:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=resolution,
+    )  # fmt: skip
+    vae.register_to_config(scaling_factor=0.5)
+    return vae.eval().requires_grad_(False)
+
+
+def test_sync_term_reaches_the_unet_through_the_decoder(params):
+    sync = syncnet_config(params.syncnet)  # 16 frames of the mouth crop of a 128 px face
+    syncnet = StableSyncNet(sync).eval().requires_grad_(False)
+    objective = DiffusionObjective(
+        {"recon": 1.0, "sync": 0.05}, pixel_region=sync.crop, vae=tiny_vae(128), syncnet=syncnet
+    )
+    clip = synthetic_clip("a000", 40)
+    clip.posteriors = {
+        k: torch.nn.functional.interpolate(v, size=(16, 16)) for k, v in clip.posteriors.items()
+    }
+    sampler = WindowSampler([clip], 16, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw()])
+    config = unet_config(tiny_unet_params(params), tiny_stage(params), audio_width=WIDTH)
+    unet = UNet3DConditionModel(config)
+    terms = objective(unet, batch, mixed_noise(tuple(batch.latents.shape), 1.0), torch.tensor([300]))
+    assert set(terms) == {"recon", "sync", "total"}
+    torch.testing.assert_close(terms["total"], terms["recon"] + 0.05 * terms["sync"])
+    terms["sync"].backward()
+    assert unet.conv_out.weight.grad is not None
+    assert unet.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):
+    stage = tiny_stage(params)
+    config = unet_config(tiny_unet_params(params), stage, audio_width=WIDTH)
+    train = [synthetic_clip(f"t{i:03d}", 24, shift=i - 1, seed=i) for i in range(3)]
+    val = [synthetic_clip("v000", 24, seed=9)]
+    objective = DiffusionObjective({"recon": 1.0})
+
+    def fit(folder, **kwargs):
+        return train_unet(train, val, objective, config, stage, tmp_path / folder, CPU, seed=5, **kwargs)
+
+    straight, history = fit("a")
+    fit("b", stop_after=3)
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # killed before the end
+    resumed, resumed_history = fit("b")
+    torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
+    assert [r["val_recon"] for r in resumed_history.rows] == [r["val_recon"] for r in history.rows]
+    assert [r["step"] for r in history.rows] == [2, 4]
+    torch.testing.assert_close(load_unet(tmp_path / "b").state_dict(), straight.state_dict())
+
+
+def test_stage_two_starts_from_stage_one_and_trains_only_its_patterns(params, tmp_path):
+    unet_params = tiny_unet_params(params)
+    stage1, stage2 = params.train_unet.stage(1), params.train_unet.stage(2)
+    first = UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH))
+    save_unet(tmp_path / "stage1", first)
+    model, fresh = initial_unet(unet_config(unet_params, stage2, audio_width=WIDTH), tmp_path / "stage1")
+    assert fresh
+    assert all(".motion_modules." in k for k in fresh)
+    torch.testing.assert_close(model.conv_in.weight, first.conv_in.weight)
+    trainable = set(select_trainable(model, stage2.trainable))
+    clip = synthetic_clip("a000", 20)
+    sampler = WindowSampler([clip], 4, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw()])
+    terms = DiffusionObjective({"recon": 1.0})(
+        model, batch, torch.randn_like(batch.latents), torch.tensor([10])
+    )
+    terms["total"].backward()
+    for name, parameter in model.named_parameters():
+        assert (parameter.grad is not None) == (name in trainable), name
+    assert any(".motion_modules." in n for n in trainable)
+    assert any(".attentions." in n for n in trainable)
+    assert not any(n.startswith(("conv_in", "conv_out", "time_embedding")) for n in trainable)
+    with pytest.raises(ValueError, match="matches no parameter"):
+        select_trainable(model, ("*no_such_module*",))
