@@ -39,10 +39,6 @@ def setup_logging(level: str = "INFO") -> None:
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith("synclip"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format=fmt, force=True)
     logging.getLogger("synclip").setLevel(level)
-    # diffusers imports bitsandbytes (a transitive dependency) for its quantizers, and bitsandbytes
-    # warns on every CPU-only start that an optional 4-bit kernel package is absent; synclip never
-    # quantizes
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 class RateColumn(ProgressColumn):
