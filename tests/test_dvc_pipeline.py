@@ -22,7 +22,7 @@ def run(args, cwd, env):
     return result.stdout
 
 
-def test_dvc_repro_runs_preprocess_and_validate_then_is_up_to_date(root, corpus, pretrained_dir, tmp_path):
+def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_dir, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", "params", "stages", "src"):
@@ -33,6 +33,22 @@ def test_dvc_repro_runs_preprocess_and_validate_then_is_up_to_date(root, corpus,
     shutil.copytree(corpus[0], repo / "data" / "raw")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data_quality"]["min_clips"] = 3  # the test corpus is 13 short clips
+    # every training stage, a few steps: the test is about the pipeline, not the models
+    params["syncnet"].update(max_steps=4, val_every=2, checkpoint_every=2, val_pairs=8, batch_size=4)
+    params["vae"].update(
+        max_steps=4,
+        val_every=2,
+        checkpoint_every=2,
+        val_frames=8,
+        scale_frames=16,
+        test_stride=8,
+        batch_size=2,
+    )
+    params["videomae"].update(max_steps=4, val_every=2, checkpoint_every=2, val_windows=4, batch_size=2)
+    params["train_unet"]["stage1"].update(
+        max_steps=4, val_every=2, checkpoint_every=2, val_windows=2, max_clips=4
+    )
+    params["train_unet"]["stage2"].update(max_steps=2, val_every=2, checkpoint_every=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     bin_dir = str(Path(sys.executable).parent)
@@ -43,7 +59,16 @@ def test_dvc_repro_runs_preprocess_and_validate_then_is_up_to_date(root, corpus,
     run([dvc, "init", "-q"], repo, env)
     output = run([dvc, "repro"], repo, env)
     assert "Running stage 'preprocess'" in output
-    assert "Running stage 'validate'" in output
+    for stage in (
+        "validate",
+        "train_syncnet",
+        "sync_filter",
+        "train_vae",
+        "pretrain_videomae",
+        "train_unet_stage1",
+        "train_unet_stage2",
+    ):
+        assert f"Running stage '{stage}'" in output
 
     metrics = json.loads((repo / "reports" / "preprocess" / "metrics.json").read_text())
     assert metrics["ground_truth"]["precision"] == metrics["ground_truth"]["recall"] == 1.0
@@ -52,7 +77,16 @@ def test_dvc_repro_runs_preprocess_and_validate_then_is_up_to_date(root, corpus,
     assert report["success"] is True
     assert "all expectations met" in (repo / "reports" / "data_quality" / "index.html").read_text()
 
+    syncnet = json.loads((repo / "reports" / "syncnet" / "metrics.json").read_text())
+    assert syncnet["steps"] == 4
+    assert (repo / "models" / "syncnet" / "model.safetensors").is_file()
+    synced = pd.read_parquet(repo / "data" / "synced" / "manifest.parquet")
+    rejects = pd.read_csv(repo / "data" / "synced" / "rejects.csv")
+    assert len(synced) + len(rejects) == metrics["clips"]
+    assert {"audio_shift", "sync_offset", "sync_confidence"} <= set(synced.columns)
+
     shown = run([dvc, "metrics", "show", "--json"], repo, env)
     assert "ground_truth" in shown
+    assert "val_accuracy" in shown
     again = run([dvc, "repro"], repo, env)
     assert "Running stage" not in again  # nothing changed, nothing runs

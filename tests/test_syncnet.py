@@ -164,19 +164,20 @@ def test_score_finds_a_shift_that_a_perfect_expert_would_see(root):
 
 def test_sync_filter_drops_unsure_and_far_clips_and_corrects_the_rest(root):
     params = dataclasses.replace(
-        load_params(root / "params.yaml").syncnet, min_confidence=0.05, max_abs_offset=6
+        load_params(root / "params.yaml").syncnet, min_confidence=0.05, max_abs_offset=6, min_correction=2
     )
     scored = pd.DataFrame(
         {
-            "clip": ["good", "late", "unsure", "far"],
-            "sync_offset": [0, 3, 0, -9],
-            "sync_confidence": [0.3, 0.2, 0.01, 0.4],
-            "sync_distance": [0.5, 0.6, 0.9, 0.4],
+            "clip": ["good", "late", "nearly", "unsure", "far"],
+            "sync_offset": [0, 3, -1, 0, -9],
+            "sync_confidence": [0.3, 0.2, 0.3, 0.01, 0.4],
+            "sync_distance": [0.5, 0.6, 0.5, 0.9, 0.4],
         }
     )
     kept, rejects = filter_by_sync(scored, params)
-    assert kept["clip"].tolist() == ["good", "late"]
-    assert kept["audio_shift"].tolist() == [0, 3]
+    assert kept["clip"].tolist() == ["good", "late", "nearly"]
+    # -1 is within the expert's resolution (min_correction 2): left uncorrected
+    assert kept["audio_shift"].tolist() == [0, 3, 0]
     assert dict(zip(rejects["clip"], rejects["reason"], strict=True)) == {
         "unsure": "low_sync_confidence",
         "far": "offset_too_large",

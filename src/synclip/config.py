@@ -153,6 +153,139 @@ class SyncNetParams:
     max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
     min_confidence: float  # sync_filter: clips scoring below are dropped
     max_abs_offset: int  # sync_filter: clips further off are dropped; the rest are corrected
+    min_correction: (
+        int  # sync_filter: smaller detected offsets are within the SyncNet's resolution, left as they are
+    )
+
+
+@dataclass(frozen=True)
+class VaeParams:
+    """The latent space: a small diffusers AutoencoderKL trained on aligned faces (`train_vae`)."""
+
+    source: Literal["trained", "pretrained"]  # pretrained: load pretrained.sd_vae and only evaluate it
+    block_out_channels: tuple[int, ...]  # one per level; len − 1 downsamplings (4 levels: 8x)
+    layers_per_block: int
+    latent_channels: int
+    norm_num_groups: int
+    frame_stride: int  # every k-th frame of each training clip goes into the pool
+    batch_size: int
+    lr: float
+    warmup_steps: int  # linear warm-up, then cosine decay to lr · final_lr_fraction
+    final_lr_fraction: float
+    weight_decay: float
+    grad_clip: float
+    max_steps: int
+    l1_weight: float
+    edge_weight: float  # L1 between Sobel gradients: keeps lip edges and teeth sharp
+    ssim_weight: float  # 1 − SSIM (Zhao et al. 2017: L1 + SSIM beats L2 for image restoration)
+    mouth_weight: float  # pixel terms weigh 1 + this inside the mouth box (what the UNet generates)
+    kl_weight: float  # per-latent-element KL to N(0, 1)
+    mouth: tuple[float, float, float, float]  # (top, bottom, left, right) of the aligned face, fractions
+    val_every: int
+    val_frames: int  # fixed frames of val identities, evaluated every val_every steps
+    checkpoint_every: int
+    scale_frames: int  # training frames whose latents set the scaling factor (1 / std)
+    test_stride: int  # the final evaluation uses every k-th frame of the test clips
+    grid_identities: int  # test identities shown in reports/vae/grid.png
+
+
+@dataclass(frozen=True)
+class VideoMAEParams:
+    """TREPA's video encoder: a small transformers VideoMAE pretrained here by masked autoencoding
+    (`pretrain_videomae`), or a local VideoMAE(-v2) folder at pretrained.videomae (source: pretrained)."""
+
+    source: Literal["trained", "pretrained"]  # pretrained: copy and check pretrained.videomae instead
+    image_size: int  # whole aligned face, resized to image_size × image_size
+    patch_size: int
+    num_frames: int  # frames per clip TREPA compares (LatentSync: 16)
+    tubelet_size: int  # frames per token
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    decoder_hidden_size: int
+    decoder_num_layers: int
+    decoder_num_heads: int
+    decoder_intermediate_size: int
+    mask_ratio: float  # tube masking: share of spatial patches hidden in every frame (VideoMAE: 0.9)
+    batch_size: int
+    lr: float
+    warmup_steps: int  # linear warm-up, then cosine decay to lr · final_lr_fraction
+    final_lr_fraction: float
+    weight_decay: float
+    grad_clip: float
+    max_steps: int
+    val_every: int
+    val_windows: int  # fixed windows (and masks) of val identities, evaluated every val_every steps
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class UNetParams:
+    """The denoiser's geometry (`synclip.nn.unet.UNetConfig`); the audio width comes from the Whisper
+    encoder and the motion modules from the training stage."""
+
+    block_out_channels: tuple[int, ...]
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    layers_per_block: int
+    num_attention_heads: int
+    norm_num_groups: int
+    joint_frame_groupnorm: bool
+    motion_num_attention_heads: int
+    motion_module_decoder_only: bool
+
+
+@dataclass(frozen=True)
+class UNetLossWeights:
+    """Weights of the named loss terms (`synclip.train.diffusion`); 0 turns a term off."""
+
+    recon: float  # ε MSE
+    sync: float  # frozen SyncNet on the decoded one-step x̂0
+    lpips: float  # lower half of the decoded faces (needs pretrained.lpips_vgg)
+    trepa: float  # VideoMAE features of the decoded clip (needs a TREPA encoder)
+
+
+@dataclass(frozen=True)
+class UNetStageParams:
+    """One UNet training stage (`train_unet_stage1` / `train_unet_stage2`)."""
+
+    num_frames: int  # F, frames per window
+    batch_size: int
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    max_steps: int
+    ema_decay: float
+    audio_dropout: float  # share of windows whose audio tokens are zeroed (trains the CFG branch)
+    mixed_noise_alpha: float  # PYoCo: inter-frame noise correlation α²/(1+α²); 0 = independent
+    motion_modules: bool
+    trainable: tuple[str, ...]  # fnmatch patterns over parameter names; empty = the whole UNet
+    loss_weights: UNetLossWeights
+    # (top, bottom, left, right) of the face decoded for the pixel losses; snapped outward to latent cells
+    pixel_region: tuple[float, float, float, float]
+    max_clips: int  # train clips whose latents are encoded (0 = all; bounds the VAE encoding time)
+    val_every: int
+    val_windows: int  # fixed windows of val identities, fixed noise and timesteps
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class TrainUNetParams:
+    """Stage 1 in full; stage 2 only what differs from it (style rule 4)."""
+
+    stage1: UNetStageParams
+    stage2: dict[str, Any]  # overrides of stage1 (nested for loss_weights)
+
+    def stage(self, number: int) -> UNetStageParams:
+        """The resolved parameters of stage `number` (1 or 2), strictly typed."""
+        if number == 1:
+            return self.stage1
+        if number != 2:
+            raise ValueError(f"UNet training has stages 1 and 2, not {number}")
+        merged = to_dict(self.stage1)
+        _merge_strict(merged, self.stage2, source="params", prefix="train_unet.stage2")
+        return from_dict(UNetStageParams, merged, source="params", prefix="train_unet.stage2")
 
 
 @dataclass(frozen=True)
@@ -167,6 +300,10 @@ class Params:
     preprocess: PreprocessParams
     data_quality: DataQualityParams
     syncnet: SyncNetParams
+    vae: VaeParams
+    videomae: VideoMAEParams
+    unet: UNetParams
+    train_unet: TrainUNetParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -241,10 +378,112 @@ class Params:
             raise ConfigError(
                 "syncnet.batch_size, max_steps, val_every, checkpoint_every and val_pairs must be >= 1"
             )
+        vae = self.vae
+        levels = len(vae.block_out_channels)
+        if levels < 1 or any(c % vae.norm_num_groups for c in vae.block_out_channels):
+            raise ConfigError(
+                f"vae.block_out_channels {list(vae.block_out_channels)} must be non-empty multiples of "
+                f"vae.norm_num_groups ({vae.norm_num_groups})"
+            )
+        if pre.resolution % 2 ** (levels - 1):
+            raise ConfigError(
+                f"preprocess.resolution ({pre.resolution}) must be divisible by the VAE's downsampling "
+                f"2^{levels - 1} (vae.block_out_channels has {levels} levels)"
+            )
+        top, bottom, left, right = vae.mouth
+        if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+            raise ConfigError(
+                f"vae.mouth must be (top, bottom, left, right) fractions in [0, 1], got {vae.mouth}"
+            )
+        if vae.source == "pretrained" and self.pretrained.sd_vae is None:
+            raise ConfigError("vae.source is 'pretrained' but pretrained.sd_vae is not set")
+        if min(
+            vae.layers_per_block, vae.latent_channels, vae.frame_stride, vae.batch_size, vae.max_steps,
+            vae.val_every, vae.val_frames, vae.checkpoint_every, vae.scale_frames, vae.test_stride,
+            vae.grid_identities,
+        ) < 1:  # fmt: skip
+            raise ConfigError(
+                "vae.layers_per_block, latent_channels, frame_stride, batch_size, max_steps, val_every, "
+                "val_frames, checkpoint_every, scale_frames, test_stride and grid_identities must be >= 1"
+            )
+        if vae.warmup_steps < 0 or not 0 <= vae.final_lr_fraction <= 1:
+            raise ConfigError(
+                f"vae.warmup_steps must be >= 0 ({vae.warmup_steps}) and vae.final_lr_fraction in [0, 1] "
+                f"({vae.final_lr_fraction})"
+            )
+        for name in ("l1_weight", "mouth_weight", "edge_weight", "ssim_weight", "kl_weight"):
+            if getattr(vae, name) < 0:
+                raise ConfigError(f"vae.{name} must be >= 0, got {getattr(vae, name)}")
+        mae = self.videomae
+        if mae.source == "pretrained" and self.pretrained.videomae is None:
+            raise ConfigError("videomae.source is 'pretrained' but pretrained.videomae is not set")
+        if min(
+            mae.image_size, mae.patch_size, mae.num_frames, mae.tubelet_size, mae.hidden_size, mae.num_layers,
+            mae.num_heads, mae.intermediate_size, mae.decoder_hidden_size, mae.decoder_num_layers,
+            mae.decoder_num_heads, mae.decoder_intermediate_size, mae.batch_size, mae.max_steps,
+            mae.val_every, mae.val_windows, mae.checkpoint_every,
+        ) < 1:  # fmt: skip
+            raise ConfigError("videomae sizes, batch_size, max_steps, val_every, val_windows and "
+                              "checkpoint_every must be >= 1")  # fmt: skip
+        if mae.image_size % mae.patch_size or mae.num_frames % mae.tubelet_size:
+            raise ConfigError(
+                f"videomae.image_size ({mae.image_size}) must be a multiple of videomae.patch_size "
+                f"({mae.patch_size}) and videomae.num_frames ({mae.num_frames}) of videomae.tubelet_size "
+                f"({mae.tubelet_size})"
+            )
+        if mae.hidden_size % mae.num_heads or mae.decoder_hidden_size % mae.decoder_num_heads:
+            raise ConfigError(
+                f"videomae.hidden_size ({mae.hidden_size}) and decoder_hidden_size ({mae.decoder_hidden_size}) "
+                f"must be multiples of num_heads ({mae.num_heads}) and decoder_num_heads ({mae.decoder_num_heads})"
+            )
+        patches = (mae.image_size // mae.patch_size) ** 2
+        visible = patches - int(mae.mask_ratio * patches)  # as the tube masking counts them
+        if not 0 < mae.mask_ratio < 1 or visible < 1:
+            raise ConfigError(
+                f"videomae.mask_ratio must be in (0, 1) and leave at least one visible patch per frame, "
+                f"got {mae.mask_ratio} on a {mae.image_size // mae.patch_size}² patch grid"
+            )
+        if mae.warmup_steps < 0 or not 0 <= mae.final_lr_fraction <= 1 or mae.lr <= 0 or mae.grad_clip <= 0:
+            raise ConfigError(
+                f"videomae.warmup_steps must be >= 0 ({mae.warmup_steps}), final_lr_fraction in [0, 1] "
+                f"({mae.final_lr_fraction}), lr ({mae.lr}) and grad_clip ({mae.grad_clip}) > 0"
+            )
+        self._validate_unet()
         for field in dataclasses.fields(self.pretrained):
             value = getattr(self.pretrained, field.name)
             if value is not None and not value.strip():
                 raise ConfigError(f"pretrained.{field.name} is an empty path; use null to leave it unset")
+
+    def _validate_unet(self) -> None:
+        from synclip.nn.unet import UNetConfig
+
+        try:
+            UNetConfig(
+                **dataclasses.asdict(self.unet), motion_modules=True
+            )  # decoder_only applies to stage 2
+        except ValueError as error:
+            raise ConfigError(f"unet: {error}") from None
+        for number in (1, 2):
+            stage = self.train_unet.stage(number)
+            key = f"train_unet.stage{number}"
+            if min(stage.num_frames, stage.batch_size, stage.max_steps, stage.val_every,
+                   stage.val_windows, stage.checkpoint_every) < 1:  # fmt: skip
+                raise ConfigError(f"{key}: num_frames, batch_size, max_steps, val_every, val_windows and "
+                                  "checkpoint_every must be >= 1")  # fmt: skip
+            if not 0 <= stage.audio_dropout < 1 or not 0 <= stage.ema_decay < 1:
+                raise ConfigError(f"{key}: audio_dropout ({stage.audio_dropout}) and ema_decay "
+                                  f"({stage.ema_decay}) must be in [0, 1)")  # fmt: skip
+            if stage.lr <= 0 or stage.grad_clip <= 0 or stage.mixed_noise_alpha < 0 or stage.max_clips < 0:
+                raise ConfigError(
+                    f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha and max_clips >= 0"
+                )
+            top, bottom, left, right = stage.pixel_region
+            if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+                raise ConfigError(f"{key}.pixel_region must be (top, bottom, left, right) fractions, "
+                                  f"got {stage.pixel_region}")  # fmt: skip
+            weights = dataclasses.asdict(stage.loss_weights)
+            if min(weights.values()) < 0 or weights["recon"] <= 0:
+                raise ConfigError(f"{key}.loss_weights must be >= 0 with recon > 0, got {weights}")
 
 
 # --- loading -------------------------------------------------------------------------------------
