@@ -153,9 +153,7 @@ class SyncNetParams:
     max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
     min_confidence: float  # sync_filter: clips scoring below are dropped
     max_abs_offset: int  # sync_filter: clips further off are dropped; the rest are corrected
-    min_correction: (
-        int  # sync_filter: smaller detected offsets are within the SyncNet's resolution, left as they are
-    )
+    min_correction: int  # sync_filter: smaller offsets are within the SyncNet's resolution: not corrected
 
 
 @dataclass(frozen=True)
