@@ -110,10 +110,11 @@ def vae_config(params: VaeParams, resolution: int) -> dict:
 def build_vae(params: VaeParams, resolution: int) -> AutoencoderKL:
     """A freshly initialised VAE whose posterior starts nearly deterministic.
 
-    With diffusers' default init the posterior std starts at about 1 while the encoder's means
-    have a std of about 0.3, so the decoder first learns from latents that are mostly noise;
-    the feasibility prototype spent its whole budget in that blurry phase. Starting the log-variance
-    at INITIAL_LOGVAR (std 0.007) removes it; the small KL weight keeps it from collapsing further.
+    With diffusers' default init the posterior std starts near 1 while the encoder's means have a
+    std near 0.3, and with a small KL weight it only falls to about 0.6 in a CPU-sized run, so the
+    latents the UNet is trained on would carry that noise. Starting the log-variance at
+    INITIAL_LOGVAR (std 0.007) keeps the posterior nearly deterministic throughout; reconstruction
+    quality after equal steps was the same both ways when we measured it.
     """
     model = AutoencoderKL(**vae_config(params, resolution))
     logvar = slice(params.latent_channels, 2 * params.latent_channels)  # quant_conv: (mean, logvar)
