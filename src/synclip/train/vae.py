@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pandas as pd
 import torch
@@ -342,7 +343,16 @@ class History:
 
 
 def fingerprint(params: VaeParams, resolution: int, seed: int, train: Faces) -> str:
-    payload = json.dumps([to_dict(params), resolution, seed, train.clips, len(train.frames)], sort_keys=True)
+    """What a checkpoint must share with this run to be resumed: params, data and code.
+
+    The code counts too: models/vae persists between `dvc repro` runs, so after a change to the
+    objective a finished checkpoint would otherwise be "resumed" at max_steps and never retrained.
+    """
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    payload = json.dumps(
+        [to_dict(params), resolution, seed, train.clips, len(train.frames), code, diffusers.__version__],
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
