@@ -79,6 +79,17 @@ class History:
 def fingerprint(
     config: UNetConfig, stage: UNetStageParams, seed: int, clips: list[WindowClip], extra: dict
 ) -> str:
+    """What a checkpoint must share with this run to be resumed: config, data content and code.
+
+    The content of the inputs counts, not just their names: the output folder persists between
+    `dvc repro` runs, and after a new VAE (other latents) a finished checkpoint would otherwise be
+    "resumed" at max_steps and never retrained. So does this file's code, for the same reason.
+    """
+    inputs = hashlib.sha256(Path(__file__).read_bytes())
+    for clip in clips:
+        for name in sorted(clip.posteriors):
+            inputs.update(clip.posteriors[name].contiguous().numpy().tobytes())
+        inputs.update(clip.features.contiguous().float().numpy().tobytes())
     payload = json.dumps(
         [
             dataclasses.asdict(config),
@@ -86,6 +97,7 @@ def fingerprint(
             seed,
             [(c.name, c.num_frames, c.shift) for c in clips],
             extra,
+            inputs.hexdigest(),
         ],
         sort_keys=True,
     )
