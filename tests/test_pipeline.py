@@ -470,3 +470,100 @@ def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="disk on fire"):
         lipsync_file(pipe, video, speech, out, "unused")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- lossless output and the face index ---------------------------------------------------------------
+
+
+def pasted_region(pipe: LipSyncPipeline, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(H, W) bool: the frame pixels the feathered paste of the generated region (mask = 0) can touch."""
+    import cv2
+
+    from synclip.face.align import invert
+    from synclip.lipsync import feather
+
+    height, width = shape[:2]
+    alpha = cv2.warpAffine(feather(pipe.mask), invert(matrix), (width, height), flags=cv2.INTER_LINEAR)
+    return alpha > 0
+
+
+def test_lossless_output_keeps_frames_without_a_face_bit_exact(pipe, media, tmp_path, monkeypatch):
+    """Decoded from the output file: no-face frames are the input's, face frames change inside the mask only."""
+    import cv2
+
+    video, speech = media
+    track = fixed_track()
+    track.found[list(FACELESS)] = False
+    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: track)
+    out = tmp_path / "out.mp4"
+    summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True, lossless=True))
+    assert (summary.frames_without_face, summary.frames_generated) == (len(FACELESS), 20 - len(FACELESS))
+    written, source = decoded(out), decoded(video)
+    assert len(written) == len(source) == 20
+    inside = pasted_region(pipe, track.matrices[0], source[0].shape)
+    outside = ~cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert inside.sum() > 500
+    assert outside.sum() > 10_000
+    for i in range(20):
+        if i in FACELESS:
+            assert np.array_equal(written[i], source[i]), i
+        else:
+            assert not np.array_equal(written[i][inside], source[i][inside]), i
+            assert np.array_equal(written[i][outside], source[i][outside]), i
+
+
+def test_lossy_output_is_not_bit_exact(pipe, media, tmp_path, monkeypatch):
+    """The reason for `lossless`: through H.264 yuv420p even untouched frames come back changed."""
+    video, speech = media
+    track = FaceTrack(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
+    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: track)
+    out = tmp_path / "out.mp4"
+    lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True))
+    written, source = decoded(out), decoded(video)
+    assert not all(np.array_equal(a, b) for a, b in zip(written, source, strict=True))
+
+
+BIG, SMALL = (100, 84, 52), (250, 92, 32)  # (cx, cy, half-width) in px of the two faces of a 352×192 video
+
+
+def two_face_video(path: Path, frames: int = 12) -> Path:
+    """Two drawn people side by side, the left one larger; both mouths move."""
+    width, height = 352, 192
+    renderers = [FaceRenderer(Identity.sample(name, np.random.default_rng(k))) for k, name in enumerate("ab")]
+    backdrop = np.full((height, width, 3), (90, 120, 150), np.uint8)
+    with VideoWriter(path, width, height, 25, crf=16, threads=1) as writer:
+        for i in range(frames):
+            image = backdrop.copy()
+            for renderer, (cx, cy, half), phase in zip(renderers, (BIG, SMALL), (0, 2), strict=True):
+                mouth = MouthState(0.5 + 0.5 * np.sin(i / 2 + phase), 0.5, 0.2, 0.3, 0.0)
+                renderer.draw(image, Pose(cx, cy, half, 0.0), mouth, 1.0)
+            writer.write_frame(image)
+    return path
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_face_index_picks_the_larger_or_the_smaller_face(pipe, tmp_path, pretrained_dir):
+    from synclip.lipsync import track_face
+
+    video = two_face_video(tmp_path / "two.mp4")
+    speech = speech_wav(tmp_path / "speech.wav", 0.48)
+    landmarker = pretrained_dir / "face_landmarker.task"
+    source = decoded(video)
+    split = (BIG[0] + BIG[2] + SMALL[0] - SMALL[2]) // 2  # a column between the two faces
+    changed = {}
+    for index in (0, 1):
+        options = LipSyncOptions(face_index=index, cut=True, lossless=True)
+        track = track_face(video, Fraction(25), RES, landmarker, options)
+        assert track.found.all(), index
+        assert track.several == len(source), index  # MediaPipe sees both people on every frame
+        out = tmp_path / f"face{index}.mp4"
+        summary = lipsync_file(pipe, video, speech, out, landmarker, options)
+        assert summary.frames_generated == len(source) == summary.frames_with_several_faces
+        written = decoded(out)
+        changed[index] = [
+            (not np.array_equal(w[:, :split], s[:, :split]), not np.array_equal(w[:, split:], s[:, split:]))
+            for w, s in zip(written, source, strict=True)
+        ]
+    assert all(left and not right for left, right in changed[0])  # the larger face, on the left
+    assert all(right and not left for left, right in changed[1])  # the smaller face, on the right

@@ -299,6 +299,10 @@ def lipsync(
     pad: Annotated[
         bool, typer.Option("--pad", help="Video longer than the audio: pad with silence instead of cutting.")
     ] = False,
+    lossless: Annotated[
+        bool,
+        typer.Option("--lossless", help="Write RGB losslessly (H.264 RGB, qp 0; large files, few players)."),
+    ] = False,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (default: runtime.device).")
     ] = None,
@@ -318,7 +322,7 @@ def lipsync(
     landmarker = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
     options = LipSyncOptions(
         steps=steps, guidance=guidance, seed=seed, face_index=face_index, cut=cut, pad=pad,
-        smoothing_frames=resolved.preprocess.smoothing_frames,
+        smoothing_frames=resolved.preprocess.smoothing_frames, lossless=lossless,
     )  # fmt: skip
     check_inputs(video, audio)  # bad input fails before the model is loaded
     pipeline = LipSyncPipeline.from_pretrained(model, torch_device)

@@ -55,6 +55,7 @@ class LipSyncOptions:
     smoothing_frames: float = 1.5  # Gaussian sigma of the landmark smoothing (as preprocess)
     crf: int = 18
     preset: str = "medium"
+    lossless: bool = False  # RGB kept exactly (H.264 4:4:4 RGB, qp 0): unchanged pixels decode bit-equal
 
     def __post_init__(self) -> None:
         if self.face_index < 0:
@@ -202,7 +203,8 @@ def source_frames(video: Path, fps: Fraction, order: Iterator[int]) -> Iterator[
 
 
 class _Output:
-    """The output file: H.264 video + the speech file's audio, interleaved, written to a temp name."""
+    """The output file: H.264 video (lossy YUV, or lossless RGB) + the speech file's audio, interleaved,
+    written to a temp name."""
 
     def __init__(
         self,
@@ -221,10 +223,16 @@ class _Output:
         self.container = av.open(
             str(self.tmp), mode="w", format="mp4" if out.suffix.lower() in ("", ".mp4", ".m4v") else None
         )
-        self.video = self.container.add_stream("libx264", rate=fps)
+        if options.lossless:
+            # libx264rgb codes the RGB planes themselves (no YUV conversion); at qp 0 it is lossless
+            self.video = self.container.add_stream("libx264rgb", rate=fps)
+            self.video.pix_fmt = "rgb24"
+            self.video.options = {"qp": "0", "preset": options.preset}
+        else:
+            self.video = self.container.add_stream("libx264", rate=fps)
+            self.video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+            self.video.options = {"crf": str(options.crf), "preset": options.preset}
         self.video.width, self.video.height = width, height
-        self.video.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self.video.options = {"crf": str(options.crf), "preset": options.preset}
         self.fps = fps
         self.frames = 0
         self.seconds = seconds
