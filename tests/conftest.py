@@ -53,3 +53,15 @@ def corpus(spec, tmp_path_factory):
     manifest = synthesize_corpus(spec, out)
     gts = {row["clip"]: json.loads((out / f"{row['clip']}.json").read_text()) for row in manifest["clips"]}
     return out, manifest, gts
+
+
+@pytest.fixture(scope="session")
+def processed(corpus, pretrained_dir, tmp_path_factory):
+    """The small corpus through the preprocess stage's library call: (folder, manifest, rejects)."""
+    from synclip.data.preprocess import preprocess_corpus
+
+    raw, _, _ = corpus
+    out = tmp_path_factory.mktemp("processed")
+    params = load_params(ROOT / "params.yaml").preprocess
+    manifest, rejects = preprocess_corpus(raw, out, params, pretrained_dir / "face_landmarker.task")
+    return out, manifest, rejects

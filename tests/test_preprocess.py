@@ -32,16 +32,6 @@ def params(root):
     return load_params(root / "params.yaml")
 
 
-@pytest.fixture(scope="module")
-def processed(corpus, params, pretrained_dir, tmp_path_factory):
-    raw, _, _ = corpus
-    out = tmp_path_factory.mktemp("processed")
-    manifest, rejects = preprocess_corpus(
-        raw, out, params.preprocess, pretrained_dir / "face_landmarker.task"
-    )
-    return out, manifest, rejects
-
-
 def test_segments_follow_shots_and_length_limits():
     kept, short = segments_of([61, 100], 400, min_seconds=2.0, max_seconds=6.0)
     assert [(s.first, s.last) for s in kept] == [(0, 61), (100, 250), (250, 400)]

@@ -275,6 +275,26 @@ def corpus_stats(
     print(json.dumps(json.loads(manifest_path.read_text())["summary"], indent=1))
 
 
+@corpus_app.command("say")
+def corpus_say(
+    text: Annotated[str, typer.Argument(help="What to say (English).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The speech file to write (WAV).")],
+    voice: Annotated[str, typer.Option("--voice", help="eSpeak NG voice, e.g. en-us or en+m3.")] = "en-us",
+    rate: Annotated[int, typer.Option("--rate", help="Words per minute.")] = 160,
+) -> None:
+    """Speak TEXT with eSpeak NG, as SynthTalk does, into a WAV file (speech to lip-sync a video to)."""
+    from synclip.data.speech import Voice, synthesize
+    from synclip.media.io import write_wav
+
+    if out.suffix.lower() != ".wav":
+        raise UserError(f"{out}: the speech is written as WAV; name it .wav")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: the output folder does not exist")
+    utterance = synthesize(text, Voice(name=voice, rate=rate))
+    write_wav(out, utterance.samples, utterance.sample_rate)
+    print(f"{out}: {utterance.duration:.2f} s of speech")
+
+
 @app.command()
 def lipsync(
     video: Annotated[

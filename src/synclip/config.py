@@ -287,6 +287,30 @@ class TrainUNetParams:
 
 
 @dataclass(frozen=True)
+class InferenceParams:
+    """The sampler a packaged model (`assemble`) carries as its defaults (`synclip.pipeline.PipelineConfig`)."""
+
+    num_frames: int  # F, frames per chunk (the UNet's training window)
+    overlap: int  # frames shared by consecutive chunks, cross-faded
+    steps: int  # DDIM steps
+    guidance: float  # audio classifier-free guidance (1.0: off)
+    seed: int  # the shared initial noise
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The `evaluate` stage: reconstruction and dubbing on test identities (`synclip.eval.protocol`)."""
+
+    clips: int  # test clips evaluated, spread over identities (0 = all clean test clips)
+    max_frames: int  # frames of each clip generated (from its start)
+    steps: int  # DDIM steps (the packaged default is inference.steps)
+    closed_ratio: float  # inner-lip gap / mouth width below which a measured mouth counts as closed
+    silent_margin_frames: int  # a GT pause frame counts as silent this many frames inside the pause
+    samples: int  # sample videos written to reports/eval/samples
+    sheet_frames: int  # frames per clip in the contact sheet
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. Later stages add their sections here."""
 
@@ -302,6 +326,8 @@ class Params:
     videomae: VideoMAEParams
     unet: UNetParams
     train_unet: TrainUNetParams
+    inference: InferenceParams
+    evaluate: EvaluateParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -447,10 +473,38 @@ class Params:
                 f"({mae.final_lr_fraction}), lr ({mae.lr}) and grad_clip ({mae.grad_clip}) > 0"
             )
         self._validate_unet()
+        self._validate_inference()
         for field in dataclasses.fields(self.pretrained):
             value = getattr(self.pretrained, field.name)
             if value is not None and not value.strip():
                 raise ConfigError(f"pretrained.{field.name} is an empty path; use null to leave it unset")
+
+    def _validate_inference(self) -> None:
+        from synclip.pipeline import PipelineConfig
+
+        inference = self.inference
+        try:
+            PipelineConfig(resolution=self.preprocess.resolution, **dataclasses.asdict(inference))
+        except (ValueError, UserError) as error:
+            raise ConfigError(f"inference: {error}") from None
+        if inference.num_frames != self.train_unet.stage1.num_frames:
+            raise ConfigError(
+                f"inference.num_frames ({inference.num_frames}) must equal the UNet's training window "
+                f"train_unet.stage1.num_frames ({self.train_unet.stage1.num_frames})"
+            )
+        ev = self.evaluate
+        if ev.clips < 0 or ev.samples < 0 or ev.silent_margin_frames < 0:
+            raise ConfigError("evaluate.clips, samples and silent_margin_frames must be >= 0")
+        if ev.max_frames < self.syncnet.num_frames + 2 * self.syncnet.max_offset:
+            raise ConfigError(
+                f"evaluate.max_frames ({ev.max_frames}) must cover a SyncNet window and its offsets "
+                f"(>= {self.syncnet.num_frames + 2 * self.syncnet.max_offset})"
+            )
+        if not 1 <= ev.steps <= 1000 or not 0 < ev.closed_ratio < 1 or ev.sheet_frames < 1:
+            raise ConfigError(
+                f"evaluate.steps must be in [1, 1000] ({ev.steps}), closed_ratio in (0, 1) "
+                f"({ev.closed_ratio}), sheet_frames >= 1 ({ev.sheet_frames})"
+            )
 
     def _validate_unet(self) -> None:
         from synclip.nn.unet import UNetConfig

@@ -118,3 +118,22 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
+    """Mono float samples in [-1, 1] → a 16-bit PCM WAV, written atomically."""
+    import wave
+
+    path = Path(path)
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1, 1) * 32767).round().astype("<i2")
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        with wave.open(str(tmp), "wb") as file:
+            file.setnchannels(1)
+            file.setsampwidth(2)
+            file.setframerate(sample_rate)
+            file.writeframes(pcm.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

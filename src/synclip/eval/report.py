@@ -1,0 +1,105 @@
+"""What the `evaluate` stage writes besides its metrics: per-clip tables, plot data, a contact sheet, samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from synclip.eval.protocol import VARIANTS, EvalResult
+from synclip.media.io import VideoWriter
+
+LABEL_WIDTH = 120  # px of the contact sheet's left column
+
+
+def per_clip_table(result: EvalResult) -> pd.DataFrame:
+    """One row per (protocol, clip, variant), every score a column."""
+    return pd.DataFrame(result.rows)
+
+
+def dubbing_plot_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Wide per-clip dubbing scores for `dvc plots` (x = clip_index): LSE-C and opening r of each variant."""
+    dub = table[table["protocol"] == "dubbing"]
+    wide = dub.pivot(index="clip", columns="variant", values=["lse_c", "opening_r"])
+    wide.columns = [f"{variant}_{metric}" for metric, variant in wide.columns]
+    order = list(dict.fromkeys(dub["clip"]))
+    wide = wide.loc[order].reset_index()
+    wide.insert(0, "clip_index", range(len(wide)))
+    return wide
+
+
+def opening_trace(result: EvalResult, clip: str) -> pd.DataFrame:
+    """Per frame of one dubbed clip: the driving audio's true opening and each variant's measured ratio."""
+    series = result.traces[clip]
+    frame = np.arange(len(series["truth_opening"]))
+    return pd.DataFrame({"frame": frame, **{k: np.round(v, 4) for k, v in series.items()}})
+
+
+def contact_sheet(result: EvalResult, frames_per_clip: int) -> np.ndarray:
+    """(H, W, 3) uint8: per dubbed clip, the lower faces of B (the truth), A's input and the model's output.
+
+    Frames are picked at quantiles of B's true opening (shown in time order), so every row spans
+    closed to open; the label under each column is that opening.
+    """
+    blocks = []
+    for clip, videos in result.videos.items():
+        opening = result.traces[clip]["truth_opening"]
+        picks = np.unique(
+            np.argsort(opening)[np.linspace(0, len(opening) - 1, frames_per_clip).round().astype(int)]
+        )
+        picks.sort()
+        rows = []
+        for name, label in (("b", "truth (B)"), ("a", "input (A)"), ("model", "synclip")):
+            half = videos[name].shape[1] // 2
+            tiles = [videos[name][i, half:] for i in picks]
+            row = np.concatenate(tiles, axis=1)
+            rows.append(_labelled(row, label))
+        caption = np.full((18, rows[0].shape[1], 3), 255, np.uint8)
+        cv2.putText(caption, clip, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        width = videos["a"].shape[2]
+        for k, i in enumerate(picks):
+            x = LABEL_WIDTH + k * width + 4
+            cv2.putText(caption, f"o={opening[i]:.2f}", (x, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (60, 60, 60), 1,
+                        cv2.LINE_AA)  # fmt: skip
+        blocks.append(np.concatenate([caption, *rows], axis=0))
+    width = max(b.shape[1] for b in blocks)
+    padded = [np.pad(b, ((0, 4), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
+    return np.concatenate(padded, axis=0)
+
+
+def _labelled(row: np.ndarray, label: str) -> np.ndarray:
+    margin = np.full((row.shape[0], LABEL_WIDTH, 3), 255, np.uint8)
+    cv2.putText(
+        margin, label, (4, row.shape[0] // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+    )
+    return np.concatenate([margin, row], axis=1)
+
+
+def write_sample(result: EvalResult, clip: str, path: Path) -> Path:
+    """input (A) | synclip | truth (B) side by side, with B's audio, as an mp4."""
+    videos, samples = result.videos[clip], result.audio[clip]
+    frames = np.concatenate([videos["a"], videos["model"], videos["b"]], axis=2)
+    height, width = frames.shape[1:3]
+    with VideoWriter(path, width, height, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE) as writer:
+        for index, frame in enumerate(frames):
+            writer.write_frame(frame)
+            writer.write_audio(samples[None, index * SAMPLES_PER_FRAME : (index + 1) * SAMPLES_PER_FRAME])
+    return path
+
+
+def markdown_table(summary: dict) -> str:
+    """The headline numbers as a Markdown table (README, notes)."""
+    dub, rec = summary["dubbing"], summary["reconstruction"]
+    lines = [
+        "| variant | dub offset 0 | dub LSE-C | dub LSE-D | opening r | silent closed | recon mouth SSIM | recon mouth PSNR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        d, r = dub.get(variant, {}), rec.get(variant, {})
+        cells = [d.get("offset_zero_share"), d.get("lse_c"), d.get("lse_d"), d.get("opening_r"),
+                 d.get("silent_closed"), r.get("ssim_mouth"), r.get("psnr_mouth")]  # fmt: skip
+        lines.append(f"| {variant} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""The evaluation protocol: ground truth alignment, baselines, the mouth-opening instrument, the summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_pipeline import tiny_unet, tiny_vae, tiny_whisper
+
+from synclip.config import load_params
+from synclip.eval.protocol import (
+    EvalClip,
+    Scorer,
+    closed_mouth,
+    evaluate,
+    ground_truth_track,
+    load_eval_clip,
+    mouth_ratios,
+    pearson,
+    select_clips,
+    summarize,
+)
+from synclip.eval.report import contact_sheet, dubbing_plot_table, markdown_table
+from synclip.face.mask import load_mask
+from synclip.nn.syncnet import StableSyncNet
+from synclip.pipeline import LipSyncPipeline, PipelineConfig, assemble
+from synclip.train.syncnet import syncnet_config
+
+
+@pytest.fixture(scope="module")
+def params(root):
+    return load_params(root / "params.yaml")
+
+
+def test_ground_truth_frames_are_the_segments_and_silence_keeps_its_margin():
+    sidecar = {
+        "clip": "x",
+        "mouth_25fps": {"opening": list(np.linspace(0, 1, 50))},
+        "visemes": [["rest", 0.0, 0.4], ["open", 0.4, 1.0], ["rest", 1.0, 2.0]],
+    }
+    opening, silent = ground_truth_track(sidecar, first=5, frames=40, margin=2)
+    np.testing.assert_array_equal(opening, np.linspace(0, 1, 50)[5:45])
+    # frame i is centred at (5 + i + 0.5) / 25 s; a pause counts from 80 ms after its start to 80 ms before its end
+    assert np.flatnonzero(silent).tolist() == [0, 1, 2, *range(22, 40)]
+    with pytest.raises(ValueError, match="needs 60"):
+        ground_truth_track(sidecar, first=20, frames=40, margin=2)
+
+
+def test_clean_test_clips_are_taken_one_identity_at_a_time():
+    manifest = pd.DataFrame(
+        {
+            "clip": ["a1", "a2", "b1", "b2", "c1", "t1", "s1"],
+            "identity": ["A", "A", "B", "B", "C", "T", "S"],
+            "split": ["test", "test", "test", "test", "test", "train", "test"],
+            "gt_av_offset": [0.0, 0.0, 0.0, np.nan, 0.0, 0.0, 5.0],
+        }
+    )
+    assert select_clips(manifest, 0)["clip"].tolist() == ["a1", "b1", "c1", "a2", "b2"]
+    assert select_clips(manifest, 4)["clip"].tolist() == ["a1", "b1", "c1", "a2"]
+
+
+def test_the_closed_mouth_baseline_changes_only_the_generated_region_and_stands_still():
+    resolution = 64
+    mask = load_mask(resolution)  # (1, R, R), 1 keep
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, resolution, resolution, 3), dtype=np.uint8)
+    clip = EvalClip("x", "A", frames, np.zeros(5 * 640, np.float32), np.array([0.5, 0.9, 0.02, 0.4, 0.7]),
+                    np.zeros(5, bool))  # fmt: skip
+    out = closed_mouth(clip, mask)
+    keep = mask[0].numpy() == 1
+    generate = mask[0].numpy() == 0
+    np.testing.assert_array_equal(out[:, keep], frames[:, keep])
+    for frame in out:  # every frame shows frame 2's mouth (the most closed)
+        np.testing.assert_array_equal(frame[generate], frames[2][generate])
+    assert not np.array_equal(out[0][generate], frames[0][generate])
+
+
+def test_pearson_ignores_missing_frames_and_is_undefined_for_constants():
+    a = np.array([0.0, 1.0, 2.0, np.nan, 4.0])
+    assert pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert math.isnan(pearson(np.ones(5), np.arange(5.0)))
+    assert math.isnan(pearson(np.array([1.0, np.nan, np.nan]), np.arange(3.0)))
+
+
+def row(protocol, variant, offset, lse_c, lse_d, opening_r, silent_closed, **extra):
+    return {"protocol": protocol, "variant": variant, "clip": "c", "offset": offset, "lse_c": lse_c,
+            "lse_d": lse_d, "opening_r": opening_r, "silent_closed": silent_closed, "landmarks_found": 1.0,
+            **extra}  # fmt: skip
+
+
+def test_the_summary_checks_the_targets_and_every_baseline():
+    rows = [
+        row("dubbing", "model", 0, 0.09, 0.9, 0.75, 0.95),
+        row("dubbing", "model", 1, 0.08, 0.9, 0.70, 0.87),
+        row("dubbing", "input", 5, 0.02, 1.1, 0.10, 0.20),
+        row("dubbing", "input", -3, 0.02, 1.1, -0.1, 0.30),
+        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0),
+        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0),
+        row("dubbing", "truth", 0, 0.10, 0.8, 0.95, 0.97),
+        row("dubbing", "truth", 0, 0.10, 0.8, 0.93, 0.99),
+        row("reconstruction", "model", 0, 0.1, 0.8, 0.8, 0.9, ssim_mouth=0.86, psnr_mouth=25.0),
+        row("reconstruction", "truth", 0, 0.1, 0.8, 0.9, 0.9, ssim_mouth=1.0, psnr_mouth=np.inf),
+    ]
+    summary = summarize(rows)
+    model = summary["dubbing"]["model"]
+    assert model["offset_zero_share"] == 0.5
+    assert model["offset_abs_le1_share"] == 1.0
+    assert model["lse_c"] == pytest.approx(0.085)
+    targets = summary["targets"]
+    assert targets["lse_c_of_truth"]["value"] == pytest.approx(0.85)
+    assert targets["lse_c_of_truth"]["met"]
+    assert not targets["offset_zero_share"]["met"]
+    assert targets["opening_r"]["met"]
+    assert targets["silent_closed"]["met"]
+    assert targets["reconstruction_ssim_mouth"]["met"]
+    # the closed mouth closes every silent frame: the model does not beat it there
+    assert summary["beats_baselines"] == {
+        "offset_zero_share": False, "lse_c": True, "lse_d": True, "opening_r": True, "silent_closed": False,
+    }  # fmt: skip
+    assert summary["reconstruction"]["truth"]["psnr_mouth"] is None  # inf is not JSON
+    assert "| model | 0.5 | 0.085 |" in markdown_table(summary)
+
+
+@pytest.mark.pretrained
+def test_the_mouth_instrument_follows_the_true_opening(processed, corpus, pretrained_dir, params):
+    folder, manifest, _ = processed
+    raw = corpus[0]
+    clean = manifest[manifest["gt_av_offset"].fillna(0) == 0].sort_values("clip").iloc[:3]
+    for item in clean.itertuples():
+        clip = load_eval_clip(item, folder / "clips", raw, params.evaluate)
+        ratios = mouth_ratios(clip.frames, pretrained_dir / "face_landmarker.task")
+        assert np.isfinite(ratios).mean() > 0.95
+        assert pearson(ratios, clip.opening) > 0.8, item.clip
+        closed = ratios < params.evaluate.closed_ratio
+        assert clip.silent.sum() >= 3
+        assert closed[clip.silent].mean() >= 0.9  # the drawn mouth is shut in pauses …
+        assert not closed[clip.opening > 0.5].any()  # … and open when it is wide open
+
+
+@pytest.fixture(scope="module")
+def tiny_package(tmp_path_factory, params):
+    tmp = tmp_path_factory.mktemp("eval-model")
+    config = PipelineConfig(resolution=params.preprocess.resolution, num_frames=8, overlap=2, steps=2,
+                            guidance=1.5, seed=3)  # fmt: skip
+    return assemble(tmp / "synclip", tiny_unet(), tiny_vae(), tiny_whisper(tmp / "whisper"), config)
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_both_protocols_score_every_variant(processed, corpus, pretrained_dir, params, tiny_package):
+    torch.manual_seed(0)
+    folder, manifest, _ = processed
+    rows = manifest[manifest["gt_av_offset"].fillna(0) == 0].sort_values("clip")
+    rows = rows.drop_duplicates("identity").iloc[:2]
+    assert rows["identity"].nunique() == 2
+    ev = params.evaluate
+    clips = [load_eval_clip(item, folder / "clips", corpus[0], ev).cut(50) for item in rows.itertuples()]
+    pipeline = LipSyncPipeline.from_pretrained(tiny_package)
+    syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
+    scorer = Scorer(
+        syncnet, pretrained_dir / "face_landmarker.task", ev, 4, torch.device("cpu"), params.vae.mouth
+    )
+    result = evaluate(pipeline, clips, scorer, steps=2, seed=0)
+
+    table = pd.DataFrame(result.rows)
+    assert len(table) == 2 * (3 + 4)
+    dub = table[table["protocol"] == "dubbing"].set_index(["clip", "variant"])
+    for a, b in ((clips[0], clips[1]), (clips[1], clips[0])):
+        assert dub.loc[(a.name, "model"), "audio_of"] == b.name
+        # the ceiling is B's own face: the instrument must read it as following B's audio
+        assert dub.loc[(a.name, "truth"), "opening_r"] > 0.8
+        assert dub.loc[(a.name, "closed"), "silent_closed"] == 1.0
+    recon = table[table["protocol"] == "reconstruction"].set_index(["clip", "variant"])
+    assert (recon.xs("truth", level="variant")["ssim_mouth"] == 1.0).all()
+    assert (recon.xs("model", level="variant")["ssim_mouth"] < 1.0).all()  # untrained: far from the truth
+    generated = result.videos[clips[0].name]["model"]
+    mask = pipeline.mask[0].numpy() == 1
+    np.testing.assert_array_equal(generated[:, mask], clips[0].frames[:, mask])  # only the mask is generated
+
+    summary = summarize(result.rows)
+    assert set(summary["targets"]) == {"offset_zero_share", "lse_c_of_truth", "opening_r", "silent_closed",
+                                       "reconstruction_ssim_mouth"}  # fmt: skip
+    assert dubbing_plot_table(table)["clip_index"].tolist() == [0, 1]
+    sheet = contact_sheet(result, 4)
+    assert sheet.ndim == 3
+    assert sheet.shape[0] > 2 * 3 * 64
