@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from einops import rearrange, repeat
 
 from synclip.artifacts import CheckpointError
+from synclip.audio.whisper import whisper_log_mel
 from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose
 from synclip.errors import UserError
 from synclip.face.mask import load_mask
@@ -218,6 +219,48 @@ def test_bad_shapes_and_settings_are_errors(pipe):
         pipe(faces, audio, guidance=0.5)
     with pytest.raises(UserError, match="steps"):
         pipe(faces, audio, steps=0)
+
+
+def streamed_and_whole(pipe: LipSyncPipeline, samples: np.ndarray, frames: int, fps: Fraction):
+    from synclip.lipsync import AudioTokens, frame_tokens
+
+    length = int(np.ceil(Fraction(frames + 1) / fps * 16_000))
+    whole = frame_tokens(pipe.audio_features(np.pad(samples, (0, length - len(samples)))), range(frames), fps)
+    audio = AudioTokens(pipe, samples, fps, length)
+    streamed, held = [], []
+    for i in range(frames):
+        streamed.append(audio.frame(i))
+        held.append(len(audio.held))
+    return torch.stack(streamed), whole, held, audio
+
+
+def test_audio_tokens_of_long_speech_are_the_whole_signal_features_two_windows_at_a_time(pipe):
+    """70 s: four 30 s windows; the loud part is in the first only, so the others need the whole signal's floor."""
+    rng = np.random.default_rng(5)
+    samples = (1e-5 * rng.standard_normal(60 * 16_000)).astype(np.float32)  # quiet, 10^-10 below the tone
+    t = np.arange(2 * 16_000) / 16_000
+    samples[5 * 16_000 : 7 * 16_000] += (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    samples[40 * 16_000 : 41 * 16_000] += (1e-3 * rng.standard_normal(16_000)).astype(np.float32)
+    streamed, whole, held, audio = streamed_and_whole(pipe, samples, 70 * 25, Fraction(25))  # 10 s silent
+    assert streamed.shape == whole.shape == (70 * 25, TOKENS, WIDTH)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-6)
+    assert max(held) == 2  # a frame whose token window crosses a join needs both windows
+    assert held[-1] == 1
+    # each window's log-mel is the whole signal's: the same STFT frames, the same floor
+    mel = whisper_log_mel(np.pad(samples, (0, audio.padded - len(samples))), 80)
+    assert len(audio.spans) == 4
+    for window, (start, _, _) in enumerate(audio.spans):
+        cut = mel[:, 2 * start : 2 * start + 3000]
+        torch.testing.assert_close(audio.window_mel(window), cut, rtol=0, atol=1e-6)
+        if window == 0:  # the loud one: its floor is its own
+            assert torch.equal(audio.window_mel(window), cut)
+
+
+def test_audio_tokens_of_short_speech_are_bit_equal(pipe, media):
+    samples = read_audio(media[1])  # 1 s, one window
+    streamed, whole, held, _ = streamed_and_whole(pipe, samples, 30, Fraction(30))
+    assert torch.equal(streamed, whole)
+    assert set(held) == {1}
 
 
 # --- packaging --------------------------------------------------------------------------------------

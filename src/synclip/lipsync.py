@@ -12,6 +12,7 @@ it is (packets copied when mp4 can hold the codec, else AAC at the original rate
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -29,7 +30,15 @@ import cv2
 import numpy as np
 import torch
 
-from synclip.constants import AUDIO_SAMPLE_RATE, WHISPER_TOKENS_PER_SECOND
+from synclip.audio.whisper import SAMPLES_PER_TOKEN, num_whisper_tokens, whisper_log_mel, whisper_windows
+from synclip.constants import (
+    AUDIO_SAMPLE_RATE,
+    WHISPER_CHUNK_MEL_FRAMES,
+    WHISPER_CHUNK_SAMPLES,
+    WHISPER_CHUNK_TOKENS,
+    WHISPER_HOP_LENGTH,
+    WHISPER_TOKENS_PER_SECOND,
+)
 from synclip.face.align import invert, stable_points, track_transforms, warp_face
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.probe import MediaError, probe, require_video
@@ -105,6 +114,77 @@ def frame_tokens(features: torch.Tensor, frames: range, fps: Fraction) -> torch.
     index = torch.tensor([list(range(c - TOKENS_BEFORE, c + TOKENS_AFTER)) for c in centre], dtype=torch.long)
     windows = features[index.clamp(0, features.shape[0] - 1)]  # (F, 10, L, D)
     return windows.flatten(1, 2)  # time-major, layer-minor
+
+
+class AudioTokens:
+    """Per-frame audio tokens of a speech signal, Whisper-encoded one 30 s window at a time, on demand.
+
+    The windows, stitching and dynamic-range floor (the loudest log-mel frame of the whole signal − 8)
+    of `whisper_features` on the whole signal, so the tokens are `frame_tokens` of those features (bit
+    for bit up to 30 s; to float rounding of the floor beyond). But a window is encoded when a frame
+    first needs it and dropped once the frames have passed it, so at most two windows' states are held:
+    the whole signal's (T_w, L, D) float32 states are 50 · L · D · 4 bytes a second (110 MiB for 300 s
+    with tiny.en, L = 5, D = 384) and encoding them at once peaked 340 MiB above a 10 s signal's.
+    """
+
+    MARGIN = 2  # mel frames cut past each end of a window, so its frames get the whole signal's STFT context
+
+    def __init__(self, pipeline: LipSyncPipeline, samples: np.ndarray, fps: Fraction, length: int) -> None:
+        """`samples` (N,) 16 kHz mono; `length` ≥ N samples are covered, the part past N silent."""
+        if pipeline.audio_encoder is None:
+            raise ValueError("this pipeline has no audio encoder; pass audio tokens instead")
+        self.encoder = pipeline.audio_encoder
+        self.samples = samples
+        self.fps = fps
+        self.num_tokens = num_whisper_tokens(max(length, len(samples)))
+        self.spans = whisper_windows(self.num_tokens)
+        self.keep_from = [lo for _, lo, _ in self.spans]
+        self.padded = (self.spans[-1][0] + WHISPER_CHUNK_TOKENS) * SAMPLES_PER_TOKEN
+        self.held: dict[int, torch.Tensor] = {}  # window → its kept states (keep_to − keep_from, L, D)
+        # Whisper's log-mel is max(log10 E, peak − 8), rescaled as (· + 4) / 4, over the signal it is given
+        self.peak = max(float(self._mel(k).max()) for k in range(len(self.spans)))
+        self.floor = self.peak - 2  # (peak − 8 + 4) / 4 in the rescaled units
+
+    def _mel(self, window: int) -> torch.Tensor:
+        """(n_mels, 3000) log-mel of a window, each frame computed from the same samples as the whole signal's."""
+        start = self.spans[window][0] * SAMPLES_PER_TOKEN
+        first = max(0, start - self.MARGIN * WHISPER_HOP_LENGTH)
+        last = min(self.padded, start + WHISPER_CHUNK_SAMPLES + self.MARGIN * WHISPER_HOP_LENGTH)
+        piece = self.samples[first:last]
+        piece = np.pad(piece, (0, last - first - len(piece)))  # past the speech: Whisper's zero padding
+        mel = whisper_log_mel(piece, self.encoder.num_mel_bins, next(self.encoder.parameters()).device)
+        offset = (start - first) // WHISPER_HOP_LENGTH
+        return mel[:, offset : offset + WHISPER_CHUNK_MEL_FRAMES]
+
+    def window_mel(self, window: int) -> torch.Tensor:
+        """(n_mels, 3000): the whole signal's log-mel over a window (its frames, the whole signal's floor)."""
+        mel = self._mel(window)
+        if float(mel.max()) < self.peak:  # its own floor is lower than the whole signal's
+            mel = mel.clamp(min=self.floor)
+        return mel
+
+    def _states(self, window: int) -> torch.Tensor:
+        if window not in self.held:
+            parameter = next(self.encoder.parameters())
+            mel = self.window_mel(window)[None].to(parameter.device, parameter.dtype)
+            with torch.no_grad():
+                states = self.encoder(mel)[0]  # (1500, L, D)
+            start, lo, hi = self.spans[window]
+            self.held[window] = states[lo - start : hi - start].to("cpu", torch.float32, copy=True)
+        return self.held[window]
+
+    def frame(self, index: int) -> torch.Tensor:
+        """(S, D) = (10 · L, D) tokens of frame `index` (LatentSync's window, as `frame_tokens`)."""
+        centre = math.floor(Fraction(WHISPER_TOKENS_PER_SECOND) * index / self.fps)
+        last = self.num_tokens - 1
+        tokens = [min(max(t, 0), last) for t in range(centre - TOKENS_BEFORE, centre + TOKENS_AFTER)]
+        for window in [w for w in self.held if self.spans[w][2] <= tokens[0]]:
+            del self.held[window]  # frames come in order: no later frame needs it
+        rows = []
+        for t in tokens:
+            window = bisect.bisect_right(self.keep_from, t) - 1
+            rows.append(self._states(window)[t - self.keep_from[window]])  # (L, D)
+        return torch.stack(rows).flatten(0, 1)  # time-major, layer-minor
 
 
 def feather(mask: torch.Tensor) -> np.ndarray:
@@ -365,9 +445,9 @@ def synced_frames(
     """The output frames (H, W, 3) uint8 in order: generated where the face was found, else the input's."""
     resolution = pipeline.config.resolution
     total = len(track.found)
-    # zero-pad the speech to cover every output frame plus the token window after the last one
+    # the speech, zero-padded, covers every output frame plus the token window after the last one
     needed = int(math.ceil(Fraction(frames + 1) / fps * AUDIO_SAMPLE_RATE))
-    features = pipeline.audio_features(np.pad(samples, (0, max(0, needed - len(samples)))))
+    audio = AudioTokens(pipeline, samples, fps, needed)
     alpha = feather(pipeline.mask)
     order = (ping_pong(i, total) for i in range(frames))
     decoded = zip(range(frames), source_frames(video, fps, order), strict=False)
@@ -385,7 +465,7 @@ def synced_frames(
                 matrix = track.matrices[source]
                 waiting.append((frame, matrix))
                 crop = to_tensor(warp_face(frame, matrix, resolution))
-                yield crop, frame_tokens(features, range(out_index, out_index + 1), fps)[0]
+                yield crop, audio.frame(out_index)
 
         for generated in pipeline.stream(items(), options.steps, options.guidance, options.seed):
             frame, matrix = waiting.popleft()
