@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format lock
+.PHONY: setup demo test lint format lock plots
 
 setup:  ## venv from requirements.lock + offline pretrained weights
 	VENV=$(VENV) bash scripts/setup.sh
@@ -12,6 +12,9 @@ demo:  ## setup + the main job on the built-in corpus (SynthTalk, dvc repro)
 
 test:  ## the test suite (CPU, tiny configs)
 	$(BIN)/pytest
+
+plots:  ## dvc plots show as a page that renders offline (dvc_plots/index.html)
+	VENV=$(VENV) bash scripts/plots.sh
 
 lint:  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -54,12 +54,15 @@ def main() -> None:
     scorer = Scorer(syncnet, landmarker, ev, params.syncnet.max_offset, device, params.vae.mouth,
                     lpips.to(device) if lpips is not None else None)  # fmt: skip
     manifest = pd.read_parquet(args.processed / "manifest.parquet")
-    rows = select_clips(manifest, ev.clips)
-    if len(rows) < 2:
-        raise UserError(f"{args.processed}: {len(rows)} clean test clips; evaluation needs at least 2")
+    rows = select_clips(manifest, args.raw, ev.split, ev.clips)
+    if rows["identity"].nunique() < 2:
+        raise UserError(
+            f"{args.processed}: clean {ev.split} clips of {rows['identity'].nunique()} identities; "
+            "dubbing needs two identities at least"
+        )
     clips = [load_eval_clip(row, args.processed / "clips", args.raw, ev) for row in rows.itertuples()]
-    log.info("evaluating %d test clips of %d identities, DDIM %d steps, guidance %g",
-             len(clips), rows["identity"].nunique(), ev.steps, pipeline.config.guidance)  # fmt: skip
+    log.info("evaluating %d %s clips of %d identities, DDIM %d steps, guidance %g",
+             len(clips), ev.split, rows["identity"].nunique(), ev.steps, pipeline.config.guidance)  # fmt: skip
     with progress("clips") as bar:
         task = bar.add_task("evaluate", total=len(clips))
         result = evaluate(pipeline, clips, scorer, ev.steps, pipeline.config.seed,
@@ -67,7 +70,7 @@ def main() -> None:
 
     summary = summarize(result.rows)
     summary["protocol"] = {
-        "clips": len(clips), "identities": int(rows["identity"].nunique()), "frames_per_clip_max": ev.max_frames,
+        "split": ev.split, "clips": len(clips), "identities": int(rows["identity"].nunique()), "frames_per_clip_max": ev.max_frames,
         "steps": ev.steps, "guidance": pipeline.config.guidance, "seed": pipeline.config.seed,
         "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",
     }  # fmt: skip

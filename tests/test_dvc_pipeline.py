@@ -51,6 +51,8 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
         max_steps=4, val_every=2, checkpoint_every=2, val_windows=2, max_clips=4
     )
     params["train_unet"]["stage2"].update(max_steps=2, val_every=2, checkpoint_every=2)
+    # the test corpus has one clean test clip; two identities of the train split make a dubbing pair
+    params["evaluate"].update(split="train", clips=2, max_frames=46, steps=2, samples=1, sheet_frames=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     bin_dir = str(Path(sys.executable).parent)
@@ -69,6 +71,8 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
         "pretrain_videomae",
         "train_unet_stage1",
         "train_unet_stage2",
+        "assemble",
+        "evaluate",
     ):
         assert f"Running stage '{stage}'" in output
 
@@ -86,6 +90,13 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     rejects = pd.read_csv(repo / "data" / "synced" / "rejects.csv")
     assert len(synced) + len(rejects) == metrics["clips"]
     assert {"audio_shift", "sync_offset", "sync_confidence"} <= set(synced.columns)
+
+    assert json.loads((repo / "models" / "synclip" / "pipeline.json").read_text())["steps"] == 20
+    evaluation = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())
+    assert evaluation["protocol"]["clips"] == 2
+    assert set(evaluation["dubbing"]) == {"model", "input", "closed", "truth"}
+    assert (repo / "reports" / "eval" / "contact_sheet.png").stat().st_size > 0
+    assert len(list((repo / "reports" / "eval" / "samples").glob("*.mp4"))) == 1
 
     shown = run([dvc, "metrics", "show", "--json"], repo, env)
     assert "ground_truth" in shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from test_pipeline import tiny_unet, tiny_vae, tiny_whisper
 
 from synclip.config import load_params
+from synclip.data.preprocess import SIDECAR_SCHEMA
+from synclip.errors import UserError
 from synclip.eval.protocol import (
     EvalClip,
     Scorer,
@@ -49,17 +52,25 @@ def test_ground_truth_frames_are_the_segments_and_silence_keeps_its_margin():
         ground_truth_track(sidecar, first=20, frames=40, margin=2)
 
 
-def test_clean_test_clips_are_taken_one_identity_at_a_time():
+def test_clean_clips_of_the_split_are_taken_one_identity_at_a_time(tmp_path):
     manifest = pd.DataFrame(
         {
             "clip": ["a1", "a2", "b1", "b2", "c1", "t1", "s1"],
+            "source": ["a1.mp4", "a2.mp4", "b1.mp4", "b2.mp4", "c1.mp4", "t1.mp4", "s1.mp4"],
             "identity": ["A", "A", "B", "B", "C", "T", "S"],
             "split": ["test", "test", "test", "test", "test", "train", "test"],
-            "gt_av_offset": [0.0, 0.0, 0.0, np.nan, 0.0, 0.0, 5.0],
         }
     )
-    assert select_clips(manifest, 0)["clip"].tolist() == ["a1", "b1", "c1", "a2", "b2"]
-    assert select_clips(manifest, 4)["clip"].tolist() == ["a1", "b1", "c1", "a2"]
+    for source in manifest["source"]:
+        defect = {"kind": "av_shift", "offset_frames": 5} if source == "s1.mp4" else None
+        sidecar = {"schema": SIDECAR_SCHEMA, "defect": defect}
+        (tmp_path / source).with_suffix(".json").write_text(json.dumps(sidecar))
+    assert select_clips(manifest, tmp_path, "test", 0)["clip"].tolist() == ["a1", "b1", "c1", "a2", "b2"]
+    assert select_clips(manifest, tmp_path, "test", 4)["clip"].tolist() == ["a1", "b1", "c1", "a2"]
+    assert select_clips(manifest, tmp_path, "train", 0)["clip"].tolist() == ["t1"]
+    (tmp_path / "b2.json").unlink()
+    with pytest.raises(UserError, match=r"b2\.json: no ground-truth sidecar"):
+        select_clips(manifest, tmp_path, "test", 0)
 
 
 def test_the_closed_mouth_baseline_changes_only_the_generated_region_and_stands_still():

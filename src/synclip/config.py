@@ -301,7 +301,8 @@ class InferenceParams:
 class EvaluateParams:
     """The `evaluate` stage: reconstruction and dubbing on test identities (`synclip.eval.protocol`)."""
 
-    clips: int  # test clips evaluated, spread over identities (0 = all clean test clips)
+    split: Literal["train", "val", "test"]  # whose clips (test: identities never trained on)
+    clips: int  # clips evaluated, spread over identities (0 = every clean clip of the split)
     max_frames: int  # frames of each clip generated (from its start)
     steps: int  # DDIM steps (the packaged default is inference.steps)
     closed_ratio: float  # inner-lip gap / mouth width below which a measured mouth counts as closed

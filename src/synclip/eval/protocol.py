@@ -18,7 +18,6 @@ Glossary: N frames, R aligned face size.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ import torch
 from synclip.audio.mel import syncnet_mel
 from synclip.config import EvaluateParams
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
+from synclip.data.preprocess import ground_truth
 from synclip.data.sync_pairs import Clip, face_region
+from synclip.errors import UserError
 from synclip.eval.sync import score_clip
 from synclip.face.landmarks import INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker
 from synclip.lipsync import frame_tokens, to_image, to_tensor
@@ -70,13 +71,32 @@ class EvalClip:
                         self.opening[:frames], self.silent[:frames])  # fmt: skip
 
 
-def select_clips(manifest: pd.DataFrame, count: int) -> pd.DataFrame:
-    """Clean test clips (no AV offset), one per identity in turn, in a fixed order; `count` 0 = all."""
-    test = manifest[(manifest["split"] == "test") & (manifest["gt_av_offset"].fillna(0) == 0)]
-    test = test.sort_values(["identity", "clip"]).copy()
-    test["turn"] = test.groupby("identity").cumcount()
-    ordered = test.sort_values(["turn", "identity"]).drop(columns="turn")
+def select_clips(manifest: pd.DataFrame, raw_dir: Path, split: str, count: int) -> pd.DataFrame:
+    """Clean clips of `split` (a source without defect), one per identity in turn, in a fixed order.
+
+    `count` 0 takes them all. A source counts as clean when its ground-truth sidecar names no defect
+    (an AV shift, a second face or a cut-away would make the ground truth wrong for the clip).
+    """
+    rows = manifest[manifest["split"] == split]
+    rows = rows[[_defect(raw_dir, source) is None for source in rows["source"]]]
+    rows = rows.sort_values(["identity", "clip"]).copy()
+    rows["turn"] = rows.groupby("identity").cumcount()
+    ordered = rows.sort_values(["turn", "identity"]).drop(columns="turn")
     return ordered if count == 0 else ordered.iloc[:count]
+
+
+def _sidecar(raw_dir: Path, source: str) -> dict:
+    sidecar = ground_truth(raw_dir / source)
+    if sidecar is None:
+        raise UserError(
+            f"{(raw_dir / source).with_suffix('.json')}: no ground-truth sidecar; evaluation needs "
+            "SynthTalk's (see docs/synthtalk.md)"
+        )
+    return sidecar
+
+
+def _defect(raw_dir: Path, source: str) -> dict | None:
+    return _sidecar(raw_dir, source)["defect"]
 
 
 def ground_truth_track(sidecar: dict, first: int, frames: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,18 +117,13 @@ def ground_truth_track(sidecar: dict, first: int, frames: int, margin: int) -> t
 
 def load_eval_clip(row, clips_dir: Path, raw_dir: Path, params: EvaluateParams) -> EvalClip:
     """A manifest row → its aligned frames, audio and ground truth (SynthTalk sidecar next to the source)."""
-    sidecar_path = raw_dir / f"{row.source}.json"
-    if not sidecar_path.is_file():
-        raise FileNotFoundError(
-            f"{sidecar_path}: no ground truth for {row.clip} (evaluation needs SynthTalk sidecars)"
-        )
     path = clips_dir / f"{row.clip}.mp4"
     frames = np.stack(list(iter_frames(path)))[: params.max_frames]
     samples = read_audio(path)
     count = min(len(frames), len(samples) // SAMPLES_PER_FRAME)
     first = round(row.start * VIDEO_FPS)
     opening, silent = ground_truth_track(
-        json.loads(sidecar_path.read_text()), first, count, params.silent_margin_frames
+        _sidecar(raw_dir, row.source), first, count, params.silent_margin_frames
     )
     return EvalClip(
         row.clip, row.identity, frames[:count], samples[: count * SAMPLES_PER_FRAME], opening, silent
