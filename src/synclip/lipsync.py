@@ -5,6 +5,9 @@ or the `face_index`-th largest) and fits smoothed alignments as preprocessing do
 aligns, generates and pastes back. Only the generated region (mask = 0) is pasted, feathered, so
 every pixel outside it is the decoded input's. Frames without the face pass through unchanged, and
 each run of frames with a face is its own pipeline stream (so a long cut-away never buffers frames).
+The speech is Whisper-encoded one 30 s window at a time as the frames reach it (`AudioTokens`), so
+memory does not grow with the length but for the 16 kHz samples (64 kB a second) and a few numbers
+per frame (the face track). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of yuv420p.
 The output keeps the input's frame rate (its average rate; VFR is resampled to it), display size and
 orientation (pixels are written turned for display), and carries the speech file's audio stream as
 it is (packets copied when mp4 can hold the codec, else AAC at the original rate and channels).
@@ -14,10 +17,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import itertools
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -51,6 +58,31 @@ MP4_AUDIO = {"aac", "mp3", "alac", "opus", "flac", "ac3", "eac3"}
 LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
 REVERSE_BLOCK = 32  # frames decoded at once when the ping-pong loop plays the video backwards
 TOKENS_BEFORE, TOKENS_AFTER = 4, 6  # LatentSync's window [2i − 4, 2i + 6) around a frame's token
+TRIM_EVERY = 25  # frames between hand-backs of the allocator's free memory (see `release_free_memory`)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:  # no C library to load by name: nothing to trim through
+        return None
+    return getattr(libc, "malloc_trim", None)  # glibc's; musl has none
+
+
+def release_free_memory() -> None:
+    """Hand the free pages of glibc's malloc arenas back to the OS (`malloc_trim`); elsewhere nothing.
+
+    Frame-sized buffers are allocated and freed in MediaPipe's and FFmpeg's worker threads, from
+    per-thread arenas that keep what is freed: without trimming, the resident set of the tracking
+    pass grew by about a frame per frame (+670 MB over 1500 frames of 480×360; flat with one arena or
+    a trim every 100 frames) though nothing is held, and by 390 MB more for 300 s than for 10 s.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass(frozen=True)
@@ -239,6 +271,8 @@ def track_face(
     points, several = [], 0
     with FaceLandmarker(landmarker, max_faces=max(2, options.face_index + 1), fps=float(fps)) as detector:
         for index, frame in enumerate(iter_frames(video, fps=fps)):
+            if index % TRIM_EVERY == 0:
+                release_free_memory()
             faces = detector.detect(frame, index)
             several += len(faces) > 1
             face = faces[options.face_index] if len(faces) > options.face_index else None
@@ -509,6 +543,8 @@ def lipsync_file(
             synced_frames(pipeline, video, samples, fps, track, frames, options, counts), 1
         ):
             writer.write(frame)
+            if done % TRIM_EVERY == 0:
+                release_free_memory()
             if on_progress is not None:
                 on_progress(done, frames)
         if writer.frames != frames:
