@@ -156,7 +156,7 @@ class AudioTokens:
     for bit up to 30 s; to float rounding of the floor beyond). But a window is encoded when a frame
     first needs it and dropped once the frames have passed it, so at most two windows' states are held:
     the whole signal's (T_w, L, D) float32 states are 50 · L · D · 4 bytes a second (110 MiB for 300 s
-    with tiny.en, L = 5, D = 384) and encoding them at once peaked 340 MiB above a 10 s signal's.
+    with tiny.en, L = 5, D = 384) and encoding them at once peaked 316 MiB above a 10 s signal's.
     """
 
     MARGIN = 2  # mel frames cut past each end of a window, so its frames get the whole signal's STFT context
