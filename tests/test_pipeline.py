@@ -165,6 +165,17 @@ def test_same_seed_same_output_other_seed_other_output(pipe):
     assert not torch.equal(first, pipe(faces, audio, seed=12))
 
 
+def test_eta_draws_fresh_seeded_noise_every_step(pipe):
+    faces, audio = inputs(5)
+    ancestral = with_config(pipe, eta=1.0)
+    first = ancestral(faces, audio, steps=3, seed=11)
+    assert torch.equal(first, ancestral(faces, audio, steps=3, seed=11))  # seeded: reproducible
+    assert not torch.equal(first, pipe(faces, audio, steps=3, seed=11))  # η 0 takes no noise after the first
+    assert not torch.equal(first, ancestral(faces, audio, steps=3, seed=12))
+    with pytest.raises(ValueError, match="eta must be in"):
+        with_config(pipe, eta=1.5)
+
+
 def test_only_the_masked_region_changes(pipe):
     faces, audio = inputs(4)
     out = pipe(faces, audio)
@@ -173,11 +184,11 @@ def test_only_the_masked_region_changes(pipe):
     assert not torch.equal(out[:, ~keep], faces[:, ~keep])
 
 
-@pytest.mark.parametrize(("num_frames", "overlap"), [(4, 1), (4, 2), (3, 0), (2, 1)])
-def test_chunked_equals_one_chunk_when_frames_are_independent(pipe, num_frames, overlap):
+@pytest.mark.parametrize(("num_frames", "overlap", "eta"), [(4, 1, 0.0), (4, 2, 0.0), (3, 0, 0.0), (2, 1, 0.0), (4, 1, 1.0)])  # fmt: skip
+def test_chunked_equals_one_chunk_when_frames_are_independent(pipe, num_frames, overlap, eta):
     faces, audio = inputs(9)
-    whole = with_config(pipe, num_frames=9, overlap=0)(faces, audio)
-    chunked = with_config(pipe, num_frames=num_frames, overlap=overlap)(faces, audio)
+    whole = with_config(pipe, num_frames=9, overlap=0, eta=eta)(faces, audio)
+    chunked = with_config(pipe, num_frames=num_frames, overlap=overlap, eta=eta)(faces, audio)
     assert chunked.shape == whole.shape
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)  # batch-size rounding only
 

@@ -295,6 +295,7 @@ class InferenceParams:
     steps: int  # DDIM steps
     guidance: float  # audio classifier-free guidance (1.0: off)
     seed: int  # the shared initial noise
+    eta: float  # DDIM η: 0 deterministic, 1 fresh (shared) noise at every step
 
 
 @dataclass(frozen=True)

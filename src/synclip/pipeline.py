@@ -1,7 +1,8 @@
 """LipSyncPipeline: aligned faces + per-frame audio tokens in, lip-synced aligned faces out (tensors only).
 
 LatentSync's sampler (reference §7): the lower half of every aligned face (mask = 0) is inpainted by
-DDIM from one Gaussian draw shared by every frame of the video, conditioned on the frame's own
+DDIM from one Gaussian draw shared by every frame of the video (with η > 0, one more shared draw per
+step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns), conditioned on the frame's own
 unmasked face as the reference (§2.2) and on its audio tokens, with audio classifier-free guidance
 (null audio = zeros). Files, decoding and paste-back live in `synclip.lipsync`.
 
@@ -71,6 +72,7 @@ class PipelineConfig:
     steps: int = 20  # default DDIM steps
     guidance: float = 1.5  # default audio guidance scale (1.0: no unconditional pass)
     seed: int = 1247  # default seed of the shared initial noise (LatentSync's)
+    eta: float = 0.0  # DDIM's η: 0 deterministic (LatentSync), 1 ancestral (fresh shared noise each step)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +87,8 @@ class PipelineConfig:
                 f"overlap must be in [0, num_frames // 2 = {self.num_frames // 2}], got {self.overlap}"
             )
         check_sampling(self.steps, self.guidance)
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> PipelineConfig:
@@ -213,16 +217,27 @@ class LipSyncPipeline:
         shift = self.vae.config.shift_factor or 0.0
         return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample.clamp(-1, 1)
 
-    def noise(self, seed: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
-        """(C, h, w): the one Gaussian draw every frame starts from (drawn on the CPU: same on any device)."""
+    def noise(self, seed: int, latent_shape: tuple[int, int, int], steps: int = 0) -> torch.Tensor:
+        """(1 + steps, C, h, w): the Gaussian draw every frame starts from, then one per DDIM step (η > 0).
+
+        Every frame of every chunk gets the same draws, as the initial noise, so chunking cannot change
+        them; drawn on the CPU, so they are the same on any device.
+        """
         generator = torch.Generator().manual_seed(seed)
-        return torch.randn(latent_shape, generator=generator).to(self.device, self.dtype)
+        return torch.randn((1 + steps, *latent_shape), generator=generator).to(self.device, self.dtype)
 
     @torch.no_grad()
     def generate(
-        self, faces: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor, steps: int, guidance: float
+        self,
+        faces: torch.Tensor,
+        audio: torch.Tensor,
+        noise: torch.Tensor,
+        steps: int,
+        guidance: float,
+        eta: float = 0.0,
     ) -> torch.Tensor:
-        """One chunk: faces (F, 3, R, R) in [−1, 1], audio tokens (F, S, D), noise (C, h, w) → (F, 3, R, R).
+        """One chunk: faces (F, 3, R, R) in [−1, 1], audio tokens (F, S, D), noise (C, h, w) or, for
+        η > 0, (1 + steps, C, h, w) (see `noise`) → (F, 3, R, R).
 
         Pixels the mask keeps are the input's; only the masked region is generated.
         """
@@ -240,17 +255,22 @@ class LipSyncPipeline:
         condition = rearrange(condition, "f c h w -> 1 c f h w")
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
-        latents = repeat(noise, "c h w -> 1 c f h w", f=frames) * scheduler.init_noise_sigma
+        draws = noise if noise.ndim == 4 else noise[None]  # (1 + steps, C, h, w)
+        if eta > 0 and len(draws) < 1 + steps:
+            raise ValueError(f"η = {eta} needs 1 + {steps} noise draws, got {len(draws)}")
+        shared = repeat(draws, "n c h w -> n 1 c f h w", f=frames)
+        latents = shared[0] * scheduler.init_noise_sigma
         guided = guidance != 1.0
         audio_in = torch.cat([torch.zeros_like(audio), audio]) if guided else audio
-        for t in scheduler.timesteps:
+        for index, t in enumerate(scheduler.timesteps):
             sample = torch.cat([latents, condition], dim=1)  # (1, 13, F, h, w)
             if guided:
                 uncond, cond = self.unet(torch.cat([sample, sample]), t, audio_in).chunk(2)
                 eps = uncond + guidance * (cond - uncond)
             else:
                 eps = self.unet(sample, t, audio_in)
-            latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
+            variance = shared[1 + index] if eta > 0 else None
+            latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=variance).prev_sample
         generated = self.decode(rearrange(latents, "1 c f h w -> f c h w"))
         return generated * (1 - self.mask) + faces * self.mask
 
@@ -283,8 +303,8 @@ class LipSyncPipeline:
             if noise is None:
                 with torch.no_grad():
                     shape = self.encode(faces[:1].to(self.device, self.dtype)).shape[1:]
-                noise = self.noise(seed, tuple(shape))
-            return self.generate(faces, audio, noise, steps, guidance)
+                noise = self.noise(seed, tuple(shape), steps if self.config.eta > 0 else 0)
+            return self.generate(faces, audio, noise, steps, guidance, self.config.eta)
 
         def merge(out: torch.Tensor, last: bool) -> Iterator[torch.Tensor]:
             nonlocal pending
