@@ -46,6 +46,8 @@ def main() -> None:
     setup_logging(params.runtime.log_level)
     device = configure(params.runtime)
     ev = params.evaluate
+    if args.out.exists() and any(args.out.iterdir()) and not (args.out / "metrics.json").is_file():
+        raise UserError(f"{args.out}: exists and is not an evaluation report folder; not replacing it")
 
     pipeline = LipSyncPipeline.from_pretrained(args.model, device=device)
     syncnet = load_syncnet(args.syncnet).to(device)
@@ -71,12 +73,13 @@ def main() -> None:
     summary = summarize(result.rows)
     summary["protocol"] = {
         "split": ev.split, "clips": len(clips), "identities": int(rows["identity"].nunique()), "frames_per_clip_max": ev.max_frames,
-        "steps": ev.steps, "guidance": pipeline.config.guidance, "seed": pipeline.config.seed,
+        "steps": ev.steps, "guidance": pipeline.config.guidance, "eta": pipeline.config.eta,
+        "seed": pipeline.config.seed,
         "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",
     }  # fmt: skip
     out = args.out
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an earlier report (checked above): replaced whole
     (out / "samples").mkdir(parents=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     table = per_clip_table(result)
