@@ -482,7 +482,7 @@ class Params:
                 raise ConfigError(f"pretrained.{field.name} is an empty path; use null to leave it unset")
 
     def _validate_inference(self) -> None:
-        from synclip.pipeline import PipelineConfig
+        from synclip.pipeline import PipelineConfig, check_sampling
 
         inference = self.inference
         try:
@@ -502,10 +502,14 @@ class Params:
                 f"evaluate.max_frames ({ev.max_frames}) must cover a SyncNet window and its offsets "
                 f"(>= {self.syncnet.num_frames + 2 * self.syncnet.max_offset})"
             )
-        if not 1 <= ev.steps <= 1000 or not 0 < ev.closed_ratio < 1 or ev.sheet_frames < 1:
+        try:
+            check_sampling(ev.steps, inference.guidance)
+        except UserError as error:
+            raise ConfigError(f"evaluate: {error}") from None
+        if not 0 < ev.closed_ratio < 1 or ev.sheet_frames < 1:
             raise ConfigError(
-                f"evaluate.steps must be in [1, 1000] ({ev.steps}), closed_ratio in (0, 1) "
-                f"({ev.closed_ratio}), sheet_frames >= 1 ({ev.sheet_frames})"
+                f"evaluate.closed_ratio must be in (0, 1) ({ev.closed_ratio}), sheet_frames >= 1 "
+                f"({ev.sheet_frames})"
             )
 
     def _validate_unet(self) -> None:

@@ -2,9 +2,10 @@
 
 LatentSync's sampler (reference §7): the lower half of every aligned face (mask = 0) is inpainted by
 DDIM from one Gaussian draw shared by every frame of the video (with η > 0, one more shared draw per
-step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns), conditioned on the frame's own
-unmasked face as the reference (§2.2) and on its audio tokens, with audio classifier-free guidance
-(null audio = zeros). Files, decoding and paste-back live in `synclip.lipsync`.
+step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns),
+conditioned on the frame's own unmasked face as the reference (§2.2) and on its audio tokens, with
+audio classifier-free guidance (null audio = zeros). Files, decoding and paste-back live in
+`synclip.lipsync`.
 
 Streaming: frames are generated in chunks of F (`num_frames`) frames; consecutive chunks overlap by
 `overlap` frames, which are generated twice and cross-faded linearly (weight of the newer chunk

@@ -225,7 +225,7 @@ class Scorer:
 class EvalResult:
     rows: list[dict]  # one per (protocol, clip, variant)
     traces: dict[str, dict[str, np.ndarray]]  # clip → name → per-frame series (dubbing)
-    videos: dict[str, dict[str, np.ndarray]]  # clip → a, b, model (dubbing), recon: frames
+    videos: dict[str, dict[str, np.ndarray]]  # clip → a, b, model: frames of its dubbing
     audio: dict[str, np.ndarray]  # clip → the driving audio of its dubbing
 
 
@@ -268,7 +268,7 @@ def evaluate(
                 {**base, "variant": variant, "frames": n, **scorer.sync(frames, b_n.samples), **mouth}
             )
         traces[a.name] = series
-        videos[a.name] = {"a": a_n.frames, "b": b_n.frames, "model": dubbed, "recon": recon[:n]}
+        videos[a.name] = {"a": a_n.frames, "b": b_n.frames, "model": dubbed}
         audio[a.name] = b_n.samples
         log.info("%s: dubbed with %s (%d frames)", a.name, b.name, n)
         if on_clip is not None:
