@@ -26,7 +26,7 @@ from synclip.train.diffusion import (
     predict_x0,
 )
 from synclip.train.syncnet import syncnet_config
-from synclip.train.unet import initial_unet, select_trainable, train_unet, unet_config
+from synclip.train.unet import Validation, initial_unet, select_trainable, train_unet, unet_config
 
 CPU = torch.device("cpu")
 LATENT, WIDTH, STATES = 8, 8, 1  # h = w, audio width D, Whisper states L (S = 10·L tokens per frame)
@@ -125,6 +125,47 @@ def test_reference_windows_never_overlap_and_audio_follows_the_shift():
     )
     assert batch.mask.shape == (1, 1, 8, LATENT, LATENT)
     assert set(batch.mask.unique().tolist()) == {0.0, 1.0}
+
+
+def test_single_frame_references_keep_the_gap():
+    clips = [synthetic_clip("a000", 40), synthetic_clip("b000", 20)]
+    sampler = WindowSampler(clips, 1, np.random.default_rng(0), gap=16)
+    assert sampler.skipped == []  # 20 frames: targets 0-3 and 16-19 have a reference 16 away
+    starts = set()
+    for _ in range(500):
+        window = sampler.draw()
+        assert abs(window.reference - window.start) >= 16
+        starts.add((window.clip, window.start))
+    assert {s for c, s in starts if c == 1} == {0, 1, 2, 3, 16, 17, 18, 19}
+    with pytest.raises(ValueError, match="20 frames apart"):
+        WindowSampler([synthetic_clip("c000", 20)], 1, np.random.default_rng(0), gap=20)
+
+
+class AudioEcho(torch.nn.Module):
+    """ε̂ = the mean audio token of each frame (or 0 when `listens` is False): a UNet stand-in."""
+
+    def __init__(self, listens: bool) -> None:
+        super().__init__()
+        self.listens = listens
+
+    def forward(self, sample, timestep, audio):
+        batch, _, frames, height, width = sample.shape
+        level = audio.mean(dim=(2, 3)) if self.listens else torch.zeros(batch, frames)
+        return level[:, None, :, None, None].expand(batch, 4, frames, height, width)
+
+
+def test_validation_audio_gain_is_zero_for_a_unet_that_ignores_the_audio():
+    clips = [synthetic_clip(f"v{i:03d}", 30, seed=i) for i in range(3)]
+    validation = Validation(WindowSampler(clips, 2, np.random.default_rng(1)), 6, 1.0, 2, batch_size=4)
+    assert [len(t) for t in validation.timesteps] == [4, 2]
+    objective = DiffusionObjective({"recon": 1.0})
+    deaf = validation(AudioEcho(listens=False), objective, torch.device("cpu"))
+    assert deaf["audio_gain"] == 0.0
+    assert deaf["recon"] == pytest.approx(1.0, abs=0.3)  # ε̂ = 0 against unit noise
+    # the synthetic tokens name their position in the clip, so another window's audio changes ε̂
+    listening = validation(AudioEcho(listens=True), objective, torch.device("cpu"))
+    assert listening["audio_gain"] != 0.0
+    assert listening["recon"] != deaf["recon"]
 
 
 def test_unavailable_terms_are_disabled_with_their_reason():

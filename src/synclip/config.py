@@ -250,6 +250,8 @@ class UNetStageParams:
 
     num_frames: int  # F, frames per window
     batch_size: int
+    # the reference window starts at least max(F, reference_gap) frames from the target's (LatentSync: F)
+    reference_gap: int
     lr: float
     weight_decay: float
     grad_clip: float
@@ -489,10 +491,11 @@ class Params:
             PipelineConfig(resolution=self.preprocess.resolution, **dataclasses.asdict(inference))
         except (ValueError, UserError) as error:
             raise ConfigError(f"inference: {error}") from None
-        if inference.num_frames != self.train_unet.stage1.num_frames:
+        packaged = self.train_unet.stage(2).num_frames  # the packaged UNet is stage 2's
+        if inference.num_frames != packaged:
             raise ConfigError(
-                f"inference.num_frames ({inference.num_frames}) must equal the UNet's training window "
-                f"train_unet.stage1.num_frames ({self.train_unet.stage1.num_frames})"
+                f"inference.num_frames ({inference.num_frames}) must equal the packaged UNet's training "
+                f"window train_unet.stage2 num_frames ({packaged})"
             )
         ev = self.evaluate
         if ev.clips < 0 or ev.samples < 0 or ev.silent_margin_frames < 0:
@@ -531,10 +534,13 @@ class Params:
             if not 0 <= stage.audio_dropout < 1 or not 0 <= stage.ema_decay < 1:
                 raise ConfigError(f"{key}: audio_dropout ({stage.audio_dropout}) and ema_decay "
                                   f"({stage.ema_decay}) must be in [0, 1)")  # fmt: skip
-            if stage.lr <= 0 or stage.grad_clip <= 0 or stage.mixed_noise_alpha < 0 or stage.max_clips < 0:
+            if (stage.lr <= 0 or stage.grad_clip <= 0 or stage.mixed_noise_alpha < 0 or stage.max_clips < 0
+                    or stage.reference_gap < 0):  # fmt: skip
                 raise ConfigError(
-                    f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha and max_clips >= 0"
+                    f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha, max_clips and reference_gap >= 0"
                 )
+            if stage.motion_modules and stage.num_frames < 2:
+                raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {stage.num_frames}")
             top, bottom, left, right = stage.pixel_region
             if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
                 raise ConfigError(f"{key}.pixel_region must be (top, bottom, left, right) fractions, "

@@ -1,5 +1,10 @@
 """UNet training windows: F-frame target windows of processed clips with their VAE latents, the masked
-latents, a non-overlapping reference window of the same clip, and audio aligned to the frames.
+latents, a reference window of the same clip at least G ≥ F frames away (G = `reference_gap`; F = G is
+LatentSync's non-overlapping window), and audio aligned to the frames.
+
+The gap matters when F is small: stage 1 of the tiny profile trains on single frames, and a
+reference one frame away shows nearly the mouth to be generated, which the UNet then copies
+instead of reading the audio.
 
 The VAE is frozen, so every frame is encoded once (frame and frame × mask) and the posterior's mean
 and std are kept: a training batch draws `mean + std·ε` — what LatentSync's per-step
@@ -73,22 +78,24 @@ class WindowClip:
 class Window:
     clip: int  # index into the sampler's clips
     start: int  # first target frame
-    reference: int  # first reference frame, |reference − start| >= F
+    reference: int  # first reference frame, |reference − start| >= max(F, gap)
 
 
-def target_starts(clip: WindowClip, num_frames: int) -> np.ndarray:
-    """Target starts s whose frames and shifted audio fit and that leave room for a reference window."""
+def target_starts(clip: WindowClip, num_frames: int, gap: int = 0) -> np.ndarray:
+    """Target starts s whose frames and shifted audio fit and that leave room for a reference window
+    starting at least max(F, gap) frames before or after s."""
+    gap = max(num_frames, gap)
     first = max(0, -clip.shift)
     last = min(clip.num_frames - num_frames, clip.audio_frames - num_frames - clip.shift)
     starts = np.arange(first, last + 1)
-    room = (starts >= num_frames) | (starts + 2 * num_frames <= clip.num_frames)
+    room = (starts >= gap) | (starts + gap + num_frames <= clip.num_frames)
     return starts[room]
 
 
-def reference_starts(clip: WindowClip, start: int, num_frames: int) -> np.ndarray:
-    """Reference starts r in [0, T − F] with no frame in common with the target: |r − s| >= F."""
+def reference_starts(clip: WindowClip, start: int, num_frames: int, gap: int = 0) -> np.ndarray:
+    """Reference starts r in [0, T − F] with |r − s| >= max(F, gap) (no frame in common with the target)."""
     starts = np.arange(0, clip.num_frames - num_frames + 1)
-    return starts[np.abs(starts - start) >= num_frames]
+    return starts[np.abs(starts - start) >= max(num_frames, gap)]
 
 
 def audio_tokens(features: torch.Tensor, first: int, count: int) -> torch.Tensor:
@@ -103,18 +110,23 @@ def audio_tokens(features: torch.Tensor, first: int, count: int) -> torch.Tensor
 
 
 class WindowSampler:
-    """Random windows of `clips` (target, reference ≥ F frames away) and their batches."""
+    """Random windows of `clips` (target, reference ≥ max(F, `gap`) frames away) and their batches."""
 
-    def __init__(self, clips: list[WindowClip], num_frames: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self, clips: list[WindowClip], num_frames: int, rng: np.random.Generator, gap: int = 0
+    ) -> None:
         self.num_frames = num_frames
+        self.gap = gap
         self.rng = rng
-        self.clips = [c for c in clips if len(target_starts(c, num_frames))]
-        self.skipped = [c.name for c in clips if not len(target_starts(c, num_frames))]
+        self.clips = [c for c in clips if len(target_starts(c, num_frames, gap))]
+        self.skipped = [c.name for c in clips if not len(target_starts(c, num_frames, gap))]
         if self.skipped:
-            log.info("%d clips too short for %d-frame target + reference windows: %s", len(self.skipped),
-                     num_frames, ", ".join(self.skipped[:5]))  # fmt: skip
+            log.info("%d clips too short for %d-frame target + reference windows %d frames apart: %s",
+                     len(self.skipped), num_frames, max(num_frames, gap), ", ".join(self.skipped[:5]))  # fmt: skip
         if not self.clips:
-            raise ValueError(f"no clip holds two non-overlapping {num_frames}-frame windows")
+            raise ValueError(
+                f"no clip holds two {num_frames}-frame windows {max(num_frames, gap)} frames apart"
+            )
         size = self.clips[0].posteriors["mean"].shape[-2:]
         self.mask = load_mask(size[0])  # (1, h, w), nearest-resized as LatentSync's latent mask
         assert self.mask.shape[-2:] == size, (self.mask.shape, size)
@@ -122,8 +134,8 @@ class WindowSampler:
     def draw(self) -> Window:
         index = int(self.rng.integers(len(self.clips)))
         clip = self.clips[index]
-        start = int(self.rng.choice(target_starts(clip, self.num_frames)))
-        reference = int(self.rng.choice(reference_starts(clip, start, self.num_frames)))
+        start = int(self.rng.choice(target_starts(clip, self.num_frames, self.gap)))
+        reference = int(self.rng.choice(reference_starts(clip, start, self.num_frames, self.gap)))
         return Window(index, start, reference)
 
     def batch(self, windows: list[Window], sample: bool = True) -> UNetBatch:

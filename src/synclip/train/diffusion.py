@@ -275,11 +275,17 @@ class DiffusionObjective:
         batch: UNetBatch,
         noise: torch.Tensor,
         timesteps: torch.Tensor,
+        recon_only: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """{"recon", enabled pixel terms…, "total"}: each a scalar, total = Σ weight · term."""
+        """{"recon", enabled pixel terms…, "total"}: each a scalar, total = Σ weight · term.
+
+        `recon_only` skips the pixel terms (and leaves "total" out).
+        """
         noisy = add_noise(self.scheduler, batch.latents, noise, timesteps)
         epsilon = unet(batch.unet_input(noisy), timesteps, batch.audio).float()  # (B, 4, F, h, w)
         terms = {"recon": F.mse_loss(epsilon, noise.float())}
+        if recon_only:
+            return terms
         if any(t in self.weights for t in PIXEL_TERMS):
             x0 = predict_x0(self.scheduler, noisy.float(), epsilon, timesteps)
             region = self.decode_region(x0).float()  # (B, 3, F, H', W')

@@ -109,27 +109,48 @@ def _file_digest(path: Path) -> str:
 
 
 class Validation:
-    """Fixed windows of held-out identities with fixed noise and timesteps: a deterministic loss."""
+    """Fixed windows of held-out identities with fixed noise and timesteps: a deterministic loss.
 
-    def __init__(self, sampler: WindowSampler, count: int, alpha: float, seed: int) -> None:
+    Besides each loss term it measures whether the UNet uses the audio: `audio_gain` is how much
+    worse (relative ε MSE) the prediction gets when every window is given another window's audio
+    tokens. A UNet that ignores the audio (or copies the reference's mouth) scores 0.
+    """
+
+    def __init__(
+        self, sampler: WindowSampler, count: int, alpha: float, seed: int, batch_size: int = 1
+    ) -> None:
         self.sampler = sampler
         self.windows: list[Window] = [sampler.draw() for _ in range(count)]
         generator = torch.Generator().manual_seed(seed)
-        self.batches = [sampler.batch([w], sample=False) for w in self.windows]  # posterior means
+        groups = [self.windows[i : i + batch_size] for i in range(0, count, batch_size)]
+        self.batches = [sampler.batch(group, sample=False) for group in groups]  # posterior means
         self.noise = [mixed_noise(tuple(b.latents.shape), alpha, generator) for b in self.batches]
-        self.timesteps = [torch.randint(0, 1000, (1,), generator=generator) for _ in self.batches]
+        self.timesteps = [torch.randint(0, 1000, (len(g),), generator=generator) for g in groups]
+        # each window's audio replaced by that of the window half the set away (another clip, mostly)
+        audio = torch.cat([b.audio for b in self.batches])
+        swapped = audio.roll(count // 2, dims=0).split([len(g) for g in groups])
+        self.swapped = [dataclasses.replace(b, audio=a) for b, a in zip(self.batches, swapped, strict=True)]
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, objective: DiffusionObjective, device: torch.device) -> dict:
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
-        for batch, noise, timesteps in zip(self.batches, self.noise, self.timesteps, strict=True):
-            terms = objective(model, batch.to(device), noise.to(device), timesteps.to(device))
+        swapped = 0.0
+        for batch, other, noise, timesteps in zip(
+            self.batches, self.swapped, self.noise, self.timesteps, strict=True
+        ):
+            size = len(timesteps)
+            noise, timesteps = noise.to(device), timesteps.to(device)
+            terms = objective(model, batch.to(device), noise, timesteps)
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + float(value) * size
+            swapped += float(objective(model, other.to(device), noise, timesteps, recon_only=True)["recon"]) * size
         model.train(was_training)
-        return {name: value / len(self.batches) for name, value in sums.items()}
+        count = len(self.windows)
+        result = {name: value / count for name, value in sums.items()}
+        result["audio_gain"] = swapped / count / result["recon"] - 1
+        return result
 
 
 def train_unet(
@@ -155,10 +176,10 @@ def train_unet(
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sampler = WindowSampler(train, stage.num_frames, rng)
+    sampler = WindowSampler(train, stage.num_frames, rng, stage.reference_gap)
     validation = Validation(
-        WindowSampler(val, stage.num_frames, np.random.default_rng(seed + 1)),
-        stage.val_windows, stage.mixed_noise_alpha, seed + 2,
+        WindowSampler(val, stage.num_frames, np.random.default_rng(seed + 1), stage.reference_gap),
+        stage.val_windows, stage.mixed_noise_alpha, seed + 2, stage.batch_size,
     )  # fmt: skip
     model, fresh = initial_unet(config, init)
     trainable = select_trainable(model, stage.trainable)
