@@ -9,6 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,10 +20,13 @@ from synclip.artifacts import CheckpointError
 from synclip.audio.whisper import whisper_log_mel
 from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose
 from synclip.errors import UserError
+from synclip.face.align import invert
 from synclip.face.mask import load_mask
 from synclip.lipsync import (
+    FACE_OVAL,
     FaceTrack,
     LipSyncOptions,
+    feather,
     lipsync_file,
     output_frames,
     ping_pong,
@@ -417,11 +421,27 @@ def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir)
     samples = read_audio(speech)
     out = list(synced_frames(pipe, video, samples, Fraction(25), track, 20, options, counts))
     source = decoded(video)
+    assert track.outlines.shape == (20, len(FACE_OVAL), 2)
+    beside = 0
     for i in range(20):
         same = np.array_equal(out[i], source[i])
         assert same == (i in FACELESS), i
         # far above the generated region (the lower face) nothing moves
         assert np.array_equal(out[i][:30], source[i][:30]), i
+        if i in FACELESS:
+            continue
+        # inside the mask's rectangle but outside the widened face outline (background, neck): the input's
+        size = source[i].shape[1::-1]
+        back = invert(track.matrices[i])
+        rectangle = cv2.warpAffine(feather(pipe.mask), back, size) > 0
+        face = cv2.warpAffine(feather(pipe.mask, track.outline(i)), back, size) > 0
+        assert face.sum() > 200, i
+        assert not (face & ~rectangle).any(), i
+        kept = rectangle & ~face
+        beside += kept.sum()
+        assert np.array_equal(out[i][kept], source[i][kept]), i
+        assert not np.array_equal(out[i][face], source[i][face]), i
+    assert beside > 16 * 200  # the rectangle reaches well past the drawn face's jaw
     assert counts == {"generated": 16, "without_face": 4}
 
 
@@ -531,11 +551,6 @@ def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypat
 
 def pasted_region(pipe: LipSyncPipeline, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """(H, W) bool: the frame pixels the feathered paste of the generated region (mask = 0) can touch."""
-    import cv2
-
-    from synclip.face.align import invert
-    from synclip.lipsync import feather
-
     height, width = shape[:2]
     alpha = cv2.warpAffine(feather(pipe.mask), invert(matrix), (width, height), flags=cv2.INTER_LINEAR)
     return alpha > 0
@@ -543,8 +558,6 @@ def pasted_region(pipe: LipSyncPipeline, matrix: np.ndarray, shape: tuple[int, .
 
 def test_lossless_output_keeps_frames_without_a_face_bit_exact(pipe, media, tmp_path, monkeypatch):
     """Decoded from the output file: no-face frames are the input's, face frames change inside the mask only."""
-    import cv2
-
     video, speech = media
     track = fixed_track()
     track.found[list(FACELESS)] = False

@@ -2,12 +2,14 @@
 
 Two streaming decodes of the video: the first finds the face on every frame (MediaPipe, the largest
 or the `face_index`-th largest) and fits smoothed alignments as preprocessing does; the second
-aligns, generates and pastes back. Only the generated region (mask = 0) is pasted, feathered, so
-every pixel outside it is the decoded input's. Frames without the face pass through unchanged, and
+aligns, generates and pastes back. Only the generated region (mask = 0) inside the face's outline
+(MediaPipe's face oval, widened by `OUTLINE_MARGIN` so a dropping jaw fits) is pasted, feathered,
+so the background and neck that the mask's rectangle also covers stay the input's, as does every
+pixel outside the mask. Frames without the face pass through unchanged, and
 each run of frames with a face is its own pipeline stream (so a long cut-away never buffers frames).
 The speech is Whisper-encoded one 30 s window at a time as the frames reach it (`AudioTokens`), so
-memory does not grow with the length but for the 16 kHz samples (64 kB a second) and a few numbers
-per frame (the face track). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of yuv420p.
+memory does not grow with the length but for the 16 kHz samples (64 kB a second) and 80 numbers
+per frame (the face track: alignment and outline). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of yuv420p.
 The output keeps the input's frame rate (its average rate; VFR is resampled to it), display size and
 orientation (pixels are written turned for display), and carries the speech file's audio stream as
 it is (packets copied when mp4 can hold the codec, else AAC at the original rate and channels).
@@ -219,10 +221,25 @@ class AudioTokens:
         return torch.stack(rows).flatten(0, 1)  # time-major, layer-minor
 
 
-def feather(mask: torch.Tensor) -> np.ndarray:
-    """(R, R) float32 alpha of the generated region: (1 − mask) blurred, so the paste has no hard edge."""
+# MediaPipe face-mesh indices of the face oval (its FACEMESH_FACE_OVAL contour)
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)  # fmt: skip
+OUTLINE_MARGIN = 1 / 12  # the outline is widened by this share of the crop (about 11 px at 128)
+
+
+def feather(mask: torch.Tensor, outline: np.ndarray | None = None) -> np.ndarray:
+    """(R, R) float32 alpha of the generated region: (1 − mask), within the widened convex hull of
+    `outline` ((K, 2) crop pixels) when given, blurred so the paste has no hard edge."""
     region = (1 - mask[0].cpu().numpy()).astype(np.float32)
     size = region.shape[0]
+    if outline is not None:
+        face = np.zeros((size, size), np.uint8)
+        cv2.fillConvexPoly(face, np.round(cv2.convexHull(outline.astype(np.float32))).astype(np.int32), 1)
+        radius = max(round(size * OUTLINE_MARGIN), 1)
+        face = cv2.dilate(
+            face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        )
+        region *= face
     sigma = max(size / 48, 0.5)
     return np.clip(cv2.GaussianBlur(region, (0, 0), sigma) * region.max(), 0, 1)
 
@@ -260,6 +277,16 @@ class FaceTrack:
     matrices: np.ndarray  # (N, 2, 3) source → crop, per source frame
     found: np.ndarray  # (N,) bool: the chosen face is on the frame
     several: int  # frames with more faces than one
+    outlines: np.ndarray | None = (
+        None  # (N, K, 2) FACE_OVAL points in source pixels; None: paste the whole mask
+    )
+
+    def outline(self, source: int) -> np.ndarray | None:
+        """The face oval of source frame `source` in crop pixels (None without outlines)."""
+        if self.outlines is None:
+            return None
+        matrix = self.matrices[source]
+        return self.outlines[source] @ matrix[:, :2].T + matrix[:, 2]
 
 
 def track_face(
@@ -268,7 +295,7 @@ def track_face(
     """First decode: the chosen face's stable points per frame → smoothed alignments."""
     from synclip.face.landmarks import FaceLandmarker
 
-    points, several = [], 0
+    points, outlines, several = [], [], 0
     with FaceLandmarker(landmarker, max_faces=max(2, options.face_index + 1), fps=float(fps)) as detector:
         for index, frame in enumerate(iter_frames(video, fps=fps)):
             if index % TRIM_EVERY == 0:
@@ -277,6 +304,9 @@ def track_face(
             several += len(faces) > 1
             face = faces[options.face_index] if len(faces) > options.face_index else None
             points.append(stable_points(face) if face is not None else np.full((4, 2), np.nan))
+            outlines.append(
+                face.points[list(FACE_OVAL)] if face is not None else np.full((len(FACE_OVAL), 2), np.nan)
+            )
     if not points:
         raise MediaError(f"{video}: the video stream has no frames")
     stable = np.stack(points)
@@ -285,7 +315,7 @@ def track_face(
         matrices = track_transforms(stable, resolution, options.smoothing_frames)
     else:
         matrices = np.full((len(stable), 2, 3), np.nan)
-    return FaceTrack(matrices, found, several)
+    return FaceTrack(matrices, found, several, np.stack(outlines).astype(np.float32))
 
 
 def source_frames(video: Path, fps: Fraction, order: Iterator[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -482,7 +512,7 @@ def synced_frames(
     # the speech, zero-padded, covers every output frame plus the token window after the last one
     needed = int(math.ceil(Fraction(frames + 1) / fps * AUDIO_SAMPLE_RATE))
     audio = AudioTokens(pipeline, samples, fps, needed)
-    alpha = feather(pipeline.mask)
+    alpha = feather(pipeline.mask) if track.outlines is None else None
     order = (ping_pong(i, total) for i in range(frames))
     decoded = zip(range(frames), source_frames(video, fps, order), strict=False)
     runs = itertools.groupby(decoded, key=lambda item: bool(track.found[item[1][0]]))
@@ -492,19 +522,20 @@ def synced_frames(
                 counts["without_face"] += 1
                 yield frame
             continue
-        waiting: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        waiting: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
 
         def items(run=run, waiting=waiting) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for out_index, (source, frame) in run:
                 matrix = track.matrices[source]
-                waiting.append((frame, matrix))
+                waiting.append((source, frame, matrix))
                 crop = to_tensor(warp_face(frame, matrix, resolution))
                 yield crop, audio.frame(out_index)
 
         for generated in pipeline.stream(items(), options.steps, options.guidance, options.seed):
-            frame, matrix = waiting.popleft()
+            source, frame, matrix = waiting.popleft()
             counts["generated"] += 1
-            yield paste(frame, to_image(generated), alpha, matrix)
+            weight = alpha if alpha is not None else feather(pipeline.mask, track.outline(source))
+            yield paste(frame, to_image(generated), weight, matrix)
 
 
 def lipsync_file(
