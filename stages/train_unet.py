@@ -95,13 +95,15 @@ def main() -> None:
         "terms": objective.weights,
         "disabled_terms": objective.disabled,
         **{k: v for k, v in last.items() if k.startswith("val_")},
-        "best_val_total": min(r["val_total"] for r in rows),
+        "best_val_total": min(r["val_total"] for r in rows if r["step"] > 0),
     }
+    if rows[0]["step"] == 0:  # stage 2: the stage-1 UNet's scores under this stage's terms
+        summary["init"] = {k: v for k, v in rows[0].items() if k.startswith("val_")}
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(summary, indent=1, sort_keys=True))
     args.history.parent.mkdir(parents=True, exist_ok=True)
     with args.history.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(file, fieldnames=list(last), restval="")  # step 0 has no train_ columns
         writer.writeheader()
         writer.writerows(rows)
 

@@ -91,6 +91,16 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     assert len(synced) + len(rejects) == metrics["clips"]
     assert {"audio_shift", "sync_offset", "sync_confidence"} <= set(synced.columns)
 
+    stage1 = json.loads((repo / "reports" / "unet_stage1" / "metrics.json").read_text())
+    assert stage1["steps"] == 4
+    assert "val_audio_gain" in stage1
+    stage2 = pd.read_csv(repo / "reports" / "unet_stage2" / "history.csv")
+    assert stage2["step"].tolist() == [0, 2]  # opens with the stage-1 UNet's scores
+    assert stage2["train_total"].isna().tolist() == [True, False]
+    assert stage2["val_sync"].notna().all()
+    stage2_metrics = json.loads((repo / "reports" / "unet_stage2" / "metrics.json").read_text())
+    assert stage2_metrics["init"]["val_sync"] == stage2["val_sync"][0]
+
     assert json.loads((repo / "models" / "synclip" / "pipeline.json").read_text())["steps"] == 20
     evaluation = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())
     assert evaluation["protocol"]["clips"] == 2

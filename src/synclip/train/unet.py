@@ -145,7 +145,9 @@ class Validation:
             terms = objective(model, batch.to(device), noise, timesteps)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value) * size
-            swapped += float(objective(model, other.to(device), noise, timesteps, recon_only=True)["recon"]) * size
+            swapped += (
+                float(objective(model, other.to(device), noise, timesteps, recon_only=True)["recon"]) * size
+            )
         model.train(was_training)
         count = len(self.windows)
         result = {name: value / count for name, value in sums.items()}
@@ -215,6 +217,12 @@ def train_unet(
         objective.weights, objective.disabled,
     )  # fmt: skip
     started = time.perf_counter() - history.seconds
+    if init is not None and not history.rows:  # a fine-tune's history opens with its starting point
+        start = validation(ema.module, objective, device)
+        history.rows.append(
+            {"step": 0} | {f"val_{k}": round(v, 6) for k, v in start.items()} | {"seconds": 0.0}
+        )
+        log.info("step 0 (%s): %s", init, ", ".join(f"val_{k} {v:.4f}" for k, v in start.items()))
     with progress("steps") as bar:
         task = bar.add_task("train_unet", total=stage.max_steps, completed=step)
         while step < stage.max_steps:
