@@ -101,9 +101,19 @@ def test_full_profile_applies_its_overrides_only(params_file):
     full = to_dict(load_params(params_file, profile="full"))
     profile = yaml.safe_load((params_file.parent / "params" / "full.yaml").read_text())
     assert full["profile"] == "full"
+
+    def check(resolved: dict, overrides: dict, unchanged: dict, where: str) -> None:
+        """`overrides` applied, every key they do not name as in `unchanged` (the tiny profile)."""
+        for key, value in resolved.items():
+            if key not in overrides:
+                assert value == unchanged[key], f"{where}{key}"
+            elif isinstance(overrides[key], dict):
+                check(value, overrides[key], unchanged[key], f"{where}{key}.")
+            else:
+                assert value == overrides[key], f"{where}{key}"
+
     for section, values in profile.items():
-        for key, value in values.items():
-            assert full[section][key] == value
+        check(full[section], values, tiny[section], f"{section}.")
     untouched = {k: v for k, v in tiny.items() if k not in profile and k != "profile"}
     assert all(full[k] == v for k, v in untouched.items())
 
