@@ -5,14 +5,15 @@ or the `face_index`-th largest) and fits smoothed alignments as preprocessing do
 aligns, generates and pastes back. Only the generated region (mask = 0) inside the face's outline
 (MediaPipe's face oval, widened by `OUTLINE_MARGIN` so a dropping jaw fits) is pasted, feathered,
 so the background and neck that the mask's rectangle also covers stay the input's, as does every
-pixel outside the mask. Frames without the face pass through unchanged, and
-each run of frames with a face is its own pipeline stream (so a long cut-away never buffers frames).
-The speech is Whisper-encoded one 30 s window at a time as the frames reach it (`AudioTokens`), so
-memory does not grow with the length but for the 16 kHz samples (64 kB a second) and 80 numbers
-per frame (the face track: alignment and outline). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of yuv420p.
-The output keeps the input's frame rate (its average rate; VFR is resampled to it), display size and
-orientation (pixels are written turned for display), and carries the speech file's audio stream as
-it is (packets copied when mp4 can hold the codec, else AAC at the original rate and channels).
+pixel outside the mask. Frames without the face pass through unchanged, and each run of frames
+with a face is its own pipeline stream (so a long cut-away never buffers frames). The speech is
+Whisper-encoded one 30 s window at a time as the frames reach it (`AudioTokens`), so memory does
+not grow with the length but for the 16 kHz samples (64 kB a second) and 80 numbers per frame (the
+face track: alignment and outline). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of
+yuv420p. The output keeps the input's frame rate (its average rate; VFR is resampled to it), display
+size and orientation (pixels are written turned for display), and carries the speech file's audio
+stream as it is (packets copied when mp4 can hold the codec, else AAC at the original rate and
+channels).
 """
 
 from __future__ import annotations
@@ -277,9 +278,8 @@ class FaceTrack:
     matrices: np.ndarray  # (N, 2, 3) source → crop, per source frame
     found: np.ndarray  # (N,) bool: the chosen face is on the frame
     several: int  # frames with more faces than one
-    outlines: np.ndarray | None = (
-        None  # (N, K, 2) FACE_OVAL points in source pixels; None: paste the whole mask
-    )
+    # (N, K, 2) FACE_OVAL points in source pixels; None: paste the whole mask region
+    outlines: np.ndarray | None = None
 
     def outline(self, source: int) -> np.ndarray | None:
         """The face oval of source frame `source` in crop pixels (None without outlines)."""
