@@ -25,6 +25,7 @@ from synclip.train.diffusion import (
     noise_scheduler,
     predict_x0,
 )
+from synclip.train.optim import learning_rate
 from synclip.train.syncnet import syncnet_config
 from synclip.train.unet import Validation, initial_unet, select_trainable, train_unet, unet_config
 
@@ -237,6 +238,32 @@ def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):
     assert [r["val_recon"] for r in resumed_history.rows] == [r["val_recon"] for r in history.rows]
     assert [r["step"] for r in history.rows] == [2, 4]
     torch.testing.assert_close(load_unet(tmp_path / "b").state_dict(), straight.state_dict())
+
+
+def test_the_learning_rate_warms_up_then_decays_to_its_floor(params, tmp_path):
+    stage = tiny_stage(params, lr=1e-3, warmup_steps=2, final_lr_fraction=0.1, max_steps=6)
+    assert [round(learning_rate(stage, s) / stage.lr, 4) for s in range(7)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.8682,
+        0.55,
+        0.2318,
+        0.1,
+    ]
+    constant = tiny_stage(params, lr=1e-3, warmup_steps=0, final_lr_fraction=1.0)
+    assert {learning_rate(constant, s) for s in range(5)} == {1e-3}
+
+    config = unet_config(tiny_unet_params(params), stage, audio_width=WIDTH)
+    train = [synthetic_clip(f"t{i:03d}", 24, seed=i) for i in range(2)]
+    val = [synthetic_clip("v000", 24, seed=9)]
+    train_unet(
+        train, val, DiffusionObjective({"recon": 1.0}), config, stage, tmp_path, CPU, seed=5, stop_after=4
+    )
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        learning_rate(stage, 3)
+    )  # the 4th step's
 
 
 def test_stage_two_starts_from_stage_one_and_trains_only_its_patterns(params, tmp_path):

@@ -253,6 +253,8 @@ class UNetStageParams:
     # the reference window starts at least max(F, reference_gap) frames from the target's (LatentSync: F)
     reference_gap: int
     lr: float
+    warmup_steps: int  # linear warm-up, then cosine decay to lr · final_lr_fraction (1.0: constant)
+    final_lr_fraction: float
     weight_decay: float
     grad_clip: float
     max_steps: int
@@ -539,6 +541,9 @@ class Params:
                 raise ConfigError(
                     f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha, max_clips and reference_gap >= 0"
                 )
+            if stage.warmup_steps < 0 or not 0 <= stage.final_lr_fraction <= 1:
+                raise ConfigError(f"{key}: warmup_steps must be >= 0 ({stage.warmup_steps}) and final_lr_fraction "
+                                  f"in [0, 1] ({stage.final_lr_fraction})")  # fmt: skip
             if stage.motion_modules and stage.num_frames < 2:
                 raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {stage.num_frames}")
             top, bottom, left, right = stage.pixel_region

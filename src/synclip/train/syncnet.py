@@ -35,6 +35,7 @@ from synclip.nn.syncnet import (
 )
 from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.train.optim import adamw
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def train_syncnet(
     rng = np.random.default_rng(seed)
     config = syncnet_config(params)
     model = StableSyncNet(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     sampler = PairSampler(train, params.num_frames, params.small_offset_fraction, rng)

@@ -29,6 +29,7 @@ from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, lo
 from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
 from synclip.train.diffusion import DiffusionObjective, mixed_noise
+from synclip.train.optim import adamw, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def train_unet(
     model.to(device).train()
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(stage.ema_decay), use_buffers=True)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay)
+    optimizer = adamw(parameters, device, stage.lr, stage.weight_decay)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
@@ -226,6 +227,8 @@ def train_unet(
     with progress("steps") as bar:
         task = bar.add_task("train_unet", total=stage.max_steps, completed=step)
         while step < stage.max_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(stage, step)
             batch = sampler.batch([sampler.draw() for _ in range(stage.batch_size)])
             dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
             batch.audio[dropped] = 0

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from synclip.log import progress, track
 from synclip.media.decode import iter_frames
 from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.train.optim import adamw, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,6 @@ def vae_losses(
     }
     terms["total"] = sum(weights[name] * term for name, term in terms.items())
     return terms
-
-
-def learning_rate(params: VaeParams, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to `lr · final_lr_fraction` at `max_steps`."""
-    if step < params.warmup_steps:
-        return params.lr * (step + 1) / params.warmup_steps
-    progress_ = (step - params.warmup_steps) / max(1, params.max_steps - params.warmup_steps)
-    floor = params.final_lr_fraction
-    return params.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))))
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -379,7 +370,7 @@ def train_vae(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_vae(params, resolution).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     val_frames = val.frames[spaced(params.val_frames, len(val.frames))]

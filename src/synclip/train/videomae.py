@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from synclip.log import progress, track
 from synclip.media.decode import iter_frames
 from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.train.optim import adamw, learning_rate
 from synclip.train.trepa import TrepaLoss, load_trepa
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,6 @@ def zero_prediction_loss(config: VideoMAEConfig) -> float:
     return (n - 1) / n
 
 
-def learning_rate(params: VideoMAEParams, step: int) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to `lr · final_lr_fraction` at `max_steps`."""
-    if step < params.warmup_steps:
-        return params.lr * (step + 1) / params.warmup_steps
-    done = (step - params.warmup_steps) / max(1, params.max_steps - params.warmup_steps)
-    floor = params.final_lr_fraction
-    return params.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
-
-
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -223,9 +214,7 @@ def pretrain_videomae(
     rng = np.random.default_rng(seed)
     config = videomae_config(params)
     model = VideoMAEForPreTraining(config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, betas=ADAM_BETAS, weight_decay=params.weight_decay
-    )
+    optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay, betas=ADAM_BETAS)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     sampler = WindowSampler(train, params.num_frames, rng)
