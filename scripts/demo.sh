@@ -31,14 +31,15 @@ printf '\n==> dvc repro\n'
 # each, which gets more out of two cores than running them one after the other on two threads
 # (two 1-thread UNet trainings: 200 steps in 32 s; one on 2 threads: 100 in 21 s). dvc releases its
 # repo lock while a stage's command runs, and --wait-for-lock makes each wait out the other's
-# bookkeeping instead of failing. Each arm's log lines carry its name.
+# bookkeeping instead of failing; --single-item keeps both off the shared upstream stages, whose
+# outputs they would otherwise both lock at once. Each arm's log lines carry its name.
 arm() {
     local name=$1
     shift
-    OMP_NUM_THREADS=1 "$VENV/bin/dvc" --wait-for-lock repro "$@" 2>&1 | sed -u "s/^/[$name] /"
+    OMP_NUM_THREADS=1 "$VENV/bin/dvc" --wait-for-lock repro --single-item "$@" 2>&1 | sed -u "s/^/[$name] /"
     return "${PIPESTATUS[0]}"
 }
-arm syncnet sync_filter pretrain_videomae &
+arm syncnet train_syncnet sync_filter pretrain_videomae &
 first=$!
 arm vae train_vae &
 second=$!
