@@ -37,8 +37,8 @@ printf '\n==> dvc repro\n'
 arm() {
     local name=$1
     shift
+    # pipefail: the arm fails when dvc does, not only when sed does
     OMP_NUM_THREADS=1 "$VENV/bin/dvc" --wait-for-lock repro --single-item "$@" 2>&1 | sed -u "s/^/[$name] /"
-    return "${PIPESTATUS[0]}"
 }
 arm syncnet train_syncnet sync_filter &
 first=$!

@@ -242,15 +242,8 @@ def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor(params, tmp_path):
     stage = tiny_stage(params, lr=1e-3, warmup_steps=2, final_lr_fraction=0.1, max_steps=6)
-    assert [round(learning_rate(stage, s) / stage.lr, 4) for s in range(7)] == [
-        0.5,
-        1.0,
-        1.0,
-        0.8682,
-        0.55,
-        0.2318,
-        0.1,
-    ]
+    ratios = [round(learning_rate(stage, s) / stage.lr, 4) for s in range(7)]
+    assert ratios == [0.5, 1.0, 1.0, 0.8682, 0.55, 0.2318, 0.1]
     constant = tiny_stage(params, lr=1e-3, warmup_steps=0, final_lr_fraction=1.0)
     assert {learning_rate(constant, s) for s in range(5)} == {1e-3}
 
@@ -261,9 +254,8 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor(params, tmp_path):
         train, val, DiffusionObjective({"recon": 1.0}), config, stage, tmp_path, CPU, seed=5, stop_after=4
     )
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
-        learning_rate(stage, 3)
-    )  # the 4th step's
+    last_lr = state["optimizer"]["param_groups"][0]["lr"]  # set for the 4th step (step index 3)
+    assert last_lr == pytest.approx(learning_rate(stage, 3))
 
 
 def test_stage_two_starts_from_stage_one_and_trains_only_its_patterns(params, tmp_path):

@@ -436,11 +436,7 @@ class Params:
                 "vae.layers_per_block, latent_channels, frame_stride, batch_size, max_steps, val_every, "
                 "val_frames, checkpoint_every, scale_frames, test_stride and grid_identities must be >= 1"
             )
-        if vae.warmup_steps < 0 or not 0 <= vae.final_lr_fraction <= 1:
-            raise ConfigError(
-                f"vae.warmup_steps must be >= 0 ({vae.warmup_steps}) and vae.final_lr_fraction in [0, 1] "
-                f"({vae.final_lr_fraction})"
-            )
+        _check_schedule("vae", vae.warmup_steps, vae.final_lr_fraction)
         for name in ("l1_weight", "mouth_weight", "edge_weight", "ssim_weight", "kl_weight"):
             if getattr(vae, name) < 0:
                 raise ConfigError(f"vae.{name} must be >= 0, got {getattr(vae, name)}")
@@ -473,11 +469,9 @@ class Params:
                 f"videomae.mask_ratio must be in (0, 1) and leave at least one visible patch per frame, "
                 f"got {mae.mask_ratio} on a {mae.image_size // mae.patch_size}² patch grid"
             )
-        if mae.warmup_steps < 0 or not 0 <= mae.final_lr_fraction <= 1 or mae.lr <= 0 or mae.grad_clip <= 0:
-            raise ConfigError(
-                f"videomae.warmup_steps must be >= 0 ({mae.warmup_steps}), final_lr_fraction in [0, 1] "
-                f"({mae.final_lr_fraction}), lr ({mae.lr}) and grad_clip ({mae.grad_clip}) > 0"
-            )
+        _check_schedule("videomae", mae.warmup_steps, mae.final_lr_fraction)
+        if mae.lr <= 0 or mae.grad_clip <= 0:
+            raise ConfigError(f"videomae.lr ({mae.lr}) and grad_clip ({mae.grad_clip}) must be > 0")
         self._validate_unet()
         self._validate_inference()
         for field in dataclasses.fields(self.pretrained):
@@ -541,9 +535,7 @@ class Params:
                 raise ConfigError(
                     f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha, max_clips and reference_gap >= 0"
                 )
-            if stage.warmup_steps < 0 or not 0 <= stage.final_lr_fraction <= 1:
-                raise ConfigError(f"{key}: warmup_steps must be >= 0 ({stage.warmup_steps}) and final_lr_fraction "
-                                  f"in [0, 1] ({stage.final_lr_fraction})")  # fmt: skip
+            _check_schedule(key, stage.warmup_steps, stage.final_lr_fraction)
             if stage.motion_modules and stage.num_frames < 2:
                 raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {stage.num_frames}")
             top, bottom, left, right = stage.pixel_region
@@ -616,6 +608,15 @@ def from_dict(cls: type, data: Any, source: str = "params", prefix: str = "") ->
             raise ConfigError(f"{source}: missing key '{key}'")
         values[name] = _convert(hints[name], data[name], source, key)
     return cls(**values)
+
+
+def _check_schedule(key: str, warmup_steps: int, final_lr_fraction: float) -> None:
+    """The rule of `synclip.train.optim.learning_rate`'s inputs, for every section that has them."""
+    if warmup_steps < 0 or not 0 <= final_lr_fraction <= 1:
+        raise ConfigError(
+            f"{key}.warmup_steps must be >= 0 ({warmup_steps}) and {key}.final_lr_fraction in [0, 1] "
+            f"({final_lr_fraction})"
+        )
 
 
 def _convert(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -8,10 +8,8 @@ from typing import Protocol
 
 import torch
 
-FUSED_DEVICES = (
-    "cpu",
-    "cuda",
-)  # measured on the tiny UNet: fused AdamW 0.190 s/step vs 0.208 for foreach (CPU)
+# fused AdamW on the tiny UNet, CPU: 0.190 s/step against 0.208 for the default foreach loop
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 class Scheduled(Protocol):
