@@ -117,6 +117,77 @@ def test_a_still_head_aligns_to_under_a_pixel(tmp_path, params, pretrained_dir):
     assert spread < 1.0, spread
 
 
+def test_the_aligned_crop_resizes_only_the_part_of_the_frame_it_sees():
+    """Against an area resize of the whole frame: the same crop, in the middle and at the border."""
+    import cv2
+
+    from synclip.face.align import warp_face
+
+    rng = np.random.default_rng(3)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (480, 720, 3), dtype=np.uint8), (0, 0), 3)
+    for scale, (x, y) in ((0.3, (360.0, 240.0)), (0.45, (20.0, 460.0)), (0.6, (700.0, 10.0))):
+        angle = 0.2
+        rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        matrix = np.hstack([rotation, (np.array([64.0, 64.0]) - rotation @ [x, y])[:, None]])
+        factor = 1.5 * scale  # the whole frame through INTER_AREA, as before the crop was limited
+        small = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / frame.shape[1], small.shape[0] / frame.shape[0]
+        to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        full = cv2.warpAffine(
+            small, (np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2], (128, 128),
+            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+        error = np.abs(warp_face(frame, matrix, 128).astype(float) - full)
+        assert error.mean() < 0.5, (scale, error.mean())
+        assert error.max() <= 6, (scale, error.max())
+
+
+def test_a_source_decoded_once_gives_the_clips_of_one_decoded_per_segment(
+    corpus, params, pretrained_dir, tmp_path, monkeypatch
+):
+    """The detection pass keeps the frames of a short source; a long one is decoded again per segment."""
+    from synclip.data import preprocess
+
+    raw, _, gts = corpus
+    (shot,) = [g["file"] for g in gts.values() if (g["defect"] or {}).get("kind") == "shot_cut"]
+    clean = next(g["file"] for g in gts.values() if g["defect"] is None)
+    decodes = []
+    counted = preprocess.iter_frames
+
+    def counting(*args, **kwargs):
+        decodes.append(args[0])
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "iter_frames", counting)
+    outputs = {}
+    for budget in (preprocess.FRAME_CACHE_BYTES, 0):
+        monkeypatch.setattr(preprocess, "FRAME_CACHE_BYTES", budget)
+        out = tmp_path / str(budget)
+        (out / preprocess.CLIPS).mkdir(parents=True)
+        decodes.clear()
+        rows = []
+        for name in (shot, clean):
+            job = preprocess.Job(
+                str(raw / name),
+                name,
+                str(out),
+                params.preprocess,
+                str(pretrained_dir / "face_landmarker.task"),
+            )
+            rows += preprocess.process_source(job)[0]
+        outputs[budget] = (
+            rows,
+            {p.name: list(iter_frames(p)) for p in sorted((out / preprocess.CLIPS).glob("*.mp4"))},
+        )
+        assert len(decodes) == (2 if budget else 2 + len(rows)), decodes
+    (rows, clips), (again_rows, again) = outputs.values()
+    assert [r["clip"] for r in rows] == [r["clip"] for r in again_rows]
+    assert len(clips) == len(rows) >= 2
+    for name, frames in clips.items():
+        assert len(frames) == len(again[name])
+        assert all(np.array_equal(a, b) for a, b in zip(frames, again[name], strict=True)), name
+
+
 def test_broken_inputs_are_rejected_and_the_stage_still_succeeds(tmp_path, corpus, root, pretrained_dir):
     raw_src, _, gts = corpus
     raw = tmp_path / "raw"

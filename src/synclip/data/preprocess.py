@@ -32,7 +32,7 @@ from synclip.log import progress
 from synclip.media import reproducible_encoding
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
-from synclip.media.probe import MediaError, probe, require_video
+from synclip.media.probe import MediaError, MediaInfo, probe, require_video
 from synclip.pretrained.store import sha256_file
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ CLIPS = "clips"
 WORK = ".work"
 SIDECAR_SCHEMA = "synthtalk-gt/1"
 SHOT_DETECT_WIDTH = 256
+# A source whose decoded 25 fps frames fit in this many bytes is decoded once: the detection pass
+# keeps its frames for the alignment pass. Longer sources are decoded again per segment.
+FRAME_CACHE_BYTES = 1 << 30
 NOT_MEDIA = {".json", ".txt", ".md", ".csv", ".dvc", ".yaml", ".yml", ".parquet", ".npz", ".png", ".jpg"}
 # MediaPipe indices of the lips (outer and inner contours), kept per frame in the clip's .npz.
 LIPS = (
@@ -179,16 +182,25 @@ class Track:
     stable: np.ndarray  # (F, 4, 2) stable points of the only face, NaN unless exactly one
     lips: np.ndarray  # (F, L, 2) lip points of the only face
     cuts: list[int]
+    frames: list[np.ndarray] | None = None  # the decoded frames, when they fit FRAME_CACHE_BYTES
 
 
-def detect_pass(path: Path, params: PreprocessParams, model_path: str) -> Track:
+def _fits_in_memory(info: MediaInfo) -> bool:
+    width, height = info.video.display_size
+    return info.duration * VIDEO_FPS * width * height * 3 <= FRAME_CACHE_BYTES
+
+
+def detect_pass(path: Path, params: PreprocessParams, model_path: str, keep_frames: bool = False) -> Track:
     """One decode of the whole source: shot cuts (PySceneDetect) and landmarks (MediaPipe) per frame."""
     from scenedetect import ContentDetector
 
     detector = ContentDetector(threshold=params.shot_threshold)
     counts, widths, stable, lips, cuts = [], [], [], [], []
+    kept: list[np.ndarray] | None = [] if keep_frames else None
     with FaceLandmarker(model_path, max_faces=2, fps=VIDEO_FPS) as landmarker:
         for index, frame in enumerate(iter_frames(path)):
+            if kept is not None:
+                kept.append(frame)
             cuts += shot_cuts(index, frame, detector)
             faces = landmarker.detect(frame, index)
             counts.append(len(faces))
@@ -196,7 +208,7 @@ def detect_pass(path: Path, params: PreprocessParams, model_path: str) -> Track:
             single = len(faces) == 1
             stable.append(stable_points(faces[0]) if single else np.full((4, 2), np.nan))
             lips.append(faces[0].points[list(LIPS)] if single else np.full((len(LIPS), 2), np.nan))
-    return Track(np.array(counts, int), np.array(widths), np.array(stable), np.array(lips), cuts)
+    return Track(np.array(counts, int), np.array(widths), np.array(stable), np.array(lips), cuts, kept)
 
 
 def process_source(job: Job) -> tuple[list[dict], list[dict]]:
@@ -216,7 +228,7 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
         peak = _dbfs(np.abs(audio).max(initial=0.0))
         if peak < params.min_audio_dbfs:
             return [], [_reject(job, "silent_audio", f"audio peak {peak:.1f} dBFS < {params.min_audio_dbfs} dBFS")]
-        track = detect_pass(path, params, job.model_path)
+        track = detect_pass(path, params, job.model_path, keep_frames=_fits_in_memory(info))
     except MediaError as error:
         return [], [_reject(job, "truncated" if "truncated" in str(error) else "unreadable", str(error))]
 
@@ -288,7 +300,11 @@ def _process_segment(
         clips_dir / f"{clip_id}.mp4", resolution, resolution, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE,
         crf=params.crf, threads=1,
     ) as writer:  # fmt: skip
-        for index, frame in enumerate(iter_frames(path, start=segment.start, end=segment.end)):
+        if track.frames is not None:
+            source = iter(track.frames[part])
+        else:
+            source = iter_frames(path, start=segment.start, end=segment.end)
+        for index, frame in enumerate(source):
             crop = warp_face(frame, matrices[index], resolution)
             writer.write_frame(crop)
             writer.write_audio(clip_audio[None, index * per_frame : (index + 1) * per_frame])

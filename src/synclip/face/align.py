@@ -71,16 +71,29 @@ def track_transforms(points: np.ndarray, resolution: int, sigma_frames: float) -
 
 
 def warp_face(frame: np.ndarray, matrix: np.ndarray, resolution: int) -> np.ndarray:
-    """The aligned crop (R, R, 3); large downscales go through an area resize first to avoid aliasing."""
+    """The aligned crop (R, R, 3); large downscales go through an area resize first to avoid aliasing.
+
+    Only the part of the frame the crop sees (plus a margin for the interpolation) is resized.
+    """
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     if scale < 0.7:
         factor = min(1.0, 1.5 * scale)
-        small = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        lift = np.diag([1 / factor, 1 / factor, 1.0])
-        # INTER_AREA maps pixel centres: x_small = (x + 0.5) · factor − 0.5
-        shift = np.array([[1, 0, 0.5 / factor - 0.5], [0, 1, 0.5 / factor - 0.5], [0, 0, 1]])
-        matrix = np.vstack([matrix, [0, 0, 1]]) @ shift @ lift
-        matrix = matrix[:2]
+        # the source box behind the crop, `margin` source pixels wider on every side
+        corners = np.array([[0, 0], [resolution, 0], [0, resolution], [resolution, resolution]], np.float64)
+        seen = apply(invert(matrix), corners)
+        margin = 2 / factor + 2
+        height, width = frame.shape[:2]
+        x0, y0 = (max(0, int(np.floor(v - margin))) for v in seen.min(axis=0))
+        x1 = min(width, int(np.ceil(seen[:, 0].max() + margin)))
+        y1 = min(height, int(np.ceil(seen[:, 1].max() + margin)))
+        if x1 - x0 < 2 or y1 - y0 < 2:  # the crop sees (almost) nothing of the frame
+            x0, y0, x1, y1 = 0, 0, width, height
+        size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
+        small = cv2.resize(frame[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+        sx, sy = size[0] / (x1 - x0), size[1] / (y1 - y0)
+        # source → box → resized box; INTER_AREA maps pixel centres: x_small = (x + 0.5) · s − 0.5
+        to_small = np.array([[sx, 0, (0.5 - x0) * sx - 0.5], [0, sy, (0.5 - y0) * sy - 0.5], [0, 0, 1]])
+        matrix = (np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2]
         frame = small
     return cv2.warpAffine(
         frame, matrix, (resolution, resolution), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
