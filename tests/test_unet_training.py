@@ -169,6 +169,45 @@ def test_validation_audio_gain_is_zero_for_a_unet_that_ignores_the_audio():
     assert listening["recon"] != deaf["recon"]
 
 
+class FixedError(torch.nn.Module):
+    """ε̂ = `error` whatever the input (the tests below draw zero noise)."""
+
+    def __init__(self, error: torch.Tensor) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, sample, timestep, audio):
+        return self.error.expand(sample.shape[0], 4, sample.shape[2], -1, -1)
+
+
+def test_the_mouth_weighted_error_counts_the_mouth_cells_more():
+    clips = [synthetic_clip("m000", 30)]
+    sampler = WindowSampler(clips, 2, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw()])
+    noise, timesteps = torch.zeros_like(batch.latents), torch.tensor([500])
+    mouth = torch.zeros(LATENT, LATENT)
+    box = (0.5, 0.75, 0.25, 0.75)  # rows 4-6 and columns 2-6 of 8
+    mouth[4:6, 2:6] = 1
+    inside, outside = FixedError(mouth), FixedError(1 - mouth)
+    plain = DiffusionObjective({"recon": 1.0})
+    weighted = DiffusionObjective({"recon": 1.0}, recon_mouth=box, recon_mouth_weight=4.0)
+    unweighted = DiffusionObjective({"recon": 1.0}, recon_mouth=box, recon_mouth_weight=0.0)
+    for model in (inside, outside):
+        assert (
+            unweighted(model, batch, noise, timesteps)["recon"]
+            == plain(model, batch, noise, timesteps)["recon"]
+        )
+
+    # per unit of plain error, a mouth cell weighs 1 + 4 times a cell elsewhere
+    def ratio(model) -> float:
+        return float(
+            weighted(model, batch, noise, timesteps)["recon"] / plain(model, batch, noise, timesteps)["recon"]
+        )
+
+    assert ratio(inside) / ratio(outside) == pytest.approx(5.0)
+    assert float(weighted.recon_weights((LATENT, LATENT), torch.device("cpu")).mean()) == pytest.approx(1.0)
+
+
 def test_unavailable_terms_are_disabled_with_their_reason():
     lpips, lpips_reason = load_lpips(None)
     trepa, trepa_reason = load_trepa_term(None)
