@@ -25,6 +25,17 @@ from synclip.errors import UserError
 
 BASE_PROFILE = "tiny"
 PROFILE_DIR = "params"  # profiles live in <dir of params.yaml>/params/<name>.yaml
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 
 
 class ConfigError(UserError):
@@ -85,6 +96,7 @@ class CorpusParams:
     snr_db: tuple[float, float]  # background noise
     defect_rate: float  # share of deliberately bad clips, spread over the defect kinds
     crf: int  # x264 quality of the raw clips
+    preset: str  # x264 speed preset (the quality is crf's; a faster preset makes larger files)
     workers: int
 
 
@@ -374,6 +386,10 @@ class Params:
             raise ConfigError("corpus.defect_rate and corpus.stereo_fraction must be in [0, 1]")
         if corpus.workers < 1:
             raise ConfigError(f"corpus.workers must be >= 1, got {corpus.workers}")
+        if corpus.preset not in X264_PRESETS:
+            raise ConfigError(
+                f"corpus.preset must be one of {', '.join(X264_PRESETS)}; got {corpus.preset!r}"
+            )
         pre = self.preprocess
         if pre.resolution % 8 or pre.resolution < 32:
             raise ConfigError(

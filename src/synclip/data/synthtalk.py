@@ -339,6 +339,7 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
         audio_rate=plan.audio_rate if with_audio else None,
         audio_channels=plan.channels,
         crf=spec.crf,
+        preset=spec.preset,
         threads=1,
         faststart=plan.defect == "truncated",
     )
