@@ -1,10 +1,11 @@
 """The UNet's training objective (LatentSync §4.1), apart from the network and the loop.
 
 DDPM forward noising with LatentSync's schedule, PYoCo mixed noise, the one-step x̂0, and the loss
-as a dict of named terms: `recon` (ε MSE, optionally weighted toward the mouth) and, on the decoded x̂0, `sync` (frozen SyncNet), `lpips`
-(lower half of the face) and `trepa` (video features). A term whose weight is 0 or whose network is
-missing is not computed; `disabled` says why. Shapes: latents (B, 4, F, h, w), pixels (B, 3, F, H, W)
-in [−1, 1], audio tokens (B, F, S, D), SyncNet mel (B, 1, 80, W).
+as a dict of named terms: `recon` (ε MSE, optionally weighted toward the mouth) and, on the
+decoded x̂0, `sync` (frozen SyncNet), `lpips` (lower half of the face) and `trepa` (video
+features). A term whose weight is 0 or whose network is missing is not computed; `disabled` says
+why. Shapes: latents (B, 4, F, h, w), pixels (B, 3, F, H, W) in [−1, 1], audio tokens (B, F, S, D),
+SyncNet mel (B, 1, 80, W).
 """
 
 from __future__ import annotations
