@@ -12,7 +12,7 @@ export PATH="$VENV/bin:$PATH"  # dvc.yaml's commands run `python` from the proje
 bash scripts/setup.sh
 
 if [ ! -f data/raw/synthtalk.json ]; then
-    printf '\n==> SynthTalk -> data/raw (about 3.5 minutes on 2 cores)\n'
+    printf '\n==> SynthTalk -> data/raw (about 3 minutes on 2 cores)\n'
     "$VENV/bin/synclip" corpus synth --out data/raw
 fi
 printf '\n==> data/raw against data.dvc\n'
