@@ -55,7 +55,7 @@ def main() -> None:
     trepa, trepa_reason = load_trepa_term(args.trepa) if weights.trepa else (None, "weight 0")
     objective = DiffusionObjective(
         dataclasses.asdict(weights),
-        recon_mouth=stage.recon_mouth,
+        recon_mouth=params.vae.mouth,
         recon_mouth_weight=stage.recon_mouth_weight,
         pixel_region=stage.pixel_region,
         vae=vae,

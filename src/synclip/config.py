@@ -276,10 +276,9 @@ class UNetStageParams:
     motion_modules: bool
     trainable: tuple[str, ...]  # fnmatch patterns over parameter names; empty = the whole UNet
     loss_weights: UNetLossWeights
-    # the ε MSE weighs latent cells in recon_mouth (top, bottom, left, right fractions, snapped outward)
-    # 1 + recon_mouth_weight times the others, normalised to a mean weight of 1 (0: plain MSE)
+    # the ε MSE weighs the latent cells of vae.mouth (snapped outward) 1 + recon_mouth_weight times
+    # the others, normalised to a mean weight of 1 (0: plain MSE)
     recon_mouth_weight: float
-    recon_mouth: tuple[float, float, float, float]
     # (top, bottom, left, right) of the face decoded for the pixel losses; snapped outward to latent cells
     pixel_region: tuple[float, float, float, float]
     max_clips: int  # train clips whose latents are encoded (0 = all; bounds the VAE encoding time)
@@ -558,11 +557,10 @@ class Params:
             _check_schedule(key, stage.warmup_steps, stage.final_lr_fraction)
             if stage.motion_modules and stage.num_frames < 2:
                 raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {stage.num_frames}")
-            for name in ("pixel_region", "recon_mouth"):
-                top, bottom, left, right = getattr(stage, name)
-                if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
-                    raise ConfigError(f"{key}.{name} must be (top, bottom, left, right) fractions, "
-                                      f"got {getattr(stage, name)}")  # fmt: skip
+            top, bottom, left, right = stage.pixel_region
+            if not (0 <= top < bottom <= 1 and 0 <= left < right <= 1):
+                raise ConfigError(f"{key}.pixel_region must be (top, bottom, left, right) fractions, "
+                                  f"got {stage.pixel_region}")  # fmt: skip
             if stage.recon_mouth_weight < 0:
                 raise ConfigError(f"{key}.recon_mouth_weight must be >= 0, got {stage.recon_mouth_weight}")
             weights = dataclasses.asdict(stage.loss_weights)

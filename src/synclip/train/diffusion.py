@@ -187,8 +187,8 @@ class DiffusionObjective:
 
     `vae`, `syncnet`, `lpips`, `trepa` are frozen; gradients flow through the VAE decoder to the
     UNet. `sync_crop`/`sync_size` are the SyncNet's view (fractions of the face, (H, W)).
-    `recon_mouth_weight` > 0 weighs the ε MSE toward the `recon_mouth` cells (synclip's addition:
-    with plain MSE the tiny UNet took twice the steps to start using the audio).
+    `recon_mouth_weight` > 0 weighs the ε MSE toward the cells of the `recon_mouth` box (`vae.mouth`;
+    synclip's addition: with plain MSE the tiny UNet took twice the steps to start using the audio).
     """
 
     def __init__(
