@@ -122,6 +122,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_params, tmp_path):
     assert [r["val_loss"] for r in resumed_history.rows] == [r["val_loss"] for r in history.rows]
     reloaded = load_syncnet(tmp_path / "b")
     torch.testing.assert_close(reloaded.state_dict(), straight.state_dict())
+    assert reloaded.audio_encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_sampler_pairs_are_balanced_and_negatives_are_other_windows():

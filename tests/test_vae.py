@@ -80,6 +80,8 @@ def test_training_writes_a_diffusers_folder_that_loads_to_the_same_outputs(train
     )
     loaded = AutoencoderKL.from_pretrained(out, local_files_only=True)
     ours = load_vae(out, "vae")
+    # loaded for speed in channels-last layout (see runtime.channels_last), saved contiguous
+    assert ours.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         latent = model.encode(images).latent_dist.mode()

@@ -33,7 +33,7 @@ from synclip.nn.syncnet import (
     sync_loss,
     sync_probability,
 )
-from synclip.runtime import autocast_dtype
+from synclip.runtime import autocast_dtype, channels_last
 from synclip.train.checkpoint import load_training_state, save_training_state
 from synclip.train.optim import adamw
 
@@ -115,7 +115,7 @@ def train_syncnet(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = syncnet_config(params)
-    model = StableSyncNet(config).to(device)
+    model = channels_last(StableSyncNet(config).to(device))
     optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -204,14 +204,14 @@ def load_syncnet(folder: str | Path) -> StableSyncNet:
     config = SyncNetConfig.from_dict(read_config(folder, KIND)["model"])
     model = StableSyncNet(config)
     load_strict(model, read_weights(folder), f"{folder}/model.safetensors")
-    return model.eval()
+    return channels_last(model.eval())
 
 
 def load_latentsync_syncnet(path: str | Path, config: SyncNetConfig) -> StableSyncNet:
     """A published LatentSync StableSyncNet (`stable_syncnet.pt`) into synclip's module tree, strictly."""
     model = StableSyncNet(config)
     load_strict(model, read_latentsync_checkpoint(path), str(path))
-    return model.eval()
+    return channels_last(model.eval())
 
 
 def view_of(config: SyncNetConfig) -> SyncView:

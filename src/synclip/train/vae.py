@@ -33,7 +33,7 @@ from synclip.config import VaeParams, to_dict
 from synclip.errors import UserError
 from synclip.log import progress, track
 from synclip.media.decode import iter_frames
-from synclip.runtime import autocast_dtype
+from synclip.runtime import autocast_dtype, channels_last, contiguous_layout
 from synclip.train.checkpoint import load_training_state, save_training_state
 from synclip.train.optim import adamw, learning_rate
 
@@ -369,7 +369,7 @@ def train_vae(
     resolution = train.frames.shape[1]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_vae(params, resolution).to(device).train()
+    model = channels_last(build_vae(params, resolution).to(device).train())
     optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay)
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -443,12 +443,13 @@ def train_vae(
 
 def save_vae(model: AutoencoderKL, folder: str | Path) -> Path:
     """`save_pretrained` into a temporary sibling, then swap the files in (weights first), so a
-    reader never sees a config without its weights; other files in `folder` (the checkpoint) stay."""
+    reader never sees a config without its weights; other files in `folder` (the checkpoint) stay.
+    Leaves `model` in the default memory layout (safetensors stores contiguous tensors only)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        contiguous_layout(model).save_pretrained(tmp, safe_serialization=True)
         folder.mkdir(exist_ok=True)
         for name in (DIFFUSERS_WEIGHTS, DIFFUSERS_CONFIG):
             os.replace(tmp / name, folder / name)
@@ -490,4 +491,4 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
             f"{weights_path} does not match its config {hint}: {len(missing)} missing "
             f"({', '.join(missing[:5])}), {len(unexpected)} unexpected ({', '.join(unexpected[:5])})"
         )
-    return model.eval()
+    return channels_last(model.eval())
