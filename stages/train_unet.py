@@ -6,21 +6,30 @@ import argparse
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from synclip.audio.whisper import load_whisper_encoder
+from synclip.audio.whisper import load_whisper_encoder, whisper_features
 from synclip.config import load_params
+from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.unet_windows import load_window_clips
 from synclip.entry import run
 from synclip.errors import UserError
+from synclip.face.mask import load_mask
+from synclip.lipsync import frame_tokens
 from synclip.log import setup_logging
+from synclip.pipeline import PipelineConfig
 from synclip.runtime import configure
 from synclip.train.diffusion import DiffusionObjective, load_lpips, load_trepa_term
+from synclip.train.samples import ValidationSample, sample_source
 from synclip.train.syncnet import load_syncnet
 from synclip.train.unet import train_unet, unet_config
 from synclip.train.vae import load_vae
+
+log = logging.getLogger("stages.train_unet")
 
 
 def main() -> None:
@@ -30,13 +39,16 @@ def main() -> None:
     parser.add_argument("--clips", type=Path, required=True, help="data/processed/clips")
     parser.add_argument("--vae", type=Path, required=True)
     parser.add_argument("--init", type=Path, help="stage 2: the stage-1 UNet artifact")
-    parser.add_argument("--syncnet", type=Path, help="stage 2: the SyncNet artifact")
+    parser.add_argument(
+        "--syncnet", type=Path, help="the SyncNet artifact (stage 2's sync loss; scores the samples)"
+    )
     parser.add_argument("--trepa", type=Path, help="stage 2: the TREPA video encoder folder (optional)")
     parser.add_argument("--whisper-cache", type=Path, required=True)
     parser.add_argument("--latent-cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--history", type=Path, required=True)
+    parser.add_argument("--samples", type=Path, help="folder of the validation sample videos (none without)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
     params = load_params(args.params)
@@ -48,9 +60,8 @@ def main() -> None:
         raise UserError("stage 2 starts from the stage-1 UNet: pass --init")
 
     vae = load_vae(args.vae, param="--vae").to(device).requires_grad_(False)
-    syncnet = (
-        load_syncnet(args.syncnet).to(device).requires_grad_(False) if weights.sync and args.syncnet else None
-    )
+    judge = load_syncnet(args.syncnet).to(device).requires_grad_(False) if args.syncnet else None
+    syncnet = judge if weights.sync else None
     lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg) if weights.lpips else (None, "weight 0")
     trepa, trepa_reason = load_trepa_term(args.trepa) if weights.trepa else (None, "weight 0")
     objective = DiffusionObjective(
@@ -80,9 +91,22 @@ def main() -> None:
     train = load_window_clips(train_rows, args.clips, description="train clips", **common)
     val = load_window_clips(val_rows, args.clips, description="val clips", **common)
     config = unet_config(params.unet, stage, audio_width=whisper.width)
+    sample = None
+    if args.samples is not None and stage.sample_every:
+        in_sync = manifest[(manifest["split"] == "val") & (manifest.get("audio_shift", 0) == 0)]
+        source = sample_source(in_sync, args.clips, stage.sample_frames)
+        features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
+        sampler = PipelineConfig(resolution=params.preprocess.resolution,
+                                 **dataclasses.asdict(params.inference) | {"steps": stage.sample_steps})  # fmt: skip
+        sample = ValidationSample(
+            source, frame_tokens(features, range(len(source.frames)), VIDEO_FPS), vae,
+            load_mask(params.preprocess.resolution), sampler, args.samples, judge, params.syncnet.max_offset,
+        )  # fmt: skip
+        log.info("validation samples: %s dubbed with %s's audio (%d frames) → %s", source.face, source.audio,
+                 len(source.frames), args.samples)  # fmt: skip
     _, history = train_unet(
         train, val, objective, config, stage, args.out, device, params.seed, init=args.init,
-        info={"stage": args.stage, "manifest": str(args.manifest)},
+        info={"stage": args.stage, "manifest": str(args.manifest)}, sample=sample,
     )  # fmt: skip
 
     rows = history.rows
@@ -96,11 +120,14 @@ def main() -> None:
         "val_clips": len(val),
         "terms": objective.weights,
         "disabled_terms": objective.disabled,
-        **{k: v for k, v in last.items() if k.startswith("val_")},
+        **{k: v for k, v in last.items() if k.startswith(("val_", "sample_"))},
         "best_val_total": min(r["val_total"] for r in rows if r["step"] > 0),
     }
+    if sample is not None:
+        summary["sample"] = {"face": sample.source.face, "audio": sample.source.audio,
+                             "frames": len(sample.source.frames), **sample.baselines}  # fmt: skip
     if rows[0]["step"] == 0:  # stage 2: the stage-1 UNet's scores under this stage's terms
-        summary["init"] = {k: v for k, v in rows[0].items() if k.startswith("val_")}
+        summary["init"] = {k: v for k, v in rows[0].items() if k.startswith(("val_", "sample_"))}
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(summary, indent=1, sort_keys=True))
     args.history.parent.mkdir(parents=True, exist_ok=True)

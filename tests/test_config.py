@@ -79,6 +79,22 @@ def test_cross_field_rules_run_after_types(params_file):
         load_params(params_file)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"sample_every": 150},
+            r"train_unet\.stage1: sample_every \(150\) must be 0 or a multiple of val_every",
+        ),
+        ({"sample_frames": 20}, r"train_unet\.stage1\.sample_frames \(20\) must be at least .* = 46"),
+    ],
+)
+def test_validation_samples_must_fit_the_validations_and_the_sync_scoring(params_file, change, message):
+    edit(params_file, lambda d: d["train_unet"]["stage1"].update(change))
+    with pytest.raises(ConfigError, match=message):
+        load_params(params_file)
+
+
 def test_overrides_parse_yaml_values_and_win_over_the_file(params_file):
     params = load_params(params_file, ["runtime.threads=3", "pretrained.sd_vae=/weights/vae", "seed=7"])
     assert params.runtime.threads == 3

@@ -12,9 +12,13 @@ from diffusers import AutoencoderKL
 from synclip.audio.mel import mel_window
 from synclip.audio.whisper import frame_audio_windows
 from synclip.config import load_params
+from synclip.constants import SAMPLES_PER_FRAME
 from synclip.data.unet_windows import WindowClip, WindowSampler, audio_tokens
+from synclip.face.mask import load_mask
+from synclip.media.decode import iter_frames, read_audio
 from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.unet import UNet3DConditionModel, load_unet, save_unet
+from synclip.pipeline import PipelineConfig
 from synclip.train.diffusion import (
     DiffusionObjective,
     add_noise,
@@ -26,6 +30,7 @@ from synclip.train.diffusion import (
     predict_x0,
 )
 from synclip.train.optim import learning_rate
+from synclip.train.samples import SampleSource, ValidationSample
 from synclip.train.syncnet import syncnet_config
 from synclip.train.unet import Validation, initial_unet, select_trainable, train_unet, unet_config
 
@@ -277,6 +282,50 @@ def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):
     assert [r["val_recon"] for r in resumed_history.rows] == [r["val_recon"] for r in history.rows]
     assert [r["step"] for r in history.rows] == [2, 4]
     torch.testing.assert_close(load_unet(tmp_path / "b").state_dict(), straight.state_dict())
+
+
+def test_validation_samples_are_written_scored_and_survive_a_resume(params, tmp_path):
+    stage = tiny_stage(params, sample_every=2)
+    config = unet_config(tiny_unet_params(params), stage, audio_width=WIDTH)
+    train = [synthetic_clip(f"t{i:03d}", 24, seed=i) for i in range(2)]
+    val = [synthetic_clip("v000", 24, seed=9)]
+    objective = DiffusionObjective({"recon": 1.0})
+    rng = np.random.default_rng(0)
+    frames = 46  # syncnet.num_frames + 2 · max_offset, the least the config allows
+    source = SampleSource("v000", "v001", rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8),
+                          rng.uniform(-0.5, 0.5, frames * SAMPLES_PER_FRAME).astype(np.float32),
+                          rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8))  # fmt: skip
+    tokens = torch.randn(frames, 10 * STATES, WIDTH, generator=torch.Generator().manual_seed(0))
+    syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
+    sampler = PipelineConfig(resolution=128, num_frames=16, overlap=4, steps=2, guidance=1.5, seed=1, eta=1.0)
+
+    def fit(folder, samples=True, **kwargs):
+        vae, mask, out = tiny_vae(128), load_mask(128), tmp_path / f"{folder}_samples"
+        sample = ValidationSample(source, tokens, vae, mask, sampler, out, syncnet) if samples else None
+        return train_unet(
+            train, val, objective, config, stage, tmp_path / folder, CPU, seed=5, sample=sample, **kwargs
+        )
+
+    straight, history = fit("a")
+    plain, _ = fit("plain", samples=False)  # sampling draws nothing from the training RNGs:
+    torch.testing.assert_close(straight.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    assert [r["step"] for r in history.rows if "sample_lse_c" in r] == [2, 4]
+    assert all(isinstance(r["sample_offset"], int) and r["sample_lse_c"] >= 0 for r in history.rows)
+    video = tmp_path / "a_samples" / "step_000004.mp4"
+    pictures = list(iter_frames(video))
+    assert len(pictures) == frames
+    assert pictures[0].shape == (128, 256, 3)  # generated | input
+    assert abs(len(read_audio(video)) - frames * SAMPLES_PER_FRAME) <= SAMPLES_PER_FRAME
+
+    samples = tmp_path / "b_samples"
+    samples.mkdir()
+    (samples / "step_000006.mp4").write_bytes(b"from an earlier run")
+    fit("b", stop_after=3)
+    assert sorted(p.name for p in samples.iterdir()) == ["step_000002.mp4"]
+    resumed, resumed_history = fit("b")
+    assert sorted(p.name for p in samples.iterdir()) == ["step_000002.mp4", "step_000004.mp4"]
+    assert [r["sample_lse_c"] for r in resumed_history.rows] == [r["sample_lse_c"] for r in history.rows]
+    torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
 
 
 def test_the_learning_rate_warms_up_then_decays_to_its_floor(params, tmp_path):

@@ -150,6 +150,8 @@ class SyncNetParams:
     audio: TowerParams
     batch_size: int
     lr: float
+    warmup_steps: int  # linear warm-up, then cosine decay to lr · final_lr_fraction (1.0: constant)
+    final_lr_fraction: float
     weight_decay: float
     grad_clip: float
     max_steps: int
@@ -285,6 +287,11 @@ class UNetStageParams:
     val_every: int
     val_windows: int  # fixed windows of val identities, fixed noise and timesteps
     checkpoint_every: int
+    # a sample video (a val identity dubbed, as inference does it) and its sync score every
+    # `sample_every` steps (a multiple of val_every; 0: none) and at the end
+    sample_every: int
+    sample_frames: int  # frames of the sample (at least syncnet.num_frames + 2 · syncnet.max_offset)
+    sample_steps: int  # its DDIM steps (the rest of the sampler is `inference`)
 
 
 @dataclass(frozen=True)
@@ -427,6 +434,7 @@ class Params:
             raise ConfigError(
                 "syncnet.batch_size, max_steps, val_every, checkpoint_every and val_pairs must be >= 1"
             )
+        _check_schedule("syncnet", sync.warmup_steps, sync.final_lr_fraction)
         vae = self.vae
         levels = len(vae.block_out_channels)
         if levels < 1 or any(c % vae.norm_num_groups for c in vae.block_out_channels):
@@ -555,6 +563,13 @@ class Params:
                     f"{key}: lr and grad_clip must be > 0, mixed_noise_alpha, max_clips and reference_gap >= 0"
                 )
             _check_schedule(key, stage.warmup_steps, stage.final_lr_fraction)
+            if stage.sample_every < 0 or stage.sample_every % stage.val_every or stage.sample_steps < 1:
+                raise ConfigError(f"{key}: sample_every ({stage.sample_every}) must be 0 or a multiple of "
+                                  f"val_every ({stage.val_every}), sample_steps >= 1")  # fmt: skip
+            least = self.syncnet.num_frames + 2 * self.syncnet.max_offset
+            if stage.sample_every and stage.sample_frames < least:
+                raise ConfigError(f"{key}.sample_frames ({stage.sample_frames}) must be at least "
+                                  f"syncnet.num_frames + 2 · syncnet.max_offset = {least}")  # fmt: skip
             if stage.motion_modules and stage.num_frames < 2:
                 raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {stage.num_frames}")
             top, bottom, left, right = stage.pixel_region

@@ -35,7 +35,7 @@ from synclip.nn.syncnet import (
 )
 from synclip.runtime import autocast_dtype, channels_last
 from synclip.train.checkpoint import load_training_state, save_training_state
-from synclip.train.optim import adamw
+from synclip.train.optim import adamw, learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ def train_syncnet(
     with progress("steps") as bar:
         task = bar.add_task("train_syncnet", total=params.max_steps, completed=step)
         while step < params.max_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(params, step)
             if params.contrastive_weight > 0:
                 deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
                 frames, mel = (t.to(device) for t in sampler.offset_batch(params.batch_size, deltas))

@@ -1,5 +1,6 @@
 """Training the UNet (LatentSync stages 1 and 2): AdamW, gradient clipping, EMA weights, audio dropout,
-trainable-module patterns, deterministic validation on held-out identities, exact resumption.
+trainable-module patterns, deterministic validation on held-out identities, sample videos with their
+sync score (`synclip.train.samples`), exact resumption.
 
 The objective lives in `synclip.train.diffusion`, the windows in `synclip.data.unet_windows`; the
 artifact is `save_unet` of the EMA weights with their config.
@@ -30,6 +31,7 @@ from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
 from synclip.train.diffusion import DiffusionObjective, mixed_noise
 from synclip.train.optim import adamw, learning_rate
+from synclip.train.samples import ValidationSample
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +170,14 @@ def train_unet(
     *,
     init: str | Path | None = None,
     info: dict | None = None,
+    sample: ValidationSample | None = None,
     stop_after: int | None = None,
 ) -> tuple[UNet3DConditionModel, History]:
     """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}` (EMA weights).
+
+    With a `sample`, every `sample_every`-th validation (and the last, and a fine-tune's step 0) also
+    writes a sample video of the EMA weights and adds its sync score to the history row; samples of
+    steps not reached by the checkpoint being resumed are removed first.
 
     A complete checkpoint (`out_dir/checkpoint.pt`: weights, EMA, optimizer, scaler, step, history,
     every RNG) is written every `checkpoint_every` steps; a rerun with the same inputs continues from
@@ -209,6 +216,19 @@ def train_unet(
         history = History(**extra["history"])
         sums, count = extra["sums"], extra["count"]
         log.info("resuming UNet training from step %d (%s)", step, out_dir / CHECKPOINT)
+    if sample is not None:
+        sample.forget_after(step if resumed is not None else -1)
+
+    def sampled(at: int) -> dict:
+        """The sample's scores at step `at` if one is due there (every `sample_every` steps, and the last)."""
+        if sample is None or not stage.sample_every or (at % stage.sample_every and at != stage.max_steps):
+            return {}
+        scores = sample(ema.module, at)
+        log.info(
+            "step %d: sample %s (%s)", at, sample.path(at), ", ".join(f"{k} {v}" for k, v in scores.items())
+        )
+        return scores
+
     total = sum(p.numel() for p in model.parameters())
     log.info(
         "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
@@ -221,7 +241,7 @@ def train_unet(
     if init is not None and not history.rows:  # a fine-tune's history opens with its starting point
         start = validation(ema.module, objective, device)
         history.rows.append(
-            {"step": 0} | {f"val_{k}": round(v, 6) for k, v in start.items()} | {"seconds": 0.0}
+            {"step": 0} | {f"val_{k}": round(v, 6) for k, v in start.items()} | sampled(0) | {"seconds": 0.0}
         )
         log.info("step 0 (%s): %s", init, ", ".join(f"val_{k} {v:.4f}" for k, v in start.items()))
     with progress("steps") as bar:
@@ -254,6 +274,7 @@ def train_unet(
                 row = {"step": step}
                 row |= {f"train_{k}": round(v / count, 6) for k, v in sums.items()}
                 row |= {f"val_{k}": round(v, 6) for k, v in val.items()}
+                row |= sampled(step)
                 row["seconds"] = round(time.perf_counter() - started, 1)
                 history.rows.append(row)
                 sums, count = {}, 0

@@ -1,0 +1,140 @@
+"""Validation samples of UNet training: a held-out dubbing, generated the way inference generates it,
+written as an mp4 and scored by the SyncNet.
+
+The loss terms of `synclip.train.unet.Validation` say how well one denoising step does; a sample
+says what a user would get: the faces of one val identity, driven by the audio of a clip of another
+identity, through the packaged sampler (`LipSyncPipeline.stream`: DDIM, audio guidance, chunks
+cross-faded). Its sync score against that audio goes into the training history next to the losses;
+the two fixed baselines (the unchanged faces, and the audio's own video) go into the stage's metrics.
+
+Files: `step_NNNNNN.mp4` in the samples folder, generated faces | the unchanged faces side by side,
+with the driving audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from synclip.audio.mel import syncnet_mel
+from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
+from synclip.data.sync_pairs import Clip, face_region
+from synclip.eval.sync import score_clip
+from synclip.lipsync import to_image, to_tensor
+from synclip.media.decode import iter_frames, read_audio
+from synclip.media.io import VideoWriter
+from synclip.nn.syncnet import StableSyncNet
+from synclip.pipeline import LipSyncPipeline, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+SAMPLE_NAME = re.compile(r"step_(\d+)\.mp4")
+
+
+@dataclass
+class SampleSource:
+    """What a sample is made of: the faces of clip `face`, the audio (and video) of clip `audio`."""
+
+    face: str
+    audio: str
+    frames: np.ndarray  # (N, R, R, 3) uint8 aligned faces of `face`
+    samples: np.ndarray  # (N · 640,) 16 kHz audio of `audio`
+    driving_frames: np.ndarray  # (N, R, R, 3) uint8: the video of `audio` (scored as the ceiling)
+
+
+def sample_source(rows: pd.DataFrame, clips_dir: Path, frames: int) -> SampleSource:
+    """The first clip of `rows` (sorted by name) dubbed with the first clip of another identity, cut
+    to at most `frames` frames both have."""
+    rows = rows.sort_values("clip")
+    first = rows.iloc[0]
+    others = rows[rows["identity"] != first["identity"]]
+    if others.empty:
+        raise ValueError(f"validation samples need clips of two identities; {len(rows)} clips of one")
+    face, audio = first["clip"], others.iloc[0]["clip"]
+    faces = np.stack(list(iter_frames(clips_dir / f"{face}.mp4")))
+    driving = np.stack(list(iter_frames(clips_dir / f"{audio}.mp4")))
+    samples = read_audio(clips_dir / f"{audio}.mp4")
+    count = min(frames, len(faces), len(driving), len(samples) // SAMPLES_PER_FRAME)
+    return SampleSource(face, audio, faces[:count], samples[: count * SAMPLES_PER_FRAME], driving[:count])
+
+
+class ValidationSample:
+    """Generate, write and score the sample of a UNet (see the module docstring).
+
+    `tokens` are the per-frame audio tokens of `source.samples` (N, S, D), computed once by the
+    caller with the UNet's audio encoder. Without a SyncNet the videos are written unscored.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        tokens: torch.Tensor,
+        vae: torch.nn.Module,
+        mask: torch.Tensor,
+        config: PipelineConfig,
+        out_dir: str | Path,
+        syncnet: StableSyncNet | None = None,
+        max_offset: int = 15,
+    ) -> None:
+        if len(tokens) != len(source.frames):
+            raise ValueError(f"{len(tokens)} token frames for {len(source.frames)} faces")
+        self.source, self.tokens, self.vae, self.mask, self.config = source, tokens, vae, mask, config
+        self.out_dir = Path(out_dir)
+        self.syncnet, self.max_offset = syncnet, max_offset
+        self.mel = syncnet_mel(source.samples)
+        self.baselines = (
+            {
+                "input": self.score(source.frames),  # the faces unchanged: out of sync with the audio
+                "truth": self.score(source.driving_frames),  # the audio's own video: the ceiling
+            }
+            if syncnet is not None
+            else {}
+        )
+
+    def score(self, frames: np.ndarray) -> dict:
+        config = self.syncnet.config
+        view = np.stack([face_region(f, config.crop, config.image_size) for f in frames])
+        device = next(self.syncnet.parameters()).device
+        score = score_clip(self.syncnet, Clip("", "", view, self.mel), self.max_offset, device)
+        return {"offset": score.offset, "lse_c": round(score.lse_c, 6), "lse_d": round(score.lse_d, 6)}
+
+    def path(self, step: int) -> Path:
+        return self.out_dir / f"step_{step:06d}.mp4"
+
+    def forget_after(self, step: int) -> None:
+        """Remove the samples of steps after `step` (all with −1): a rerun writes them again."""
+        if not self.out_dir.is_dir():
+            return
+        for path in self.out_dir.iterdir():
+            match = SAMPLE_NAME.fullmatch(path.name)
+            if match and int(match.group(1)) > step:
+                path.unlink()
+
+    @torch.no_grad()
+    def __call__(self, unet: torch.nn.Module, step: int) -> dict:
+        """Sample with `unet` (left in the mode it was in), write `step_NNNNNN.mp4`; the scores as
+        `sample_offset`, `sample_lse_c`, `sample_lse_d` (empty without a SyncNet)."""
+        was_training = unet.training
+        pipeline = LipSyncPipeline(unet, self.vae, None, self.mask, self.config)
+        faces = torch.stack([to_tensor(f) for f in self.source.frames])
+        try:
+            out = np.stack([to_image(f) for f in pipeline.stream(zip(faces, self.tokens, strict=True))])
+        finally:
+            unet.train(was_training)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        side_by_side = np.concatenate([out, self.source.frames], axis=2)
+        height, width = side_by_side.shape[1:3]
+        with VideoWriter(self.path(step), width, height, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE) as writer:
+            for index, frame in enumerate(side_by_side):
+                writer.write_frame(frame)
+                part = self.source.samples[index * SAMPLES_PER_FRAME : (index + 1) * SAMPLES_PER_FRAME]
+                writer.write_audio(part[None])
+        if self.syncnet is None:
+            return {}
+        return {f"sample_{k}": v for k, v in self.score(out).items()}
