@@ -20,6 +20,7 @@ from synclip.data.sync_filter import filter_by_sync
 from synclip.data.sync_pairs import Clip, PairSampler, audio_window
 from synclip.eval.sync import score_clip
 from synclip.nn.syncnet import StableSyncNet, released_config
+from synclip.train.optim import learning_rate
 from synclip.train.syncnet import load_latentsync_syncnet, load_syncnet, syncnet_config, train_syncnet
 
 SYNCLIP = Path(sys.executable).with_name("synclip")
@@ -115,6 +116,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_params, tmp_path):
     straight, history = train_syncnet(train, val, tiny_params, tmp_path / "a", torch.device("cpu"), seed=3)
     train_syncnet(train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3, stop_after=3)
     assert not (tmp_path / "b" / "model.safetensors").exists()  # killed before the end
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    decayed = state["optimizer"]["param_groups"][0]["lr"]  # set for the 3rd step (index 2) of 6
+    assert decayed == pytest.approx(learning_rate(tiny_params, 2))
+    assert tiny_params.lr * tiny_params.final_lr_fraction < decayed < tiny_params.lr
     resumed, resumed_history = train_syncnet(
         train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3
     )
