@@ -15,7 +15,7 @@ def test_the_shipped_file_is_the_drawn_mask():
 
 
 @pytest.mark.parametrize("size", [16, 128, 256])
-def test_mask_hides_mouth_and_chin_and_keeps_eyes_and_nose(size):
+def test_mask_hides_mouth_and_chin_and_keeps_eyes_nose_and_the_background_beside_the_jaw(size):
     mask = load_mask(size)[0]
     assert mask.shape == (size, size)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
@@ -27,6 +27,8 @@ def test_mask_hides_mouth_and_chin_and_keeps_eyes_and_nose(size):
         assert at(x, y) == 1.0
     for x, y in ((0.5, 0.65), (0.4, 0.65), (0.6, 0.65), (0.5, 0.86), (0.5, 0.99)):  # mouth, chin
         assert at(x, y) == 0.0
+    for x, y in ((0.15, 0.9), (0.85, 0.9), (0.05, 0.6), (0.95, 0.6)):  # beside the jaw and the cheeks
+        assert at(x, y) == 1.0
 
 
 def test_an_unreadable_mask_file_is_named(tmp_path):
