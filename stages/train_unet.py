@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from synclip.audio.whisper import load_whisper_encoder, whisper_features
-from synclip.config import load_params
+from synclip.audio.whisper import WhisperAudioEncoder, load_whisper_encoder, whisper_features
+from synclip.config import Params, UNetStageParams, load_params
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.unet_windows import load_window_clips
 from synclip.entry import run
@@ -21,6 +22,7 @@ from synclip.errors import UserError
 from synclip.face.mask import load_mask
 from synclip.lipsync import frame_tokens
 from synclip.log import setup_logging
+from synclip.nn.syncnet import StableSyncNet
 from synclip.pipeline import PipelineConfig
 from synclip.runtime import configure
 from synclip.train.diffusion import DiffusionObjective, load_lpips, load_trepa_term
@@ -91,19 +93,11 @@ def main() -> None:
     train = load_window_clips(train_rows, args.clips, description="train clips", **common)
     val = load_window_clips(val_rows, args.clips, description="val clips", **common)
     config = unet_config(params.unet, stage, audio_width=whisper.width)
-    sample = None
-    if args.samples is not None and stage.sample_every:
-        in_sync = manifest[(manifest["split"] == "val") & (manifest.get("audio_shift", 0) == 0)]
-        source = sample_source(in_sync, args.clips, stage.sample_frames)
-        features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
-        sampler = PipelineConfig(resolution=params.preprocess.resolution,
-                                 **dataclasses.asdict(params.inference) | {"steps": stage.sample_steps})  # fmt: skip
-        sample = ValidationSample(
-            source, frame_tokens(features, range(len(source.frames)), VIDEO_FPS), vae,
-            load_mask(params.preprocess.resolution), sampler, args.samples, judge, params.syncnet.max_offset,
-        )  # fmt: skip
-        log.info("validation samples: %s dubbed with %s's audio (%d frames) → %s", source.face, source.audio,
-                 len(source.frames), args.samples)  # fmt: skip
+    sample = (
+        validation_sample(params, stage, manifest, args.clips, vae, whisper, judge, args.samples)
+        if args.samples is not None and stage.sample_every
+        else None
+    )
     _, history = train_unet(
         train, val, objective, config, stage, args.out, device, params.seed, init=args.init,
         info={"stage": args.stage, "manifest": str(args.manifest)}, sample=sample,
@@ -135,6 +129,32 @@ def main() -> None:
         writer = csv.DictWriter(file, fieldnames=list(last), restval="")  # step 0 has no train_ columns
         writer.writeheader()
         writer.writerows(rows)
+
+
+def validation_sample(
+    params: Params,
+    stage: UNetStageParams,
+    manifest: pd.DataFrame,
+    clips_dir: Path,
+    vae: torch.nn.Module,
+    whisper: WhisperAudioEncoder,
+    judge: StableSyncNet | None,
+    out: Path,
+) -> ValidationSample:
+    """The sample of the first in-sync val clip, sampled as `inference` but for steps and guidance."""
+    in_sync = manifest[(manifest["split"] == "val") & (manifest.get("audio_shift", 0) == 0)]
+    source = sample_source(in_sync, clips_dir, stage.sample_frames)
+    features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
+    inference = params.inference
+    sampler = PipelineConfig(
+        resolution=params.preprocess.resolution, num_frames=inference.num_frames, overlap=inference.overlap,
+        steps=stage.sample_steps, guidance=stage.sample_guidance, seed=inference.seed, eta=inference.eta,
+    )  # fmt: skip
+    log.info("validation samples: %s with the audio of %s (%d frames) → %s", source.face, source.audio,
+             len(source.frames), out)  # fmt: skip
+    tokens = frame_tokens(features, range(len(source.frames)), VIDEO_FPS)
+    mask = load_mask(params.preprocess.resolution)
+    return ValidationSample(source, tokens, vae, mask, sampler, out, judge, params.syncnet.max_offset)
 
 
 if __name__ == "__main__":

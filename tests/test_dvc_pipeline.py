@@ -48,9 +48,10 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     )
     params["videomae"].update(max_steps=4, val_every=2, checkpoint_every=2, val_windows=4, batch_size=2)
     params["train_unet"]["stage1"].update(
-        max_steps=4, val_every=2, checkpoint_every=2, val_windows=2, max_clips=4
-    )
-    params["train_unet"]["stage2"].update(max_steps=2, val_every=2, checkpoint_every=2)
+        max_steps=4, val_every=2, checkpoint_every=2, val_windows=2, max_clips=4, sample_every=4, sample_frames=46,
+        sample_steps=2,
+    )  # fmt: skip
+    params["train_unet"]["stage2"].update(max_steps=2, val_every=2, checkpoint_every=2, sample_every=2)
     # the test corpus has one clean test clip; two identities of the train split make a dubbing pair
     params["evaluate"].update(split="train", clips=2, max_frames=46, steps=2, samples=1, sheet_frames=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -100,6 +101,16 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     assert stage2["val_sync"].notna().all()
     stage2_metrics = json.loads((repo / "reports" / "unet_stage2" / "metrics.json").read_text())
     assert stage2_metrics["init"]["val_sync"] == stage2["val_sync"][0]
+
+    # validation samples: stage 1 at its end, stage 2 at 0 (the stage-1 UNet: the same video) and 2
+    def samples(stage):
+        return sorted(p.name for p in (repo / "reports" / f"unet_stage{stage}" / "samples").iterdir())
+
+    assert samples(1) == ["step_000004.mp4"]
+    assert samples(2) == ["step_000000.mp4", "step_000002.mp4"]
+    assert stage2["sample_lse_c"].notna().all()
+    assert stage2["sample_lse_c"][0] == pytest.approx(stage1["sample_lse_c"], abs=1e-4)
+    assert set(stage2_metrics["sample"]) == {"face", "audio", "frames", "input", "truth"}
 
     assert json.loads((repo / "models" / "synclip" / "pipeline.json").read_text())["steps"] == 20
     evaluation = json.loads((repo / "reports" / "eval" / "metrics.json").read_text())

@@ -291,7 +291,8 @@ class UNetStageParams:
     # `sample_every` steps (a multiple of val_every; 0: none) and at the end
     sample_every: int
     sample_frames: int  # frames of the sample (at least syncnet.num_frames + 2 · syncnet.max_offset)
-    sample_steps: int  # its DDIM steps (the rest of the sampler is `inference`)
+    sample_steps: int  # its DDIM steps and audio guidance; chunking, η and seed are `inference`'s
+    sample_guidance: float
 
 
 @dataclass(frozen=True)
@@ -566,6 +567,10 @@ class Params:
             if stage.sample_every < 0 or stage.sample_every % stage.val_every or stage.sample_steps < 1:
                 raise ConfigError(f"{key}: sample_every ({stage.sample_every}) must be 0 or a multiple of "
                                   f"val_every ({stage.val_every}), sample_steps >= 1")  # fmt: skip
+            if not stage.sample_guidance >= 1:
+                raise ConfigError(
+                    f"{key}.sample_guidance must be >= 1 (1: no guidance), got {stage.sample_guidance}"
+                )
             least = self.syncnet.num_frames + 2 * self.syncnet.max_offset
             if stage.sample_every and stage.sample_frames < least:
                 raise ConfigError(f"{key}.sample_frames ({stage.sample_frames}) must be at least "

@@ -50,12 +50,15 @@ class SampleSource:
 
 def sample_source(rows: pd.DataFrame, clips_dir: Path, frames: int) -> SampleSource:
     """The first clip of `rows` (sorted by name) dubbed with the first clip of another identity, cut
-    to at most `frames` frames both have."""
+    to at most `frames` frames both have. With one identity the audio is another of its clips, with
+    one clip its own."""
+    if rows.empty:
+        raise ValueError("validation samples need at least one clip")
     rows = rows.sort_values("clip")
     first = rows.iloc[0]
     others = rows[rows["identity"] != first["identity"]]
     if others.empty:
-        raise ValueError(f"validation samples need clips of two identities; {len(rows)} clips of one")
+        others = rows.iloc[1:] if len(rows) > 1 else rows
     face, audio = first["clip"], others.iloc[0]["clip"]
     faces = np.stack(list(iter_frames(clips_dir / f"{face}.mp4")))
     driving = np.stack(list(iter_frames(clips_dir / f"{audio}.mp4")))
