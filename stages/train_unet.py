@@ -26,7 +26,7 @@ from synclip.nn.syncnet import StableSyncNet
 from synclip.pipeline import PipelineConfig
 from synclip.runtime import configure
 from synclip.train.diffusion import DiffusionObjective, load_lpips, load_trepa_term
-from synclip.train.samples import ValidationSample, sample_source
+from synclip.train.samples import ValidationSample, forget_samples, sample_source
 from synclip.train.syncnet import load_syncnet
 from synclip.train.unet import train_unet, unet_config
 from synclip.train.vae import load_vae
@@ -93,11 +93,13 @@ def main() -> None:
     train = load_window_clips(train_rows, args.clips, description="train clips", **common)
     val = load_window_clips(val_rows, args.clips, description="val clips", **common)
     config = unet_config(params.unet, stage, audio_width=whisper.width)
-    sample = (
-        validation_sample(params, stage, manifest, args.clips, vae, whisper, judge, args.samples)
-        if args.samples is not None and stage.sample_every
-        else None
-    )
+    sample = None
+    if args.samples is not None:
+        args.samples.mkdir(parents=True, exist_ok=True)  # a DVC out, also when sampling is off
+        if stage.sample_every:
+            sample = validation_sample(params, stage, manifest, args.clips, vae, whisper, judge, args.samples)
+        else:
+            forget_samples(args.samples)  # none of an earlier run's samples are this run's
     _, history = train_unet(
         train, val, objective, config, stage, args.out, device, params.seed, init=args.init,
         info={"stage": args.stage, "manifest": str(args.manifest)}, sample=sample,
@@ -142,8 +144,9 @@ def validation_sample(
     out: Path,
 ) -> ValidationSample:
     """The sample of the first in-sync val clip, sampled as `inference` but for steps and guidance."""
-    in_sync = manifest[(manifest["split"] == "val") & (manifest.get("audio_shift", 0) == 0)]
-    source = sample_source(in_sync, clips_dir, stage.sample_frames)
+    val = manifest[manifest["split"] == "val"]
+    in_sync = val[val.get("audio_shift", 0) == 0]
+    source = sample_source(in_sync if len(in_sync) else val, clips_dir, stage.sample_frames)
     features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
     inference = params.inference
     sampler = PipelineConfig(

@@ -5,8 +5,8 @@ or the `face_index`-th largest) and fits smoothed alignments as preprocessing do
 aligns, generates and pastes back. Only the generated region (mask = 0) inside the face's outline
 (MediaPipe's face oval, widened by `OUTLINE_MARGIN` so a dropping jaw fits) is pasted, feathered,
 so the background and neck that the mask's margin around the jaw also covers stay the input's, as
-does every pixel outside the mask. Frames without the face pass through unchanged, and each run of frames
-with a face is its own pipeline stream (so a long cut-away never buffers frames). The speech is
+does every pixel outside the mask. Frames without the face pass through unchanged, and each run of
+frames with a face is its own pipeline stream (so a long cut-away never buffers frames). The speech is
 Whisper-encoded one 30 s window at a time as the frames reach it (`AudioTokens`), so memory does
 not grow with the length but for the 16 kHz samples (64 kB a second) and 80 numbers per frame (the
 face track: alignment and outline). `lossless` writes RGB exactly (libx264rgb at qp 0) instead of

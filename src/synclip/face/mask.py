@@ -5,8 +5,9 @@ face template (`synclip.face.align.TEMPLATE`: eyes at 32 % of the height, nose t
 65 %, chin near 86 %). The region to generate starts just below the nose tip and follows the jaw, a
 margin outside it, down to the bottom of the crop, as LatentSync's U-shaped mask does: an opening
 mouth and a dropping chin lie inside it; the eyes, nose and cheeks above it and the background
-beside the jaw stay visible to the model and are kept as they are. `assets/mask.png` (256×256, 255 = keep) is the
-shipped file; `draw_mask` is how it was made (`python -m synclip.face.mask` rewrites it).
+beside the jaw stay visible to the model and are kept as they are. `assets/mask.png` (256×256,
+255 = keep) is the shipped file; `draw_mask` is how it was made (`python -m synclip.face.mask`
+rewrites it).
 """
 
 from __future__ import annotations

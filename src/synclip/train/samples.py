@@ -13,7 +13,6 @@ with the driving audio.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,6 @@ from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.nn.syncnet import StableSyncNet
 from synclip.pipeline import LipSyncPipeline, PipelineConfig
-
-log = logging.getLogger(__name__)
 
 SAMPLE_NAME = re.compile(r"step_(\d+)\.mp4")
 
@@ -65,6 +62,17 @@ def sample_source(rows: pd.DataFrame, clips_dir: Path, frames: int) -> SampleSou
     samples = read_audio(clips_dir / f"{audio}.mp4")
     count = min(frames, len(faces), len(driving), len(samples) // SAMPLES_PER_FRAME)
     return SampleSource(face, audio, faces[:count], samples[: count * SAMPLES_PER_FRAME], driving[:count])
+
+
+def forget_samples(folder: str | Path, after: int = -1) -> None:
+    """Remove the `step_NNNNNN.mp4` samples in `folder` of steps after `after` (−1: all)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = SAMPLE_NAME.fullmatch(path.name)
+        if match and int(match.group(1)) > after:
+            path.unlink()
 
 
 class ValidationSample:
@@ -112,12 +120,7 @@ class ValidationSample:
 
     def forget_after(self, step: int) -> None:
         """Remove the samples of steps after `step` (all with −1): a rerun writes them again."""
-        if not self.out_dir.is_dir():
-            return
-        for path in self.out_dir.iterdir():
-            match = SAMPLE_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) > step:
-                path.unlink()
+        forget_samples(self.out_dir, step)
 
     @torch.no_grad()
     def __call__(self, unet: torch.nn.Module, step: int) -> dict:
