@@ -30,9 +30,8 @@ from synclip.audio.mel import syncnet_mel
 from synclip.config import EvaluateParams
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.preprocess import ground_truth
-from synclip.data.sync_pairs import Clip, face_region
 from synclip.errors import UserError
-from synclip.eval.sync import score_clip
+from synclip.eval.sync import score_frames
 from synclip.face.landmarks import INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker
 from synclip.lipsync import frame_tokens, to_image, to_tensor
 from synclip.media.decode import iter_frames, read_audio
@@ -186,11 +185,7 @@ class Scorer:
         self.max_offset, self.device, self.lpips, self.mouth_box = max_offset, device, lpips, mouth_box
 
     def sync(self, frames: np.ndarray, samples: np.ndarray) -> dict:
-        config = self.syncnet.config
-        view = np.stack([face_region(f, config.crop, config.image_size) for f in frames])
-        score = score_clip(
-            self.syncnet, Clip("", "", view, syncnet_mel(samples)), self.max_offset, self.device
-        )
+        score = score_frames(self.syncnet, frames, syncnet_mel(samples), self.max_offset, self.device)
         return {"offset": score.offset, "lse_c": score.lse_c, "lse_d": score.lse_d}
 
     def mouth(self, frames: np.ndarray, driving: EvalClip) -> dict:

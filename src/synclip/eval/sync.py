@@ -76,6 +76,19 @@ def score_clip(
     )
 
 
+def score_frames(
+    model: StableSyncNet,
+    frames: np.ndarray,
+    mel: torch.Tensor,
+    max_offset: int = 15,
+    device: torch.device | None = None,
+) -> SyncScore:
+    """Score aligned faces (N, R, R, 3) uint8 against the mel of their audio (the SyncNet's view is cut here)."""
+    config = model.config
+    view = np.stack([face_region(f, config.crop, config.image_size) for f in frames])
+    return score_clip(model, Clip("", "", view, mel), max_offset, device)
+
+
 def score_video(
     model: StableSyncNet,
     video: str | Path,

@@ -23,8 +23,7 @@ import torch
 
 from synclip.audio.mel import syncnet_mel
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
-from synclip.data.sync_pairs import Clip, face_region
-from synclip.eval.sync import score_clip
+from synclip.eval.sync import score_frames
 from synclip.lipsync import to_image, to_tensor
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
@@ -109,10 +108,8 @@ class ValidationSample:
         )
 
     def score(self, frames: np.ndarray) -> dict:
-        config = self.syncnet.config
-        view = np.stack([face_region(f, config.crop, config.image_size) for f in frames])
         device = next(self.syncnet.parameters()).device
-        score = score_clip(self.syncnet, Clip("", "", view, self.mel), self.max_offset, device)
+        score = score_frames(self.syncnet, frames, self.mel, self.max_offset, device)
         return {"offset": score.offset, "lse_c": round(score.lse_c, 6), "lse_d": round(score.lse_d, 6)}
 
     def path(self, step: int) -> Path:
