@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,25 @@ from synclip.train.syncnet import (
     view_of,
 )
 
+log = logging.getLogger("stages.train_syncnet")
+
+
+def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The val clips whose audio is not known to be shifted.
+
+    A clip whose ground truth (SynthTalk's sidecar) says the audio is off by some frames has no
+    in-sync pairs at offset 0, so it would count right answers as wrong. Clips without ground
+    truth (real footage) are kept.
+    """
+    val = manifest[manifest["split"] == "val"]
+    shifted = val["gt_av_offset"].fillna(0) != 0
+    if shifted.any():
+        log.info(
+            "validating without %d val clip(s) whose audio is shifted by their ground truth: %s",
+            int(shifted.sum()), ", ".join(val.loc[shifted, "clip"]),
+        )  # fmt: skip
+    return val[~shifted]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -46,7 +66,12 @@ def main() -> None:
             raise UserError(f"{args.processed}/manifest.parquet has no {split} clips; the SyncNet needs both")
     clips_dir = args.processed / "clips"
     view = view_of(syncnet_config(sync))
-    val = load_clips(manifest[manifest["split"] == "val"], clips_dir, view, "val clips")
+    val_rows = validation_rows(manifest)
+    if val_rows.empty:
+        raise UserError(
+            f"{args.processed}/manifest.parquet: every val clip has shifted audio; nothing to validate on"
+        )
+    val = load_clips(val_rows, clips_dir, view, "val clips")
     if sync.source == "pretrained":
         model = load_latentsync_syncnet(params.pretrained.latentsync_syncnet, syncnet_config(sync)).to(device)
         config = dataclasses.asdict(syncnet_config(sync))

@@ -95,6 +95,22 @@ def test_validation_samples_must_fit_the_validations_and_the_sync_scoring(params
         load_params(params_file)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"batch_size": 30, "windows_per_clip": 4},
+            r"windows_per_clip \(4\) must be >= 1 and divide syncnet\.batch_size \(30\)",
+        ),
+        ({"contrastive_offsets": [0, 2]}, r"contrastive_offsets must be >= 1 frame"),
+    ],
+)
+def test_syncnet_batches_must_be_drawable(params_file, change, message):
+    edit(params_file, lambda d: d["syncnet"].update(change))
+    with pytest.raises(ConfigError, match=message):
+        load_params(params_file)
+
+
 def test_overrides_parse_yaml_values_and_win_over_the_file(params_file):
     params = load_params(params_file, ["runtime.threads=3", "pretrained.sd_vae=/weights/vae", "seed=7"])
     assert params.runtime.threads == 3

@@ -17,9 +17,9 @@ from synclip.artifacts import CheckpointError, load_strict, read_latentsync_chec
 from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.config import load_params
 from synclip.data.sync_filter import filter_by_sync
-from synclip.data.sync_pairs import Clip, PairSampler, audio_window
+from synclip.data.sync_pairs import Clip, PairSampler, audio_window, augment_windows
 from synclip.eval.sync import score_clip
-from synclip.nn.syncnet import StableSyncNet, released_config
+from synclip.nn.syncnet import StableSyncNet, offset_losses, released_config
 from synclip.train.optim import learning_rate
 from synclip.train.syncnet import load_latentsync_syncnet, load_syncnet, syncnet_config, train_syncnet
 
@@ -46,7 +46,7 @@ def test_the_released_geometry_has_latentsyncs_parameter_count():
 def test_embeddings_are_unit_non_negative_and_cosine_is_a_probability(root):
     model = StableSyncNet(syncnet_config(load_params(root / "params.yaml").syncnet)).eval()
     with torch.no_grad():
-        visual, audio = model(torch.randn(3, 48, 32, 64), torch.randn(3, 1, 80, 52))
+        visual, audio = model(torch.randn(3, 48, *model.config.image_size), torch.randn(3, 1, 80, 52))
     assert torch.allclose(visual.norm(dim=1), torch.ones(3), atol=1e-5)
     assert (visual >= 0).all()
     assert (audio >= 0).all()
@@ -96,8 +96,8 @@ def synthetic_clips(count: int, frames: int, seed: int) -> list[Clip]:
     for index in range(count):
         level = np.clip(np.cumsum(rng.standard_normal(frames)) * 0.3, -2, 2)
         loud = 1 / (1 + np.exp(-3 * level))
-        images = np.full((frames, 32, 64, 3), 90, np.uint8)
-        images[:, 8:20, 20:44] = (60 + 180 * loud)[:, None, None, None].astype(np.uint8)
+        images = np.full((frames, 16, 32, 3), 90, np.uint8)  # params.yaml's syncnet.image_size
+        images[:, 4:10, 10:22] = (60 + 180 * loud)[:, None, None, None].astype(np.uint8)
         samples = np.concatenate([np.sin(np.arange(640) * 0.3) * a for a in loud]).astype(np.float32) * 0.5
         clips.append(Clip(f"c{index}", f"id{index}", images, syncnet_mel(samples)))
     return clips
@@ -140,6 +140,74 @@ def test_sampler_pairs_are_balanced_and_negatives_are_other_windows():
     assert any(abs(p.start - p.audio_start) <= 3 for p in pairs if p.label == 0.0)
 
 
+def test_grouped_anchors_take_distinct_voiced_windows_of_each_clip():
+    clips = synthetic_clips(3, 60, 2)
+    sampler = PairSampler(clips, 16, 0.0, np.random.default_rng(0))
+    anchors = sampler.anchors(32, per_clip=4)
+    assert len(anchors) == 32
+    for group in range(0, 32, 4):
+        members = anchors[group : group + 4]
+        assert len({clip for clip, _ in members}) == 1
+        assert len({start for _, start in members}) == 4
+        assert all(start in sampler.starts[clip] for clip, start in members)
+    frames, mel = sampler.offset_batch(8, (0,), per_clip=4)
+    assert frames.shape[0] == 8
+    assert mel.shape[:2] == (8, 1)
+
+
+def test_augmentation_mirrors_and_relights_whole_windows_only():
+    frames = torch.rand(200, 48, 16, 32) * 1.6 - 0.8
+    assert torch.equal(augment_windows(frames, np.random.default_rng(0), 0.0, 0.0, 1.0), frames)
+    assert torch.equal(augment_windows(frames, np.random.default_rng(0), 1.0, 0.0, 1.0), frames.flip(-1))
+    relit = augment_windows(frames, np.random.default_rng(1), 0.5, 0.1, 1.25)
+    assert relit.shape == frames.shape
+    assert relit.abs().max() <= 1
+    mirrored = 0
+    for window, original in zip(relit, frames, strict=True):
+        fits = [_affine_fit(window, source) for source in (original, original.flip(-1))]
+        residual, gain, offset = min(fits)
+        assert residual < 1e-5  # one gain and one offset for the whole window
+        assert 0.8 - 1e-4 <= gain <= 1.25 + 1e-4
+        assert abs(offset) <= 0.1 + 1e-4
+        mirrored += fits[1][0] < fits[0][0]
+    assert 60 < mirrored < 140
+
+
+def _affine_fit(window: torch.Tensor, source: torch.Tensor) -> tuple[float, float, float]:
+    """(max residual, gain, offset) of the least-squares map source → window, on unclipped values."""
+    x, y = source.flatten().double(), window.flatten().double()
+    keep = y.abs() < 1
+    design = torch.stack([x[keep], torch.ones_like(x[keep])], dim=1)
+    solution = torch.linalg.lstsq(design, y[keep][:, None]).solution
+    residual = (design @ solution - y[keep][:, None]).abs().max()
+    return float(residual), float(solution[0]), float(solution[1])
+
+
+def test_without_shifted_audio_the_bce_takes_the_other_windows_as_negatives():
+    visual = torch.eye(4)  # four windows, orthogonal unit embeddings
+    matched = visual[:, None, :].clone()  # (B, D=1, E): each window's own audio
+    bce, match = offset_losses(visual, matched, temperature=0.1)
+    assert bce < 1e-3
+    assert match < 1e-3
+    everything_alike = torch.full((4, 1, 4), 0.5)  # every audio equally close to every window
+    bce_alike, match_alike = offset_losses(visual, everything_alike, temperature=0.1)
+    assert bce_alike > 0.6
+    assert match_alike == pytest.approx(np.log(4), rel=1e-4)
+
+
+def test_validation_leaves_out_only_clips_known_to_be_shifted():
+    from stages.train_syncnet import validation_rows
+
+    manifest = pd.DataFrame(
+        {
+            "clip": ["a", "b", "c", "d"],
+            "split": ["val", "val", "val", "train"],
+            "gt_av_offset": [0.0, np.nan, 6.0, -7.0],
+        }
+    )
+    assert validation_rows(manifest)["clip"].tolist() == ["a", "b"]
+
+
 def test_score_finds_a_shift_that_a_perfect_expert_would_see(root):
     """With an 'expert' that embeds loudness exactly, the detected offset is the applied shift."""
     clip = synthetic_clips(1, 120, 4)[0]
@@ -150,7 +218,7 @@ def test_score_finds_a_shift_that_a_perfect_expert_would_see(root):
 
     class Expert(StableSyncNet):
         def embed_visual(self, frames):  # mean brightness of the mouth box, per frame
-            mouth = frames.reshape(len(frames), 16, 3, 32, 64)[:, :, 0, 8:20, 20:44].mean(dim=(2, 3))
+            mouth = frames.reshape(len(frames), 16, 3, 16, 32)[:, :, 0, 4:10, 10:22].mean(dim=(2, 3))
             return torch.nn.functional.normalize(torch.cat([mouth + 1, 1 - mouth], 1), dim=1)
 
         def embed_audio(self, mel):  # loudness per video frame

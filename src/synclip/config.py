@@ -164,6 +164,10 @@ class SyncNetParams:
         int, ...
     ]  # shifted audio windows (± each) every video window is matched against
     contrastive_temperature: float
+    flip_fraction: float  # training windows mirrored left-right (the mouth's sync does not change)
+    brightness: float  # training windows get a uniform ±brightness offset (of the [−1, 1] range)
+    contrast: float  # and a contrast gain in [1/contrast, contrast] (1: none)
+    windows_per_clip: int  # windows drawn from each clip a matching batch picks (same-clip negatives)
     max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
     min_confidence: float  # sync_filter: clips scoring below are dropped
     max_abs_offset: int  # sync_filter: clips further off are dropped; the rest are corrected
@@ -435,6 +439,22 @@ class Params:
             raise ConfigError(
                 "syncnet.batch_size, max_steps, val_every, checkpoint_every and val_pairs must be >= 1"
             )
+        if sync.windows_per_clip < 1 or sync.batch_size % sync.windows_per_clip:
+            raise ConfigError(
+                f"syncnet.windows_per_clip ({sync.windows_per_clip}) must be >= 1 and divide "
+                f"syncnet.batch_size ({sync.batch_size})"
+            )
+        if not (0 <= sync.flip_fraction <= 1 and sync.brightness >= 0 and sync.contrast >= 1):
+            raise ConfigError(
+                "syncnet.flip_fraction must be in [0, 1], brightness >= 0 and contrast >= 1, got "
+                f"{sync.flip_fraction}, {sync.brightness}, {sync.contrast}"
+            )
+        if any(k < 1 for k in sync.contrastive_offsets):
+            raise ConfigError(
+                f"syncnet.contrastive_offsets must be >= 1 frame, got {list(sync.contrastive_offsets)}"
+            )
+        if sync.contrastive_weight > 0 and sync.batch_size < 2:
+            raise ConfigError("syncnet.contrastive_weight > 0 needs batch_size >= 2 (in-batch negatives)")
         _check_schedule("syncnet", sync.warmup_steps, sync.final_lr_fraction)
         vae = self.vae
         levels = len(vae.block_out_channels)

@@ -88,6 +88,21 @@ def visual_window(clip: Clip, start: int, num_frames: int) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2).reshape(-1, *frames.shape[1:3])
 
 
+def augment_windows(
+    frames: torch.Tensor, rng: np.random.Generator, flip_fraction: float, brightness: float, contrast: float
+) -> torch.Tensor:
+    """Training windows (B, 3·F, H, W) in [−1, 1], each mirrored left-right with probability
+    `flip_fraction` and given one contrast gain in [1/contrast, contrast] and one brightness
+    offset in ±brightness for all its frames. Sync does not change; who is speaking and the light
+    do, which the expert should not learn."""
+    size = len(frames)
+    flip = torch.from_numpy(rng.random(size) < flip_fraction)
+    frames = torch.where(flip[:, None, None, None], frames.flip(-1), frames)
+    gain = torch.from_numpy(rng.uniform(1 / contrast, contrast, size)).to(frames.dtype)
+    offset = torch.from_numpy(rng.uniform(-brightness, brightness, size)).to(frames.dtype)
+    return (frames * gain[:, None, None, None] + offset[:, None, None, None]).clamp(-1, 1)
+
+
 def audio_window(clip: Clip, start: int, num_frames: int) -> torch.Tensor:
     """(1, 80, W) mel window of frames [start, start + F), with the clip's audio correction applied."""
     return mel_window(clip.mel, start + clip.shift, num_frames)[None]
@@ -155,9 +170,25 @@ class PairSampler:
         starts = self.starts[index]
         return index, int(starts[self.rng.integers(len(starts))])
 
-    def offset_batch(self, size: int, deltas: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def anchors(self, size: int, per_clip: int) -> list[tuple[int, int]]:
+        """`size` (clip index, start) voiced windows, `per_clip` distinct starts of each clip drawn
+        (fewer when a clip has fewer), so a batch holds same-speaker, same-face windows that only
+        their timing tells apart."""
+        if per_clip == 1:
+            return [self.anchor() for _ in range(size)]
+        anchors: list[tuple[int, int]] = []
+        while len(anchors) < size:
+            index = int(self.rng.choice(len(self.clips), p=self.weights))
+            starts = self.starts[index]
+            picks = self.rng.choice(starts, size=min(per_clip, len(starts), size - len(anchors)), replace=False)
+            anchors.extend((index, int(start)) for start in picks)
+        return anchors
+
+    def offset_batch(
+        self, size: int, deltas: tuple[int, ...], per_clip: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3·F, H, W) video windows and (B, D, 1, 80, W) audio windows at each start + Δ (Δ = deltas)."""
-        anchors = [self.anchor() for _ in range(size)]
+        anchors = self.anchors(size, per_clip)
         frames = torch.stack([visual_window(self.clips[c], s, self.num_frames) for c, s in anchors])
         mel = torch.stack(
             [torch.stack([audio_window(self.clips[c], s + d, self.num_frames) for d in deltas]) for c, s in anchors]

@@ -232,19 +232,21 @@ def offset_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses for video windows against their audio at several offsets (Δ = 0 first).
 
-    visual (B, E); audio (B, D, E), where audio[:, 0] is in sync and audio[:, 1:] is shifted.
-    Returns (balanced BCE over all B·D cosines, multi-way cross-entropy): the second is the
-    "perfect match" idea (Chung et al., 2019) — pick the in-sync audio among the shifted ones and
-    the other windows' in-sync audio — which gives each step far more signal than single pairs.
+    visual (B, E); audio (B, D, E), where audio[:, 0] is in sync and audio[:, 1:] (D ≥ 1) is
+    shifted. Returns (balanced BCE, multi-way cross-entropy): the second is the "perfect match"
+    idea (Chung et al., 2019) — pick the in-sync audio among the shifted ones and the other
+    windows' in-sync audio — which gives each step far more signal than single pairs. The BCE's
+    negatives are the shifted cosines, or with D = 1 every other window's in-sync audio (a batch
+    of several windows per clip makes some of them the same clip at another time).
     Not part of LatentSync's recipe; `sync_loss` alone is.
     """
     own = torch.einsum("be,bde->bd", visual, audio)  # (B, D)
-    positive = own[:, 0].clamp(1e-7, 1 - 1e-7)
-    negative = own[:, 1:].clamp(1e-7, 1 - 1e-7)
-    bce = 0.5 * (-torch.log(positive).mean() - torch.log1p(-negative).mean())
     others = visual @ audio[:, 0].T  # (B, B): window i against window j's in-sync audio
     batch = len(visual)
     off_diagonal = others[~torch.eye(batch, dtype=torch.bool, device=visual.device)].view(batch, batch - 1)
+    positive = own[:, 0].clamp(1e-7, 1 - 1e-7)
+    negative = (own[:, 1:] if own.shape[1] > 1 else off_diagonal).clamp(1e-7, 1 - 1e-7)
+    bce = 0.5 * (-torch.log(positive).mean() - torch.log1p(-negative).mean())
     logits = torch.cat([own, off_diagonal], dim=1) / temperature
     target = torch.zeros(batch, dtype=torch.long, device=visual.device)
     return bce, F.cross_entropy(logits, target)

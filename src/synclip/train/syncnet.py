@@ -23,7 +23,7 @@ from synclip.artifacts import (
 )
 from synclip.config import SyncNetParams, to_dict
 from synclip.constants import syncnet_mel_window
-from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView
+from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView, augment_windows
 from synclip.log import progress
 from synclip.nn.syncnet import (
     StableSyncNet,
@@ -143,6 +143,10 @@ def train_syncnet(
     )  # fmt: skip
     started = time.perf_counter() - history.seconds
     context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+
+    def augment(frames: torch.Tensor) -> torch.Tensor:
+        return augment_windows(frames, rng, params.flip_fraction, params.brightness, params.contrast)
+
     model.train()
     with progress("steps") as bar:
         task = bar.add_task("train_syncnet", total=params.max_steps, completed=step)
@@ -151,14 +155,16 @@ def train_syncnet(
                 group["lr"] = learning_rate(params, step)
             if params.contrastive_weight > 0:
                 deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
-                frames, mel = (t.to(device) for t in sampler.offset_batch(params.batch_size, deltas))
+                frames, mel = sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
+                frames, mel = augment(frames).to(device), mel.to(device)
                 with context:
                     visual = model.embed_visual(frames)
                     audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
                 bce, match = offset_losses(visual.float(), audio.float(), params.contrastive_temperature)
                 loss = bce + params.contrastive_weight * match
             else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
-                frames, mel, labels = (t.to(device) for t in sampler.batch(params.batch_size))
+                frames, mel, labels = sampler.batch(params.batch_size)
+                frames, mel, labels = augment(frames).to(device), mel.to(device), labels.to(device)
                 with context:
                     visual, audio = model(frames, mel)
                 bce = loss = sync_loss(visual.float(), audio.float(), labels)
