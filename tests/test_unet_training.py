@@ -32,7 +32,7 @@ from synclip.train.diffusion import (
 from synclip.train.optim import learning_rate
 from synclip.train.samples import SampleSource, ValidationSample
 from synclip.train.syncnet import syncnet_config
-from synclip.train.unet import Validation, initial_unet, select_trainable, train_unet, unet_config
+from synclip.train.unet import Validation, initial_unet, judges, select_trainable, train_unet, unet_config
 
 CPU = torch.device("cpu")
 LATENT, WIDTH, STATES = 8, 8, 1  # h = w, audio width D, Whisper states L (S = 10·L tokens per frame)
@@ -262,6 +262,22 @@ def test_sync_term_reaches_the_unet_through_the_decoder(params):
     terms["sync"].backward()
     assert unet.conv_out.weight.grad is not None
     assert unet.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_a_new_judge_keeps_a_finished_checkpoint_from_being_resumed(params):
+    """The stage-2 loss goes through the SyncNet and the VAE decoder: other weights, another run."""
+    sync = syncnet_config(params.syncnet)
+    first, second = (StableSyncNet(sync).eval().requires_grad_(False) for _ in range(2))
+    vae = tiny_vae(128)
+
+    def objective(weights, syncnet):
+        return DiffusionObjective(weights, pixel_region=sync.crop, vae=vae, syncnet=syncnet)
+
+    stage_two = judges(objective({"recon": 1.0, "sync": 0.05}, first))
+    assert set(stage_two) == {"sync", "vae"}
+    assert judges(objective({"recon": 1.0, "sync": 0.05}, first)) == stage_two
+    assert judges(objective({"recon": 1.0, "sync": 0.05}, second))["sync"] != stage_two["sync"]
+    assert judges(objective({"recon": 1.0}, first)) == {}  # stage 1: the SyncNet only scores samples
 
 
 def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):

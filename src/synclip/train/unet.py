@@ -111,6 +111,26 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
+def _network_digest(network: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def judges(objective: DiffusionObjective) -> dict[str, str]:
+    """Digests of the frozen networks the active loss terms go through (a new SyncNet changes the
+    stage-2 loss, so its finished checkpoint must not be resumed), and of the VAE decoding x̂0."""
+    networks = {"sync": objective.syncnet, "lpips": objective.lpips, "trepa": objective.trepa}
+    used = {
+        name: net for name, net in networks.items() if net is not None and objective.weights.get(name, 0) > 0
+    }
+    if used and objective.vae is not None:
+        used["vae"] = objective.vae
+    return {name: _network_digest(net) for name, net in sorted(used.items())}
+
+
 class Validation:
     """Fixed windows of held-out identities with fixed noise and timesteps: a deterministic loss.
 
@@ -203,7 +223,11 @@ def train_unet(
 
     key = fingerprint(
         config, stage, seed, sampler.clips,
-        {"weights": objective.weights, "init": _file_digest(Path(init) / "model.safetensors") if init else ""},
+        {
+            "weights": objective.weights,
+            "init": _file_digest(Path(init) / "model.safetensors") if init else "",
+            "judges": judges(objective),
+        },
     )  # fmt: skip
     history = History(rows=[], seconds=0.0)
     step, sums, count = 0, {}, 0
