@@ -17,7 +17,7 @@ from synclip.artifacts import CheckpointError, load_strict, read_latentsync_chec
 from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.config import load_params
 from synclip.data.sync_filter import filter_by_sync
-from synclip.data.sync_pairs import Clip, PairSampler, audio_window, augment_windows
+from synclip.data.sync_pairs import Clip, PairSampler, audio_window, augment_windows, validation_rows
 from synclip.eval.sync import score_clip
 from synclip.nn.syncnet import StableSyncNet, offset_losses, released_config
 from synclip.train.optim import learning_rate
@@ -196,8 +196,6 @@ def test_without_shifted_audio_the_bce_takes_the_other_windows_as_negatives():
 
 
 def test_validation_leaves_out_only_clips_known_to_be_shifted():
-    from stages.train_syncnet import validation_rows
-
     manifest = pd.DataFrame(
         {
             "clip": ["a", "b", "c", "d"],

@@ -8,6 +8,7 @@ learns that a small slip is already out of sync (LatentSync draws any other star
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.constants import syncnet_mel_start
 from synclip.log import track
 from synclip.media.decode import iter_frames, read_audio
+
+log = logging.getLogger(__name__)
 
 SMALL_OFFSETS = (1, 2, 3)
 
@@ -67,6 +70,23 @@ def voiced_frames(mel: torch.Tensor, frames: int, below_peak_db: float = 25.0) -
     starts = [syncnet_mel_start(t) for t in range(frames + 1)]
     per_frame = np.array([energy[a:b].max(initial=-4.0) for a, b in itertools.pairwise(starts)])
     return per_frame > per_frame.max(initial=-4.0) - below_peak_db / 12.5
+
+
+def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The val rows of a preprocessing manifest whose audio is not known to be shifted.
+
+    A clip whose ground truth (SynthTalk's sidecar: `gt_av_offset`) says the audio is off by some
+    frames has no in-sync pairs at offset 0, so it would count right answers as wrong. Clips
+    without ground truth (real footage) are kept.
+    """
+    val = manifest[manifest["split"] == "val"]
+    shifted = val["gt_av_offset"].fillna(0) != 0
+    if shifted.any():
+        log.info(
+            "validating without %d val clip(s) whose audio is shifted by their ground truth: %s",
+            int(shifted.sum()), ", ".join(val.loc[shifted, "clip"]),
+        )  # fmt: skip
+    return val[~shifted]
 
 
 def load_clip(path: Path, view: SyncView, name: str = "", identity: str = "", shift: int = 0) -> Clip:
