@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format lock plots
+.PHONY: setup demo test lint format lock plots serve
 
 setup:  ## venv from requirements.lock + offline pretrained weights
 	VENV=$(VENV) bash scripts/setup.sh
@@ -12,6 +12,9 @@ demo:  ## setup + the main job on the built-in corpus (SynthTalk, dvc repro)
 
 test:  ## the test suite (CPU, tiny configs)
 	$(BIN)/pytest
+
+serve:  ## the BentoML service on 127.0.0.1:3000 over models/synclip (after make demo)
+	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:LipSync --host 127.0.0.1 --port 3000
 
 plots:  ## dvc plots show as a page that renders offline (dvc_plots/index.html)
 	VENV=$(VENV) bash scripts/plots.sh

@@ -1,0 +1,97 @@
+"""The HTTP service's request handling, apart from BentoML: limits, input checks and one lip-sync job.
+
+serving/service.py wraps this in a BentoML service; everything here runs without a server, so the
+limits and the error mapping are testable on their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from synclip.errors import UserError
+from synclip.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file
+from synclip.pipeline import LipSyncPipeline
+
+
+class RequestError(UserError):
+    """A request the service refuses; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    max_upload_mb: float = 200.0  # per file
+    max_seconds: float = 120.0  # of the output video (the audio's length, unless the request cuts it)
+    max_steps: int = 50  # DDIM steps a request may ask for
+
+    @staticmethod
+    def from_env(env: dict[str, str] | None = None) -> ServiceLimits:
+        """SYNCLIP_MAX_UPLOAD_MB, SYNCLIP_MAX_SECONDS, SYNCLIP_MAX_STEPS override the defaults."""
+        env = dict(os.environ if env is None else env)
+        names = {"max_upload_mb": float, "max_seconds": float, "max_steps": int}
+        values = {}
+        for name, kind in names.items():
+            key = f"SYNCLIP_{name.upper()}"
+            if key in env:
+                try:
+                    values[name] = kind(env[key])
+                except ValueError:
+                    raise UserError(f"{key}={env[key]!r} is not a {kind.__name__}") from None
+                if values[name] <= 0:
+                    raise UserError(f"{key} must be positive, got {env[key]}")
+        return ServiceLimits(**values)
+
+
+def named(error: UserError, video: Path, audio: Path) -> str:
+    """The error with the server's temporary upload paths replaced by the request's field names."""
+    return str(error).replace(str(video), "video").replace(str(audio), "audio")
+
+
+def check_request(video: Path, audio: Path, options: LipSyncOptions, limits: ServiceLimits) -> None:
+    """RequestError (413 for too large or too long, 400 otherwise) before any model work starts."""
+    for path in (video, audio):
+        megabytes = path.stat().st_size / 2**20
+        if megabytes > limits.max_upload_mb:
+            raise RequestError(
+                f"{'video' if path == video else 'audio'}: {megabytes:.1f} MB is over the service's limit of {limits.max_upload_mb:g} MB",
+                413,
+            )
+    if options.steps is not None and not 1 <= options.steps <= limits.max_steps:
+        raise RequestError(f"steps must be 1..{limits.max_steps}, got {options.steps}")
+    if options.guidance is not None and options.guidance < 1.0:
+        raise RequestError(f"guidance must be at least 1.0 (1.0 turns it off), got {options.guidance}")
+    try:
+        info, _, audio_info = check_inputs(video, audio)
+    except UserError as error:
+        raise RequestError(named(error, video, audio)) from None
+    seconds = min(info.duration, audio_info.duration) if options.cut else audio_info.duration
+    if options.pad:
+        seconds = max(seconds, info.duration)
+    if seconds > limits.max_seconds:
+        raise RequestError(
+            f"the output would be {seconds:.1f} s long; the service's limit is {limits.max_seconds:g} s", 413
+        )
+
+
+def lipsync_request(
+    pipeline: LipSyncPipeline,
+    landmarker: Path,
+    video: Path,
+    audio: Path,
+    workdir: Path,
+    options: LipSyncOptions,
+    limits: ServiceLimits,
+) -> tuple[Path, LipSyncSummary]:
+    """Check one request and lip-sync it into `workdir`/lipsync.mp4 (nothing is left there on failure)."""
+    check_request(video, audio, options, limits)
+    out = workdir / "lipsync.mp4"
+    try:
+        summary = lipsync_file(pipeline, video, audio, out, landmarker, options)
+    except UserError as error:  # a file ffmpeg or the face tracker rejects midway
+        raise RequestError(named(error, video, audio)) from None
+    return out, summary
