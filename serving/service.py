@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
@@ -31,7 +32,7 @@ class Refused(BentoMLException):
     """A request error with the status RequestError chose (400 bad input, 413 too large)."""
 
 
-@bentoml.service(traffic={"timeout": 1800, "max_concurrency": 1}, workers=1)
+@bentoml.service(traffic={"timeout": 1800}, workers=1)
 class LipSync:
     def __init__(self) -> None:
         params = load_params(Path(os.environ.get("SYNCLIP_PARAMS", "params.yaml")))
@@ -43,6 +44,8 @@ class LipSync:
         self.pipeline = LipSyncPipeline.from_pretrained(self.model, self.device)
         self.smoothing_frames = params.preprocess.smoothing_frames
         self.limits = ServiceLimits.from_env()
+        # one job at a time, the others wait (traffic max_concurrency answered 429 to back-to-back requests)
+        self.busy = threading.Lock()
 
     @bentoml.api
     def lipsync(
@@ -63,9 +66,10 @@ class LipSync:
             smoothing_frames=self.smoothing_frames,
         )  # fmt: skip
         try:
-            out, summary = lipsync_request(
-                self.pipeline, self.landmarker, video, audio, Path(ctx.temp_dir), options, self.limits
-            )
+            with self.busy:
+                out, summary = lipsync_request(
+                    self.pipeline, self.landmarker, video, audio, Path(ctx.temp_dir), options, self.limits
+                )
         except RequestError as error:
             raise Refused(str(error), error_code=HTTPStatus(error.status)) from None
         ctx.response.headers["X-Synclip-Summary"] = json.dumps({**summary.__dict__, "out": out.name})
