@@ -57,6 +57,8 @@ def test_check_request_refuses_long_large_and_bad_requests(media, tmp_path):
     assert error.value.status == 413
     with pytest.raises(RequestError, match=r"steps must be 1..4"):
         check_request(video, speech, LipSyncOptions(steps=5), ServiceLimits(max_steps=4))
+    with pytest.raises(RequestError, match=r"guidance must be >= 1.0"):
+        check_request(video, speech, LipSyncOptions(guidance=0.5), ServiceLimits())
     with pytest.raises(RequestError, match=r"^video: no video stream") as error:
         check_request(speech, speech, LipSyncOptions(), ServiceLimits())
     assert error.value.status == 400

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synclip.errors import UserError
-from synclip.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file
-from synclip.pipeline import LipSyncPipeline
+from synclip.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file, output_frames
+from synclip.pipeline import LipSyncPipeline, check_sampling
 
 
 class RequestError(UserError):
@@ -63,15 +63,17 @@ def check_request(video: Path, audio: Path, options: LipSyncOptions, limits: Ser
             )
     if options.steps is not None and not 1 <= options.steps <= limits.max_steps:
         raise RequestError(f"steps must be 1..{limits.max_steps}, got {options.steps}")
-    if options.guidance is not None and options.guidance < 1.0:
-        raise RequestError(f"guidance must be at least 1.0 (1.0 turns it off), got {options.guidance}")
     try:
+        # the pipeline's own rules; None is the model's default, which assemble checked
+        check_sampling(
+            1 if options.steps is None else options.steps,
+            1.0 if options.guidance is None else options.guidance,
+        )
         info, _, audio_info = check_inputs(video, audio)
     except UserError as error:
         raise RequestError(named(error, video, audio)) from None
-    seconds = min(info.duration, audio_info.duration) if options.cut else audio_info.duration
-    if options.pad:
-        seconds = max(seconds, info.duration)
+    # lipsync_file's length rule (loop, cut or pad), applied to the durations
+    seconds = output_frames(info.duration, audio_info.duration, options.cut, options.pad)
     if seconds > limits.max_seconds:
         raise RequestError(
             f"the output would be {seconds:.1f} s long; the service's limit is {limits.max_seconds:g} s", 413
