@@ -4,6 +4,8 @@ Start it with `bentoml serve serving.service:LipSync` from the repository root (
 SYNCLIP_MODEL (default models/synclip) is the packaged model, SYNCLIP_PARAMS (default params.yaml)
 gives the face landmarker and the device; SYNCLIP_MAX_UPLOAD_MB, SYNCLIP_MAX_SECONDS and
 SYNCLIP_MAX_STEPS set the request limits. A request the service refuses gets a 4xx with the reason.
+SYNCLIP_REQUEST_LOG (default reports/serving/requests.jsonl; empty: off) collects each lip-synced
+request's input features for `synclip drift`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class LipSync:
         self.pipeline = LipSyncPipeline.from_pretrained(self.model, self.device)
         self.smoothing_frames = params.preprocess.smoothing_frames
         self.limits = ServiceLimits.from_env()
+        request_log = os.environ.get("SYNCLIP_REQUEST_LOG", "reports/serving/requests.jsonl")
+        self.request_log = Path(request_log) if request_log else None
         # one job at a time, the others wait (traffic max_concurrency answered 429 to back-to-back requests)
         self.busy = threading.Lock()
 
@@ -68,8 +72,9 @@ class LipSync:
         try:
             with self.busy:
                 out, summary = lipsync_request(
-                    self.pipeline, self.landmarker, video, audio, Path(ctx.temp_dir), options, self.limits
-                )
+                    self.pipeline, self.landmarker, video, audio, Path(ctx.temp_dir), options, self.limits,
+                    self.request_log,
+                )  # fmt: skip
         except RequestError as error:
             raise Refused(str(error), error_code=HTTPStatus(error.status)) from None
         ctx.response.headers["X-Synclip-Summary"] = json.dumps({**summary.__dict__, "out": out.name})
@@ -83,4 +88,5 @@ class LipSync:
             "device": str(self.device),
             "pipeline": dataclasses.asdict(self.pipeline.config),
             "limits": dataclasses.asdict(self.limits),
+            "request_log": None if self.request_log is None else str(self.request_log),
         }

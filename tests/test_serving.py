@@ -18,6 +18,7 @@ from synclip.errors import UserError
 from synclip.lipsync import LipSyncOptions
 from synclip.media.probe import probe
 from synclip.pipeline import PipelineConfig, assemble
+from synclip.quality.drift import read_features
 from synclip.serve import RequestError, ServiceLimits, check_request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,7 @@ def server(tmp_path_factory, pretrained_dir):
         **os.environ,
         "SYNCLIP_MODEL": str(model),
         "SYNCLIP_MAX_SECONDS": "3",
+        "SYNCLIP_REQUEST_LOG": str(tmp / "requests.jsonl"),
         "BENTOML_HOME": str(tmp / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "TMPDIR": str(scratch),
@@ -98,7 +100,7 @@ def server(tmp_path_factory, pretrained_dir):
                 pass
             assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-        yield url, scratch
+        yield url, scratch, tmp / "requests.jsonl"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -112,7 +114,7 @@ def leftover_files(folder: Path) -> list[Path]:
 @pytest.mark.pretrained
 @pytest.mark.slow
 def test_the_service_lip_syncs_an_upload_and_keeps_nothing(server, media, tmp_path):
-    url, scratch = server
+    url, scratch, request_log = server
     video, speech = media
     with video.open("rb") as v, speech.open("rb") as a:
         files = {"video": ("face.mp4", v, "video/mp4"), "audio": ("speech.wav", a, "audio/wav")}
@@ -132,6 +134,13 @@ def test_the_service_lip_syncs_an_upload_and_keeps_nothing(server, media, tmp_pa
     assert info.audio is not None
     assert abs(info.audio.duration - 1.2) < 0.1
     assert leftover_files(scratch) == []
+    # the request's input features went to the log the drift report reads
+    (record,) = [json.loads(line) for line in request_log.read_text().splitlines()]
+    assert record["options"]["seed"] == 3
+    assert record["summary"]["frames"] == 30
+    assert read_features(request_log).loc[0, "width"] == 192
+    assert record["features"]["audio_seconds"] == pytest.approx(1.2, abs=0.05)
+    assert record["features"]["audio_to_video"] == pytest.approx(1.5, abs=0.1)
 
     info = requests.post(f"{url}/model_info", json={}, timeout=30).json()
     assert info["pipeline"]["resolution"] == 64
@@ -141,7 +150,8 @@ def test_the_service_lip_syncs_an_upload_and_keeps_nothing(server, media, tmp_pa
 @pytest.mark.pretrained
 @pytest.mark.slow
 def test_the_service_answers_bad_requests_with_a_4xx_and_a_reason(server, media, tmp_path):
-    url, scratch = server
+    url, scratch, request_log = server
+    logged = request_log.read_text() if request_log.exists() else ""
     video, speech = media
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(video.read_bytes()[:2000])
@@ -163,3 +173,4 @@ def test_the_service_answers_bad_requests_with_a_4xx_and_a_reason(server, media,
         assert response.status_code == status, response.text
         assert reason in json.dumps(response.json())
     assert leftover_files(scratch) == []
+    assert (request_log.read_text() if request_log.exists() else "") == logged  # refused: not logged

@@ -360,6 +360,41 @@ def lipsync(
     )
 
 
+@app.command()
+def drift(
+    current: Annotated[
+        Path,
+        typer.Argument(
+            help="What production saw: the service's request log (.jsonl) or features (.parquet)."
+        ),
+    ],
+    reference: Annotated[
+        Path, typer.Option("--reference", help="The training sources' features (the drift_reference stage).")
+    ] = Path("reports/drift/reference.parquet"),
+    out: Annotated[Path, typer.Option("--out", help="The report's folder (index.html, drift.json).")] = Path(
+        "reports/drift/current"
+    ),
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit with code 1 when the data set drifted.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    params: ParamsPath = Path("params.yaml"),
+    overrides: Overrides = None,
+) -> None:
+    """Evidently drift report: are the inputs the service gets like the data the model learned from?"""
+    from synclip.quality.drift import drift_report, read_features
+
+    share = load_params(params, overrides or ()).drift.drift_share
+    summary = drift_report(read_features(reference), read_features(current), out, share)
+    if as_json:
+        print(json.dumps(summary.__dict__, indent=1))
+    else:
+        print(summary.text())
+        print(f"report: {out / 'index.html'}")
+    if fail_on_drift and summary.dataset_drift:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry: user errors become one line on stderr and exit code 2."""
     run(app)

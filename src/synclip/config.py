@@ -344,6 +344,25 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class DriftParams:
+    """Input-drift monitoring (`drift_reference` stage, `synclip drift`, the service's request log)."""
+
+    sampled_frames: int  # frames per video the features look at (light, sharpness, the face)
+    reference_split: Literal["train", "val", "test"]  # the sources the reference describes
+    baseline_split: Literal["train", "val", "test"]  # compared with the reference as a no-drift check
+    drift_share: float  # the inputs drifted when this share of the features did (Evidently's default: 0.5)
+
+
+@dataclass(frozen=True)
+class PromoteParams:
+    """The retrain flow's rule for promoting an evaluated model to the service (flows/retrain.py)."""
+
+    score: str  # a `dvc metrics show` key, higher is better; the candidate must beat the promoted one
+    required: tuple[str, ...]  # boolean metrics that must all be true
+    min_gain: float  # how much the score must improve on the promoted model's
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything params.yaml holds. Later stages add their sections here."""
 
@@ -361,6 +380,8 @@ class Params:
     train_unet: TrainUNetParams
     inference: InferenceParams
     evaluate: EvaluateParams
+    drift: DriftParams
+    promote: PromoteParams
 
     def validate(self) -> None:
         """Cross-field rules; raises ConfigError naming the offending key."""
@@ -558,6 +579,14 @@ class Params:
                 f"evaluate.closed_ratio must be in (0, 1) ({ev.closed_ratio}), sheet_frames >= 1 "
                 f"({ev.sheet_frames})"
             )
+        if self.drift.sampled_frames < 1:
+            raise ConfigError(f"drift.sampled_frames must be >= 1, got {self.drift.sampled_frames}")
+        if not 0 < self.drift.drift_share <= 1:
+            raise ConfigError(f"drift.drift_share must be in (0, 1], got {self.drift.drift_share}")
+        if self.drift.reference_split == self.drift.baseline_split:
+            raise ConfigError("drift.baseline_split must differ from drift.reference_split")
+        if self.promote.min_gain < 0:
+            raise ConfigError(f"promote.min_gain must be >= 0, got {self.promote.min_gain}")
 
     def _validate_unet(self) -> None:
         from synclip.nn.unet import UNetConfig

@@ -6,13 +6,19 @@ limits and the error mapping are testable on their own.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from synclip.errors import UserError
 from synclip.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file, output_frames
 from synclip.pipeline import LipSyncPipeline, check_sampling
+from synclip.quality.drift import input_features
+
+REQUEST_OPTIONS = ("steps", "guidance", "seed", "face_index", "cut", "pad")  # what a request may set
 
 
 class RequestError(UserError):
@@ -88,12 +94,38 @@ def lipsync_request(
     workdir: Path,
     options: LipSyncOptions,
     limits: ServiceLimits,
+    request_log: Path | None = None,
 ) -> tuple[Path, LipSyncSummary]:
-    """Check one request and lip-sync it into `workdir`/lipsync.mp4 (nothing is left there on failure)."""
+    """Check one request and lip-sync it into `workdir`/lipsync.mp4 (nothing is left there on failure).
+
+    With `request_log`, a lip-synced request appends one JSON line there: its time, its inputs' drift
+    features (`synclip drift` compares them with the training data), the options and the summary.
+    """
     check_request(video, audio, options, limits)
     out = workdir / "lipsync.mp4"
+    started = time.perf_counter()
     try:
+        features = None if request_log is None else input_features(video, audio, landmarker)
         summary = lipsync_file(pipeline, video, audio, out, landmarker, options)
     except UserError as error:  # a file ffmpeg or the face tracker rejects midway
         raise RequestError(named(error, video, audio)) from None
+    if request_log is not None:
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 3),
+            "features": features,
+            "options": {k: v for k, v in asdict(options).items() if k in REQUEST_OPTIONS},
+            "summary": {k: v for k, v in summary.as_dict().items() if k != "out"},
+        }
+        append_line(request_log, json.dumps(record))
     return out, summary
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line (a single write on an O_APPEND file, so concurrent writers do not interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, (line + "\n").encode())
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,118 @@
+"""Prefect flow `retrain`: the DVC pipeline behind its data-quality gate, then promotion to the service.
+
+1. the gate: `dvc repro validate` (preprocessing and the Great Expectations suites); a failed
+   expectation fails the flow before any training starts;
+2. the two independent training arms side by side (SyncNet -> sync filter, VAE -> VideoMAE), as
+   scripts/demo.sh runs them;
+3. `dvc repro` for the rest (the UNet stages, assemble, evaluate, the drift reference);
+4. promotion: the evaluated model replaces the promoted one when params.yaml's `promote` rule
+   holds; it is then built into a bento (`bentoml build`) and recorded.
+
+DVC decides what to rerun, so a flow run on unchanged data and params trains nothing.
+Run it once with `python flows/retrain.py`, or deploy it with flows/prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
+
+from synclip import ops
+from synclip.config import load_params
+from synclip.errors import UserError
+
+ARMS = [["train_syncnet", "sync_filter"], ["train_vae", "pretrain_videomae"]]
+
+
+@task(task_run_name="dvc repro {name}")
+def repro(repo: Path, name: str, targets: list[str] | None, single_item: bool, env: dict[str, str]) -> str:
+    logger = get_run_logger()
+    return ops.repro(repo, targets, single_item, env, echo=logger.info)
+
+
+@task
+def read_metrics(repo: Path) -> dict:
+    return ops.metrics(repo)
+
+
+@task
+def build_bento(repo: Path, bentofile: str, labels: dict[str, str]) -> str:
+    """`bentoml build` of the repository with the promoted model; the bento's tag."""
+    command = ["bentoml", "build", "-f", bentofile, ".", "-o", "tag"]
+    for key, value in labels.items():
+        command += ["--label", f"{key}={value}"]
+    output = ops.run_command(command, repo, "bentoml build", env={"BENTOML_DO_NOT_TRACK": "true"})
+    found = re.search(r"__tag__:(\S+)", output)
+    if not found:
+        raise UserError(f"bentoml build printed no tag:\n{output[-2000:]}")
+    return found.group(1)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    repo: str = ".",
+    gate: list[str] = ["validate"],  # noqa: B006 (Prefect parameters are copied per run)
+    arms: list[list[str]] = ARMS,
+    threads_per_arm: int | None = 1,
+    bentofile: str | None = "serving/bentofile.yaml",
+    record: str = "models/promoted.json",
+) -> dict:
+    """Rebuild what changed, evaluate, and promote the model when it beats the promoted one."""
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    rule = load_params(root / "params.yaml").promote
+    repro(root, "gate: " + " ".join(gate), gate, False, {})
+    env = {} if threads_per_arm is None else {"OMP_NUM_THREADS": str(threads_per_arm)}
+    futures = [repro.submit(root, " ".join(arm), arm, True, env) for arm in arms]
+    wait(futures)
+    for future in futures:
+        future.result()  # the first failed arm fails the flow, with its error
+    repro(root, "(the rest)", None, False, {})
+    values = read_metrics(root)
+    record_path = root / record
+    previous = ops.read_record(record_path)
+    decision = ops.promotion(values, rule.score, list(rule.required), previous, rule.min_gain)
+    logger.info("promotion: %s", decision.reason)
+    outcome = {"promoted": decision.promote, "reason": decision.reason, "score": decision.score}
+    if decision.promote:
+        revision = ops.git_revision(root)
+        labels = {
+            "score": f"{decision.score:.4f}",
+            "metric": rule.score.split(":")[-1],
+            "revision": revision[:12],
+        }
+        bento = build_bento(root, bentofile, labels) if bentofile else None
+        ops.write_record(
+            record_path,
+            {
+                "score": decision.score, "metric": rule.score, "bento": bento, "revision": revision,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                "metrics": {name: values[name] for name in sorted(values) if not isinstance(values[name], str)},
+            },
+        )  # fmt: skip
+        outcome["bento"] = bento
+    create_markdown_artifact(
+        key="retrain-outcome",
+        markdown=_table(decision, rule.score, values, rule.required),
+        description="the evaluated model and the promotion decision",
+    )
+    return outcome
+
+
+def _table(decision: ops.Decision, score: str, values: dict, required: tuple[str, ...]) -> str:
+    rows = [f"| {name} | {ops.metric(values, name)} |" for name in (score, *required)]
+    previous = "none" if decision.previous is None else f"{decision.previous:.4g}"
+    verdict = "promoted" if decision.promote else "not promoted"
+    return "\n".join(
+        [f"**{verdict}**: {decision.reason} (promoted before: {previous})", "", "| metric | value |",
+         "|---|---|", *rows]
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    retrain()

@@ -1,0 +1,243 @@
+"""The Prefect flows, run for real: over a small DVC repository, and deployed to a server and a worker."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from test_drift import table
+from test_serving import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def prefect_env(home: Path) -> dict[str, str]:
+    """A Prefect of its own: its home (database, settings) in a temporary folder, nothing reported out."""
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`prefect server start` on a free loopback port; the environment that talks to it."""
+    tmp = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    env = {**os.environ, **prefect_env(tmp / "home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    log = (tmp / "server.log").open("w")
+    process = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PREFECT_UI_ENABLED": "false"}, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (tmp / "server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/api/health", timeout=2).ok:
+                    break
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet
+                pass
+            assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def flows(server):
+    """flows/retrain.py and flows/monitor.py, imported in this process with the server behind them."""
+    saved = dict(os.environ)
+    os.environ.update(server)
+    modules = {}
+    for name in ("retrain", "monitor"):
+        spec = importlib.util.spec_from_file_location(f"synclip_flow_{name}", ROOT / "flows" / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    yield modules
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+GATE = """import sys, yaml
+rows = open("rows.txt").read().split()
+need = yaml.safe_load(open("params.yaml"))["data_quality"]["min_clips"]
+if len(rows) < need:
+    print(f"1 of 1 expectations failed: clips: expect_table_row_count_to_be_between observed {len(rows)}")
+    sys.exit(2)
+open("gate.ok", "w").write(str(len(rows)))
+"""
+ARM = """import os, sys, time
+start = time.time()
+time.sleep(1.5)
+open(sys.argv[1] + ".txt", "w").write(f"{start} {time.time()} {os.environ.get('OMP_NUM_THREADS')}")
+"""
+EVALUATE = """import json
+score = float(open("score.txt").read())
+json.dump({"dubbing": {"model": {"lse_c": score}}, "beats_baselines": {"lse_c": True}}, open("eval.json", "w"))
+"""
+
+
+def stage(cmd: str, deps: list[str], outs: list[str], params: list[str] | None = None) -> dict:
+    return {"cmd": cmd, "deps": deps, **({"params": params} if params else {}), "outs": outs}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git + DVC repository shaped like synclip's: a gate stage, two arms, an evaluation with metrics."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name, text in {"gate.py": GATE, "arm.py": ARM, "evaluate.py": EVALUATE}.items():
+        (repo / name).write_text(text)
+    (repo / "rows.txt").write_text("a b c\n")
+    (repo / "score.txt").write_text("0.25\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data_quality"]["min_clips"] = 5
+    params["promote"] = {
+        "score": "dubbing.model.lse_c",
+        "required": ["beats_baselines.lse_c"],
+        "min_gain": 0.0,
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(ROOT / "params", repo / "params")
+    pipeline = {
+        "stages": {
+            "validate": stage(
+                "python gate.py", ["gate.py", "rows.txt"], ["gate.ok"], ["data_quality.min_clips"]
+            ),
+            "arm_a": stage("python arm.py a", ["arm.py", "gate.ok"], ["a.txt"]),
+            "arm_b": stage("python arm.py b", ["arm.py", "gate.ok"], ["b.txt"]),
+            "evaluate": {
+                "cmd": "python evaluate.py",
+                "deps": ["evaluate.py", "score.txt", "a.txt", "b.txt"],
+                "metrics": [{"eval.json": {"cache": False}}],
+            },
+        }
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"],
+                    [*git, "commit", "-q", "-m", "pipeline"]):  # fmt: skip
+        subprocess.run(command, cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+@pytest.mark.slow
+def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_better_model(flows, repo):
+    retrain = flows["retrain"].retrain
+    run = {"repo": str(repo), "arms": [["arm_a"], ["arm_b"]], "bentofile": None, "record": "promoted.json"}
+
+    # 3 clips, the gate wants 5: the flow fails there and nothing trains
+    state = retrain(**run, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"(?s)dvc repro validate failed.*expect_table_row_count"):
+        state.result()
+    assert not (repo / "a.txt").exists()
+    assert not (repo / "promoted.json").exists()
+
+    (repo / "rows.txt").write_text("a b c d e f\n")
+    outcome = retrain(**run)
+    assert outcome["promoted"]
+    assert outcome["reason"] == "first promotion"
+    a, b = ((repo / f"{arm}.txt").read_text().split() for arm in ("a", "b"))
+    assert float(a[0]) < float(b[1])
+    assert float(b[0]) < float(a[1])
+    assert a[2] == b[2] == "1"  # one thread each
+    record = json.loads((repo / "promoted.json").read_text())
+    assert record["score"] == 0.25
+    assert record["bento"] is None
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    assert record["revision"] == head + "+dirty"  # rows.txt and dvc.lock changed since the commit
+
+    # nothing changed: DVC reruns nothing, and an equal score is not promoted again
+    trained = (repo / "a.txt").stat().st_mtime
+    outcome = retrain(**run)
+    assert not outcome["promoted"]
+    assert "does not beat the promoted 0.25" in outcome["reason"]
+    assert (repo / "a.txt").stat().st_mtime == trained
+
+    # a better evaluation is promoted; only the evaluation reran
+    (repo / "score.txt").write_text("0.3\n")
+    outcome = retrain(**run)
+    assert outcome["promoted"]
+    assert "0.3 beats 0.25" in outcome["reason"]
+    assert (repo / "a.txt").stat().st_mtime == trained
+    assert json.loads((repo / "promoted.json").read_text())["score"] == 0.3
+
+
+@pytest.mark.slow
+def test_drift_check_reports_and_fails_on_drift_when_asked(flows, tmp_path):
+    drift_check = flows["monitor"].drift_check
+    table(120, seed=0).to_parquet(tmp_path / "reference.parquet")
+    table(40, seed=1).to_parquet(tmp_path / "alike.parquet")
+    table(40, seed=2, darker=40, smaller=0.5, rate="8000").to_parquet(tmp_path / "moved.parquet")
+    common = {"repo": str(ROOT), "reference": str(tmp_path / "reference.parquet"), "fail_on_drift": True}
+    summary = drift_check(**common, current=str(tmp_path / "alike.parquet"), out=str(tmp_path / "alike"))
+    assert not summary["dataset_drift"]
+    state = drift_check(**common, current=str(tmp_path / "moved.parquet"), out=str(tmp_path / "moved"),
+                        return_state=True)  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(Exception, match="face_width_fraction"):
+        state.result()
+    assert (tmp_path / "moved" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_the_deployments_register_and_a_worker_runs_one(server, tmp_path):
+    """`prefect deploy` of flows/prefect.yaml; a process worker picks up a run of drift-check."""
+    env = server
+
+    def prefect(*args: str, timeout: int = 180) -> str:
+        done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    for pool in ("gpu", "cpu"):
+        prefect("work-pool", "create", pool, "--type", "process")
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml")
+    listed = prefect("deployment", "ls")
+    assert "retrain/retrain-weekly" in listed
+    assert "drift-check/drift-daily" in listed
+
+    table(120, seed=0).to_parquet(tmp_path / "reference.parquet")
+    table(40, seed=1).to_parquet(tmp_path / "current.parquet")
+    parameters = {"reference": str(tmp_path / "reference.parquet"),
+                  "current": str(tmp_path / "current.parquet"), "out": str(tmp_path / "report")}  # fmt: skip
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"], cwd=tmp_path, env=env,
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "drift-check/drift-daily", "--params",
+             json.dumps(parameters), "--watch", "--watch-timeout", "240"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        log.close()
+    assert done.returncode == 0, done.stdout[-2000:] + (tmp_path / "worker.log").read_text()[-3000:]
+    assert "Completed" in done.stdout
+    assert json.loads((tmp_path / "report" / "drift.json").read_text())["dataset_drift"] is False
