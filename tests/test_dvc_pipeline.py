@@ -66,6 +66,7 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     assert "Running stage 'preprocess'" in output
     for stage in (
         "validate",
+        "drift_reference",
         "train_syncnet",
         "sync_filter",
         "train_vae",
@@ -83,6 +84,17 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     report = json.loads((repo / "reports" / "data_quality" / "validation.json").read_text())
     assert report["success"] is True
     assert "all expectations met" in (repo / "reports" / "data_quality" / "index.html").read_text()
+
+    # the drift reference describes the training split's sources, one row each
+    drift = json.loads((repo / "reports" / "drift" / "metrics.json").read_text())
+    manifest = pd.read_parquet(repo / "data" / "processed" / "manifest.parquet")
+    assert drift["reference_sources"] == manifest.loc[manifest["split"] == "train", "source"].nunique()
+    assert (
+        len(pd.read_parquet(repo / "reports" / "drift" / "reference.parquet")) == drift["reference_sources"]
+    )
+    # the test corpus has one test source: too few to test for drift, which the report says
+    assert "a drift test needs 2" in drift["baseline"]["skipped"]
+    assert (repo / "reports" / "drift" / "baseline" / "index.html").is_file()
 
     syncnet = json.loads((repo / "reports" / "syncnet" / "metrics.json").read_text())
     assert syncnet["steps"] == 4
