@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format lock plots serve
+.PHONY: setup demo test lint format lock plots serve retrain drift-check
 
 setup:  ## venv from requirements.lock + offline pretrained weights
 	VENV=$(VENV) bash scripts/setup.sh
@@ -15,6 +15,15 @@ test:  ## the test suite (CPU, tiny configs)
 
 serve:  ## the BentoML service on 127.0.0.1:3000 over models/synclip (after make demo)
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:LipSync --host 127.0.0.1 --port 3000
+
+# Prefect flows, run once here (a temporary local Prefect server; its database in .prefect/)
+PREFECT_LOCAL := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+
+retrain:  ## the retrain flow: dvc repro behind the data-quality gate, then promotion (bentoml build)
+	$(PREFECT_LOCAL) $(BIN)/python flows/retrain.py
+
+drift-check:  ## the drift-check flow: the service's request log against the training data
+	$(PREFECT_LOCAL) $(BIN)/python flows/monitor.py
 
 plots:  ## dvc plots show as a page that renders offline (dvc_plots/index.html)
 	VENV=$(VENV) bash scripts/plots.sh

@@ -27,7 +27,7 @@ from synclip.lipsync import LipSyncOptions
 from synclip.pipeline import LipSyncPipeline
 from synclip.pretrained import require
 from synclip.runtime import configure
-from synclip.serve import RequestError, ServiceLimits, lipsync_request
+from synclip.serve import RequestError, RequestLog, ServiceLimits, lipsync_request
 
 
 class Refused(BentoMLException):
@@ -47,7 +47,7 @@ class LipSync:
         self.smoothing_frames = params.preprocess.smoothing_frames
         self.limits = ServiceLimits.from_env()
         request_log = os.environ.get("SYNCLIP_REQUEST_LOG", "reports/serving/requests.jsonl")
-        self.request_log = Path(request_log) if request_log else None
+        self.request_log = RequestLog(Path(request_log), params.drift.sampled_frames) if request_log else None
         # one job at a time, the others wait (traffic max_concurrency answered 429 to back-to-back requests)
         self.busy = threading.Lock()
 
@@ -88,5 +88,5 @@ class LipSync:
             "device": str(self.device),
             "pipeline": dataclasses.asdict(self.pipeline.config),
             "limits": dataclasses.asdict(self.limits),
-            "request_log": None if self.request_log is None else str(self.request_log),
+            "request_log": None if self.request_log is None else str(self.request_log.path),
         }

@@ -86,6 +86,14 @@ def check_request(video: Path, audio: Path, options: LipSyncOptions, limits: Ser
         )
 
 
+@dataclass(frozen=True)
+class RequestLog:
+    """Where the service appends each lip-synced request's record, and how its features are taken."""
+
+    path: Path
+    sampled_frames: int  # params.yaml drift.sampled_frames, as the drift reference was made
+
+
 def lipsync_request(
     pipeline: LipSyncPipeline,
     landmarker: Path,
@@ -94,7 +102,7 @@ def lipsync_request(
     workdir: Path,
     options: LipSyncOptions,
     limits: ServiceLimits,
-    request_log: Path | None = None,
+    request_log: RequestLog | None = None,
 ) -> tuple[Path, LipSyncSummary]:
     """Check one request and lip-sync it into `workdir`/lipsync.mp4 (nothing is left there on failure).
 
@@ -105,7 +113,9 @@ def lipsync_request(
     out = workdir / "lipsync.mp4"
     started = time.perf_counter()
     try:
-        features = None if request_log is None else input_features(video, audio, landmarker)
+        features = None
+        if request_log is not None:
+            features = input_features(video, audio, landmarker, request_log.sampled_frames)
         summary = lipsync_file(pipeline, video, audio, out, landmarker, options)
     except UserError as error:  # a file ffmpeg or the face tracker rejects midway
         raise RequestError(named(error, video, audio)) from None
@@ -113,11 +123,11 @@ def lipsync_request(
         record = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 3),
-            "features": features,
+            "features": {k: None if v != v else v for k, v in features.items()},  # NaN -> null
             "options": {k: v for k, v in asdict(options).items() if k in REQUEST_OPTIONS},
             "summary": {k: v for k, v in summary.as_dict().items() if k != "out"},
         }
-        append_line(request_log, json.dumps(record))
+        append_line(request_log.path, json.dumps(record))
     return out, summary
 
 
