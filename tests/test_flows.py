@@ -8,14 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from test_drift import table
-from test_serving import free_port
+from test_serving import free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -26,7 +24,6 @@ def prefect_env(home: Path) -> dict[str, str]:
     return {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "DO_NOT_TRACK": "1",
         "DVC_NO_ANALYTICS": "1",
     }
@@ -54,16 +51,7 @@ def server(tmp_path_factory):
         env={**env, "PREFECT_UI_ENABLED": "false"}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (tmp / "server.log").read_text()[-3000:]
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/api/health", timeout=2).ok:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet
-                pass
-            assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_ready(process, f"http://127.0.0.1:{port}/api/health", tmp / "server.log")
         yield env
     finally:
         stop(process)

@@ -30,6 +30,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_ready(process: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
+    """Poll `url` until it answers 2xx; fail with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, log.read_text()[-3000:]
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 def test_limits_come_from_the_environment_and_bad_values_name_the_variable():
     limits = ServiceLimits.from_env({"SYNCLIP_MAX_SECONDS": "7.5", "SYNCLIP_MAX_STEPS": "4"})
     assert (limits.max_seconds, limits.max_steps, limits.max_upload_mb) == (7.5, 4, 200.0)
@@ -90,16 +104,7 @@ def server(tmp_path_factory, pretrained_dir):
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (tmp / "server.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still loading
-                pass
-            assert time.monotonic() < deadline, (tmp / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_until_ready(process, f"{url}/readyz", tmp / "server.log")
         yield url, scratch, tmp / "requests.jsonl"
     finally:
         process.terminate()

@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,6 @@ def run_command(
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), environment.get("PATH", "")])
     environment.setdefault("DVC_NO_ANALYTICS", "1")
     lines: list[str] = []
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
         command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
@@ -56,11 +54,11 @@ def run_command(
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
-            tail.append(line)
             echo(line)
     if process.returncode != 0:
         raise CommandError(
-            f"{what} failed (exit code {process.returncode}); its last lines:\n" + "\n".join(tail)
+            f"{what} failed (exit code {process.returncode}); its last lines:\n"
+            + "\n".join(lines[-TAIL_LINES:])
         )
     return "\n".join(lines)
 

@@ -210,15 +210,13 @@ def drift_report(
         )
     results = snapshot.dict()["metrics"]
     columns = _column_results(results)
-    drifted = [name for name, column in columns.items() if column["drifted"]]
-    share = len(drifted) / max(len(columns), 1)
-    limit = next(m["config"]["drift_share"] for m in results if _kind(m) == "DriftedColumnsCount")
+    counted = next(m for m in results if _kind(m) == "DriftedColumnsCount")  # the report's own verdict
     summary = DriftSummary(
         reference_rows=len(reference),
         current_rows=len(current),
-        drifted=drifted,
-        share=share,
-        dataset_drift=share >= limit,
+        drifted=[name for name, column in columns.items() if column["drifted"]],
+        share=float(counted["value"]["share"]),
+        dataset_drift=counted["value"]["share"] >= drift_share,
         columns=columns,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
