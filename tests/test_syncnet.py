@@ -150,9 +150,11 @@ def test_grouped_anchors_take_distinct_voiced_windows_of_each_clip():
         assert len({clip for clip, _ in members}) == 1
         assert len({start for _, start in members}) == 4
         assert all(start in sampler.starts[clip] for clip, start in members)
-    frames, mel = sampler.offset_batch(8, (0,), per_clip=4)
+    frames, mel, owners = sampler.offset_batch(8, (0,), per_clip=4)
     assert frames.shape[0] == 8
     assert mel.shape[:2] == (8, 1)
+    assert owners[:4].unique().numel() == 1
+    assert owners[4:].unique().numel() == 1
 
 
 def test_augmentation_mirrors_and_relights_whole_windows_only():
@@ -193,6 +195,24 @@ def test_without_shifted_audio_the_bce_takes_the_other_windows_as_negatives():
     bce_alike, match_alike = offset_losses(visual, everything_alike, temperature=0.1)
     assert bce_alike > 0.6
     assert match_alike == pytest.approx(np.log(4), rel=1e-4)
+
+
+def test_same_clip_bce_negatives_ignore_the_other_clips_windows():
+    visual = torch.eye(4, dtype=torch.float64)  # float64: the clamp at 1 - 1e-7 is exact
+    audio = visual[:, None, :].clone()
+    audio[1, 0] = visual[0]  # clip 0: window 1's audio looks like window 0's (a hard negative)
+    audio[3, 0] = visual[0]  # window 3 (clip 1) also looks like window 0: an easy negative elsewhere
+    clips = torch.tensor([0, 0, 1, 1])
+    bce_all, _ = offset_losses(visual, audio, temperature=0.1)
+    bce_same, _ = offset_losses(visual, audio, temperature=0.1, clips=clips)
+    # positives: windows 0 and 2 match (log 1 = 0), 1 and 3 do not (clamped cos 1e-7);
+    # negatives: cos 1 for window 0 against window 1's audio (1 of the 4 same-clip pairs) and
+    # against window 3's (2 of all 12 pairs)
+    positive = -np.log(1e-7) / 2
+    assert bce_same == pytest.approx(0.5 * (positive - np.log(1e-7) / 4), rel=1e-3)
+    assert bce_all == pytest.approx(0.5 * (positive - 2 * np.log(1e-7) / 12), rel=1e-3)
+    alone = offset_losses(visual, audio, temperature=0.1, clips=torch.arange(4))[0]
+    assert alone == pytest.approx(bce_all)  # no clip has two windows: every other window is a negative
 
 
 def test_validation_leaves_out_only_clips_known_to_be_shifted():

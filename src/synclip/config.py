@@ -168,6 +168,8 @@ class SyncNetParams:
     brightness: float  # training windows get a uniform ±brightness offset (of the [−1, 1] range)
     contrast: float  # and a contrast gain in [1/contrast, contrast] (1: none)
     windows_per_clip: int  # windows drawn from each clip a matching batch picks (same-clip negatives)
+    # BCE negatives without shifted audio: every other window of the batch, or those of its own clip
+    bce_negatives: Literal["batch", "same_clip"]
     max_offset: int  # offsets searched when scoring: ±max_offset frames (15 as syncnet_python)
     min_confidence: float  # sync_filter: clips scoring below are dropped
     max_abs_offset: int  # sync_filter: clips further off are dropped; the rest are corrected

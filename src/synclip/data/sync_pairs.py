@@ -206,14 +206,15 @@ class PairSampler:
 
     def offset_batch(
         self, size: int, deltas: tuple[int, ...], per_clip: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3·F, H, W) video windows and (B, D, 1, 80, W) audio windows at each start + Δ (Δ = deltas)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, 3·F, H, W) video windows, (B, D, 1, 80, W) audio windows at each start + Δ (Δ = deltas)
+        and (B,) the index of each window's clip."""
         anchors = self.anchors(size, per_clip)
         frames = torch.stack([visual_window(self.clips[c], s, self.num_frames) for c, s in anchors])
         mel = torch.stack(
             [torch.stack([audio_window(self.clips[c], s + d, self.num_frames) for d in deltas]) for c, s in anchors]
         )
-        return frames, mel
+        return frames, mel, torch.tensor([c for c, _ in anchors])
 
     def tensors(self, pairs: list[Pair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, 3·F, H, W), (B, 1, 80, W), (B,) labels."""

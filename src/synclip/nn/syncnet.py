@@ -228,7 +228,7 @@ def sync_loss(visual: torch.Tensor, audio: torch.Tensor, target: torch.Tensor) -
 
 
 def offset_losses(
-    visual: torch.Tensor, audio: torch.Tensor, temperature: float
+    visual: torch.Tensor, audio: torch.Tensor, temperature: float, clips: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Losses for video windows against their audio at several offsets (Δ = 0 first).
 
@@ -236,16 +236,25 @@ def offset_losses(
     shifted. Returns (balanced BCE, multi-way cross-entropy): the second is the "perfect match"
     idea (Chung et al., 2019) — pick the in-sync audio among the shifted ones and the other
     windows' in-sync audio — which gives each step far more signal than single pairs. The BCE's
-    negatives are the shifted cosines, or with D = 1 every other window's in-sync audio (a batch
-    of several windows per clip makes some of them the same clip at another time).
+    negatives are the shifted cosines, or with D = 1 every other window's in-sync audio; given
+    `clips` (B,), the clip each window comes from, only the other windows of the same clip (the
+    negatives LatentSync draws and its accuracy is measured on: another time of the same face and
+    voice), when the batch has any.
     Not part of LatentSync's recipe; `sync_loss` alone is.
     """
     own = torch.einsum("be,bde->bd", visual, audio)  # (B, D)
     others = visual @ audio[:, 0].T  # (B, B): window i against window j's in-sync audio
     batch = len(visual)
-    off_diagonal = others[~torch.eye(batch, dtype=torch.bool, device=visual.device)].view(batch, batch - 1)
+    off = ~torch.eye(batch, dtype=torch.bool, device=visual.device)
+    off_diagonal = others[off].view(batch, batch - 1)
     positive = own[:, 0].clamp(1e-7, 1 - 1e-7)
-    negative = (own[:, 1:] if own.shape[1] > 1 else off_diagonal).clamp(1e-7, 1 - 1e-7)
+    if own.shape[1] > 1:
+        negative = own[:, 1:]
+    elif clips is not None and (same := off & (clips[:, None] == clips[None, :])).any():
+        negative = others[same]
+    else:
+        negative = off_diagonal
+    negative = negative.clamp(1e-7, 1 - 1e-7)
     bce = 0.5 * (-torch.log(positive).mean() - torch.log1p(-negative).mean())
     logits = torch.cat([own, off_diagonal], dim=1) / temperature
     target = torch.zeros(batch, dtype=torch.long, device=visual.device)

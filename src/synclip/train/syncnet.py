@@ -155,12 +155,15 @@ def train_syncnet(
                 group["lr"] = learning_rate(params, step)
             if params.contrastive_weight > 0:
                 deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
-                frames, mel = sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
+                frames, mel, clips = sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
                 frames, mel = augment(frames).to(device), mel.to(device)
                 with context:
                     visual = model.embed_visual(frames)
                     audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
-                bce, match = offset_losses(visual.float(), audio.float(), params.contrastive_temperature)
+                same = clips.to(device) if params.bce_negatives == "same_clip" else None
+                bce, match = offset_losses(
+                    visual.float(), audio.float(), params.contrastive_temperature, same
+                )
                 loss = bce + params.contrastive_weight * match
             else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
                 frames, mel, labels = sampler.batch(params.batch_size)
