@@ -103,6 +103,10 @@ def test_validation_samples_must_fit_the_validations_and_the_sync_scoring(params
             r"windows_per_clip \(4\) must be >= 1 and divide syncnet\.batch_size \(30\)",
         ),
         ({"contrastive_offsets": [0, 2]}, r"contrastive_offsets must be >= 1 frame"),
+        (
+            {"bce_negatives": "same_clip", "windows_per_clip": 1},
+            r"same_clip needs windows_per_clip >= 2 and no contrastive_offsets",
+        ),
     ],
 )
 def test_syncnet_batches_must_be_drawable(params_file, change, message):

@@ -467,6 +467,11 @@ class Params:
                 f"syncnet.windows_per_clip ({sync.windows_per_clip}) must be >= 1 and divide "
                 f"syncnet.batch_size ({sync.batch_size})"
             )
+        if sync.bce_negatives == "same_clip" and (sync.windows_per_clip < 2 or sync.contrastive_offsets):
+            raise ConfigError(
+                "syncnet.bce_negatives: same_clip needs windows_per_clip >= 2 and no contrastive_offsets "
+                "(otherwise no window has a same-clip negative, or the shifted audio is the negative)"
+            )
         if not (0 <= sync.flip_fraction <= 1 and sync.brightness >= 0 and sync.contrast >= 1):
             raise ConfigError(
                 "syncnet.flip_fraction must be in [0, 1], brightness >= 0 and contrast >= 1, got "
