@@ -131,6 +131,21 @@ def test_a_truncated_file_is_reported_not_padded(tmp_path):
         list(iter_frames(cut))
 
 
+def test_audio_cut_off_inside_a_packet_is_truncated_not_unreadable(tmp_path):
+    # flat frames make the audio most of the bytes, so most cuts end inside an audio packet, which
+    # the AAC decoder answers with "Invalid data" instead of running dry (SynthTalk hit this)
+    with VideoWriter(tmp_path / "fs.mp4", 320, 240, 25, audio_rate=16000, faststart=True) as writer:
+        for k in range(100):
+            writer.write_frame(np.full((240, 320, 3), k, np.uint8))
+            writer.write_audio(np.random.default_rng(k).normal(0, 0.1, (1, 640)).astype(np.float32))
+    data = (tmp_path / "fs.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    for fraction in np.linspace(0.3, 0.8, 11):
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(MediaError, match=r"truncated: .* of a 4\.00 s"):
+            read_audio(cut)
+
+
 def test_the_writer_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError), VideoWriter(target, 64, 48, 25) as writer:  # noqa: PT012

@@ -124,6 +124,12 @@ def read_audio(
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
     except av.error.FFmpegError as error:
+        decoded = sum(len(c) for c in chunks) / sample_rate
+        if declared and decoded < declared - 0.25:  # a cut-off file often ends inside a packet
+            raise MediaError(
+                f"{path}: truncated: audio decoding failed after {decoded:.2f} s of a {declared:.2f} s "
+                f"stream ({_reason(error)})"
+            ) from None
         raise MediaError(f"{path}: audio decoding failed ({_reason(error)})") from None
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     lead = int(round(max(first or 0.0, 0.0) * sample_rate))
