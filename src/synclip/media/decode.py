@@ -109,6 +109,7 @@ def read_audio(
     chunks: list[np.ndarray] = []
     first: float | None = None
     declared: float | None = None
+    failure: av.error.FFmpegError | None = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
@@ -123,14 +124,8 @@ def read_audio(
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
-    except av.error.FFmpegError as error:
-        decoded = sum(len(c) for c in chunks) / sample_rate
-        if declared and decoded < declared - 0.25:  # a cut-off file often ends inside a packet
-            raise MediaError(
-                f"{path}: truncated: audio decoding failed after {decoded:.2f} s of a {declared:.2f} s "
-                f"stream ({_reason(error)})"
-            ) from None
-        raise MediaError(f"{path}: audio decoding failed ({_reason(error)})") from None
+    except av.error.FFmpegError as error:  # a file cut off inside a packet fails here: judged by length below
+        failure = error
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     lead = int(round(max(first or 0.0, 0.0) * sample_rate))
     if lead:
@@ -138,7 +133,10 @@ def read_audio(
     if declared and len(samples) / sample_rate < declared - 0.25:
         raise MediaError(
             f"{path}: truncated: decoded {len(samples) / sample_rate:.2f} s of a {declared:.2f} s audio stream"
+            + (f" ({_reason(failure)})" if failure is not None else "")
         )
+    if failure is not None:
+        raise MediaError(f"{path}: audio decoding failed ({_reason(failure)})")
     begin = int(round(start * sample_rate))
     stop = len(samples) if end is None else int(round(end * sample_rate))
     clip = samples[begin:stop]
