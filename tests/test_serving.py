@@ -112,8 +112,13 @@ def server(tmp_path_factory, pretrained_dir):
         log.close()
 
 
-def leftover_files(folder: Path) -> list[Path]:
-    return [path for path in folder.rglob("*") if path.is_file()]
+def leftover_files(folder: Path, within: float = 10.0) -> list[Path]:
+    """The files still in `folder` once it has had `within` seconds to empty: BentoML releases a
+    request's folder after the response is sent, so the client can read the answer first."""
+    deadline = time.monotonic() + within
+    while (files := [path for path in folder.rglob("*") if path.is_file()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return files
 
 
 @pytest.mark.pretrained
