@@ -229,8 +229,8 @@ def sync_score(
         print(f"offset {score.offset:+d} frames   LSE-C {score.lse_c:.4f}   LSE-D {score.lse_d:.4f}")
         if score.padded:
             print(
-                f"note: the video is too short for windows whose audio stays inside at every offset (±{score.offsets[-1]}"
-                " frames); its ends were scored against silence, so the offset is less certain"
+                f"note: the video is short for a ±{score.offsets[-1]}-frame search; its ends were scored against"
+                " silence, so the offset is less certain"
             )
 
 
