@@ -227,11 +227,6 @@ def sync_score(
         print(json.dumps(score.as_dict(), indent=1))
     else:
         print(f"offset {score.offset:+d} frames   LSE-C {score.lse_c:.4f}   LSE-D {score.lse_d:.4f}")
-        if score.padded:
-            print(
-                f"note: the video is short for a ±{score.offsets[-1]}-frame search; its ends were scored against"
-                " silence, so the offset is less certain"
-            )
 
 
 @corpus_app.command("synth")

@@ -5,16 +5,6 @@ SyncNet: every window of F video frames is compared with the audio windows shift
 k ∈ [−K, K]; distances are Euclidean between the unit embeddings (so they lie in [0, √2], not on
 the original SyncNet's scale). LSE-D = min over k of the mean distance, LSE-C = median − min, and
 the offset is the k at the minimum: k > 0 means the audio is late by k frames.
-
-Every offset is averaged over the same video windows: those whose audio at all 2K + 1 offsets lies
-inside the clip's audio (syncnet_python pads the audio instead, so the windows near the ends meet
-silence at some offsets and not at others). Measured with the pipeline's SyncNet on the 178 in-sync
-SynthTalk clips: offset 0 for 0.978 of them against 0.949 with padding, 37 of the 40 held-out ones
-against 32; the shifted clips were found exactly either way. A short clip keeps few such windows:
-on 100-frame pieces of the held-out clips they were still better (0.81 against 0.78 at offset 0),
-on 75-frame pieces equal, on 60-frame pieces (15 of 45 windows) much worse (0.51 against 0.70). So
-a clip where fewer than half its windows qualify (under 4K + F frames: 76 for ±15) is scored over
-all its windows with padded audio, as syncnet_python does; `padded` says so.
 """
 
 from __future__ import annotations
@@ -27,7 +17,6 @@ import torch
 
 from synclip.audio.mel import syncnet_mel
 from synclip.config import PreprocessParams
-from synclip.constants import syncnet_mel_start, syncnet_mel_window
 from synclip.data.sync_pairs import Clip, audio_window, face_region, visual_window
 from synclip.nn.syncnet import StableSyncNet
 
@@ -39,12 +28,9 @@ class SyncScore:
     lse_c: float  # median − min (higher is more confident)
     offsets: list[int]
     distances: list[float]  # mean distance per offset
-    windows: int  # video windows every offset was averaged over
-    padded: bool  # too short: all windows scored, their audio padded with silence beyond the ends
 
     def as_dict(self) -> dict:
         return {"offset": self.offset, "lse_c": round(self.lse_c, 5), "lse_d": round(self.lse_d, 5),
-                "windows": self.windows, "padded": self.padded,
                 "distances": dict(zip(self.offsets, [round(d, 5) for d in self.distances], strict=True))}  # fmt: skip
 
 
@@ -75,16 +61,11 @@ def score_clip(
     first = -max_offset
     audio_starts = range(first, len(starts) + max_offset)
     audio = _embed(model.embed_audio, [audio_window(clip, a, frames) for a in audio_starts], device, batch)
-    inside = np.array([_audio_inside(clip, a, frames) for a in audio_starts])
-    common = inside[: len(starts)] & inside[2 * max_offset :]  # its audio at −K and at +K (and between)
-    padded = bool(common.sum() < len(starts) / 2)
-    if padded:
-        common[:] = True
     offsets = list(range(-max_offset, max_offset + 1))
     distances = []
     for k in offsets:
         shifted = audio[np.arange(len(starts)) + k - first]  # audio window starting at s + k
-        distances.append(float(torch.linalg.norm(visual - shifted, dim=1)[torch.from_numpy(common)].mean()))
+        distances.append(float(torch.linalg.norm(visual - shifted, dim=1).mean()))
     best = int(np.argmin(distances))
     return SyncScore(
         offset=offsets[best],
@@ -92,15 +73,7 @@ def score_clip(
         lse_c=float(np.median(distances) - distances[best]),
         offsets=offsets,
         distances=distances,
-        windows=int(common.sum()),
-        padded=padded,
     )
-
-
-def _audio_inside(clip: Clip, start: int, num_frames: int) -> bool:
-    """Whether the audio window of frames [start, start + F) (with the clip's correction) lies in its mel."""
-    first = syncnet_mel_start(start + clip.shift)
-    return first >= 0 and first + syncnet_mel_window(num_frames) <= clip.mel.shape[1]
 
 
 def score_frames(
