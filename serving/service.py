@@ -77,10 +77,6 @@ class LipSync:
                 )  # fmt: skip
         except RequestError as error:
             raise Refused(str(error), error_code=HTTPStatus(error.status)) from None
-        finally:  # the uploads go now; BentoML empties the request folder only after the response is sent
-            for upload in (video, audio):
-                if upload.resolve().is_relative_to(Path(ctx.temp_dir).resolve()):  # never a caller's own file
-                    upload.unlink(missing_ok=True)
         ctx.response.headers["X-Synclip-Summary"] = json.dumps({**summary.__dict__, "out": out.name})
         return out
 
