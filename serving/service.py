@@ -23,8 +23,8 @@ from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 
 from synclip.config import load_params
-from synclip.lipsync import LipSyncOptions
-from synclip.pipeline import LipSyncPipeline
+from synclip.inference.lipsync import LipSyncOptions
+from synclip.inference.package import load_pipeline
 from synclip.pretrained import require
 from synclip.runtime import configure
 from synclip.serve import RequestError, RequestLog, ServiceLimits, lipsync_request
@@ -43,7 +43,7 @@ class LipSync:
             "face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker"
         )
         self.model = Path(os.environ.get("SYNCLIP_MODEL", "models/synclip"))
-        self.pipeline = LipSyncPipeline.from_pretrained(self.model, self.device)
+        self.pipeline = load_pipeline(self.model, self.device)
         self.smoothing_frames = params.preprocess.smoothing_frames
         self.limits = ServiceLimits.from_env()
         request_log = os.environ.get("SYNCLIP_REQUEST_LOG", "reports/serving/requests.jsonl")

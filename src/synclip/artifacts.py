@@ -1,53 +1,63 @@
-"""Model artifacts: a directory of `config.json` + `model.safetensors`, loaded strictly.
+"""Every network synclip trains or loads, to and from disk, strictly.
 
-Also the loader for the published LatentSync `.pt` files (`{"state_dict": ...}`), read with
-`torch.load(weights_only=True)`: no pickled code ever runs.
+synclip's own artifacts are a folder of `config.json` (the network's config and `kind`) +
+`model.safetensors`, rebuilt from their own config when loaded. The VAE and the VideoMAE are stored
+in their library's format (diffusers, transformers) so those libraries read them too; the Whisper
+encoder is read from a transformers folder. Published LatentSync `.pt` files are read with
+`torch.load(weights_only=True)`: no pickled code ever runs. A weight that does not fit is an
+error naming it, never silently skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import json
-import os
+import logging
 import pickle
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from diffusers import AutoencoderKL
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from synclip.audio.whisper import feature_extractor
 from synclip.errors import UserError
+from synclip.files import staged_files
+from synclip.nn.syncnet import StableSyncNet, SyncNetConfig
+from synclip.nn.unet import UNet3DConditionModel, UNetConfig
+from synclip.nn.whisper import WhisperAudioEncoder
+from synclip.pretrained.store import PretrainedError, require
+from synclip.runtime import channels_last, contiguous_layout
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+UNET, SYNCNET = "unet", "syncnet"  # the `kind` of synclip's own artifacts
+DIFFUSERS_CONFIG = "config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 class CheckpointError(UserError):
     """Weights that do not fit the model, or a file that is not a checkpoint; the message lists the keys."""
 
 
-def save_artifact(folder: str | Path, config: Mapping, model: nn.Module, kind: str) -> Path:
-    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, replacing what was there.
+# --- synclip's artifact format -------------------------------------------------------------------
 
-    The two files are written into a temporary sibling first and swapped in, so a reader never
-    sees a config without its weights.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+
+def save_artifact(folder: str | Path, config: Mapping, model: nn.Module, kind: str) -> Path:
+    """Write `config.json` (with `kind`) and `model.safetensors` into `folder`, replacing what was
+    there; a reader never sees a config without its weights (`synclip.files.staged_files`)."""
+    with staged_files(folder, (WEIGHTS, CONFIG)) as tmp:
         (tmp / CONFIG).write_text(json.dumps({"kind": kind, **config}, indent=1, sort_keys=True))
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"kind": kind})
-        folder.mkdir(exist_ok=True)
-        for name in (WEIGHTS, CONFIG):  # weights first: a config always has matching weights
-            os.replace(tmp / name, folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def read_config(folder: str | Path, kind: str) -> dict:
@@ -103,14 +113,197 @@ def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        pickle.UnpicklingError,
-    ) as error:  # what torch raises for non-checkpoints
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # what torch raises for non-checkpoints
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return state
+
+
+# --- the UNet ------------------------------------------------------------------------------------
+
+
+def load_unet_state(
+    model: UNet3DConditionModel,
+    state: Mapping[str, torch.Tensor],
+    source: str = "state dict",
+    allow_missing: Sequence[str] = (),
+) -> list[str]:
+    """Load `state` strictly; returns the missing keys that `allow_missing` excused.
+
+    `allow_missing` holds fnmatch patterns over full keys (e.g. `synclip.nn.unet.MOTION_MODULES`,
+    "*.motion_modules.*"): matching keys absent from `state` keep their initialisation and are
+    reported (returned and logged). Any other missing key, any unexpected key or wrong shape is a
+    `CheckpointError` that lists them.
+    """
+    own = model.state_dict()
+    excused = sorted(k for k in own if k not in state and any(fnmatch.fnmatchcase(k, p) for p in allow_missing))
+    load_strict(model, state, source, may_be_missing=excused)
+    if excused:
+        log.info("%s: %d keys absent, kept at initialisation (%s …)", source, len(excused), excused[0])
+    return excused
+
+
+def save_unet(folder: str | Path, model: UNet3DConditionModel, info: Mapping[str, Any] | None = None) -> Path:
+    """An artifact: `config.json` (the UNet config under "model", plus `info`) + `model.safetensors`."""
+    return save_artifact(folder, {"model": dataclasses.asdict(model.config), **(info or {})}, model, UNET)
+
+
+def load_unet(folder: str | Path) -> UNet3DConditionModel:
+    """A synclip UNet artifact, rebuilt from its own config and loaded strictly (eval mode)."""
+    model = UNet3DConditionModel(UNetConfig.from_dict(read_config(folder, UNET)["model"]))
+    load_unet_state(model, read_weights(folder), f"{folder}/model.safetensors")
+    return model.eval()
+
+
+def load_latentsync_unet(
+    path: str | Path, config: UNetConfig, allow_missing: Sequence[str] = ()
+) -> UNet3DConditionModel:
+    """A published LatentSync `latentsync_unet.pt` ({"state_dict": ...}) into a model of `config`.
+
+    v1.0 has no motion modules (`full_config(False)`), 1.5/1.6 have them (`full_config(True)`);
+    pass `allow_missing=(MOTION_MODULES,)` to start a stage-2 model from a v1.0 checkpoint.
+    """
+    model = UNet3DConditionModel(config)
+    load_unet_state(model, read_latentsync_checkpoint(path), str(path), allow_missing)
+    return model.eval()
+
+
+# --- the SyncNet ---------------------------------------------------------------------------------
+
+
+def save_syncnet(folder: str | Path, model: StableSyncNet, info: Mapping[str, Any] | None = None) -> Path:
+    """An artifact: `config.json` (the SyncNet config under "model", plus `info`) + `model.safetensors`."""
+    return save_artifact(folder, {"model": dataclasses.asdict(model.config), **(info or {})}, model, SYNCNET)
+
+
+def load_syncnet(folder: str | Path) -> StableSyncNet:
+    """A trained SyncNet artifact, rebuilt from its own config and loaded strictly (eval mode)."""
+    model = StableSyncNet(SyncNetConfig.from_dict(read_config(folder, SYNCNET)["model"]))
+    load_strict(model, read_weights(folder), f"{folder}/model.safetensors")
+    return channels_last(model.eval())
+
+
+def load_latentsync_syncnet(path: str | Path, config: SyncNetConfig) -> StableSyncNet:
+    """A published LatentSync StableSyncNet (`stable_syncnet.pt`) into synclip's module tree, strictly."""
+    model = StableSyncNet(config)
+    load_strict(model, read_latentsync_checkpoint(path), str(path))
+    return channels_last(model.eval())
+
+
+# --- the VAE -------------------------------------------------------------------------------------
+
+
+def save_vae(model: AutoencoderKL, folder: str | Path) -> Path:
+    """A diffusers folder (`save_pretrained`), swapped in weights first; other files in `folder` (the
+    checkpoint) stay. Leaves `model` in the default memory layout (safetensors stores contiguous
+    tensors only)."""
+    with staged_files(folder, (DIFFUSERS_WEIGHTS, DIFFUSERS_CONFIG)) as tmp:
+        contiguous_layout(model).save_pretrained(tmp, safe_serialization=True)
+    return Path(folder)
+
+
+def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> AutoencoderKL:
+    """A diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors), offline
+    and strictly, in eval mode. `param` names the setting that points here, for the error message."""
+    if path is None:
+        raise UserError(f"{param} is not set; point it at a diffusers AutoencoderKL folder (e.g. sd-vae-ft-mse)")
+    folder = Path(path)
+    hint = f"(set by {param}; a diffusers AutoencoderKL folder with {DIFFUSERS_CONFIG} + {DIFFUSERS_WEIGHTS})"
+    config_path, weights_path = folder / DIFFUSERS_CONFIG, folder / DIFFUSERS_WEIGHTS
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such VAE folder {hint}")
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise UserError(f"{folder}: no {needed.name} {hint}")
+    try:
+        config = json.loads(config_path.read_text())
+        with safe_open(str(weights_path), framework="pt") as file:
+            stored = set(file.keys())
+        model = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # JSONDecodeError is a ValueError
+        raise UserError(f"{folder}: not a loadable AutoencoderKL {hint}: {error}") from None
+    if config.get("_class_name") not in (None, "AutoencoderKL"):
+        raise UserError(f"{config_path}: _class_name {config.get('_class_name')!r}, expected AutoencoderKL {hint}")
+    own = set(model.state_dict())
+    if stored != own:  # diffusers initialises missing weights with a warning; never run on those
+        missing, unexpected = sorted(own - stored), sorted(stored - own)
+        raise CheckpointError(
+            f"{weights_path} does not match its config {hint}: {len(missing)} missing "
+            f"({', '.join(missing[:5])}), {len(unexpected)} unexpected ({', '.join(unexpected[:5])})"
+        )
+    return channels_last(model.eval())
+
+
+# --- the Whisper encoder -------------------------------------------------------------------------
+
+
+def load_whisper_encoder(
+    path: str | Path,
+    *,
+    param: str = "pretrained.whisper",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> WhisperAudioEncoder:
+    """The frozen encoder of the transformers Whisper folder `path` (config.json + model.safetensors),
+    in eval mode on `device` in `dtype`.
+
+    Loads strictly; a missing or malformed folder is a PretrainedError naming `path` and `param`. The
+    folder's preprocessor_config.json, when present, must describe the front end `whisper_log_mel` uses.
+    """
+    from transformers import WhisperModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    folder = require("whisper", path, param)
+    model, info = WhisperModel.from_pretrained(
+        folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
+    )
+    bad = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
+    if bad or info.get("error_msgs"):
+        raise PretrainedError(f"{param}: {folder} does not load as a Whisper model: {bad or info['error_msgs']}")
+    _check_whisper_preprocessor(folder, model.config.num_mel_bins, param)
+    encoder = WhisperAudioEncoder(model.config)
+    encoder.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
+    return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _check_whisper_preprocessor(folder: Path, n_mels: int, param: str) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    if not (folder / "preprocessor_config.json").is_file():
+        return
+    theirs = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
+    ours = feature_extractor(n_mels)
+    fields = ("feature_size", "sampling_rate", "hop_length", "n_fft", "n_samples", "dither")
+    differ = {f: (getattr(theirs, f), getattr(ours, f)) for f in fields if getattr(theirs, f) != getattr(ours, f)}
+    if differ:
+        raise PretrainedError(
+            f"{param}: {folder / 'preprocessor_config.json'} differs from Whisper's front end "
+            f"(field: (folder, expected)): {differ}"
+        )
+
+
+# --- the VideoMAE (TREPA's encoder; `synclip.train.trepa.load_trepa` reads it) ------------------
+
+
+def save_videomae(model: nn.Module, out_dir: str | Path) -> Path:
+    """A transformers VideoMAE (`save_pretrained`: config.json + model.safetensors) plus a
+    preprocessor_config.json with the ImageNet mean / std it was trained with, swapped into
+    `out_dir` (its checkpoint.pt is kept)."""
+    from transformers import VideoMAEImageProcessor
+    from transformers.utils import logging as transformers_logging
+    from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    transformers_logging.disable_progress_bar()
+    size = model.config.image_size
+    with staged_files(out_dir, ("model.safetensors", "preprocessor_config.json", "config.json")) as tmp:
+        model.save_pretrained(tmp)
+        VideoMAEImageProcessor(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_mean=list(IMAGENET_DEFAULT_MEAN),
+            image_std=list(IMAGENET_DEFAULT_STD),
+        ).save_pretrained(tmp)
+    return Path(out_dir)

@@ -211,10 +211,10 @@ def sync_score(
     overrides: Overrides = None,
 ) -> None:
     """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D."""
+    from synclip.artifacts import load_syncnet
     from synclip.eval.sync import score_video
     from synclip.pretrained import require
     from synclip.runtime import configure
-    from synclip.train.syncnet import load_syncnet
 
     resolved = load_params(params, overrides or ())
     device = configure(resolved.runtime)
@@ -330,9 +330,9 @@ def lipsync(
     overrides: Overrides = None,
 ) -> None:
     """Lip-sync VIDEO to the speech in AUDIO; frames without a face pass through unchanged."""
-    from synclip.lipsync import LipSyncOptions, check_inputs, lipsync_file
+    from synclip.inference.lipsync import LipSyncOptions, check_inputs, lipsync_file
+    from synclip.inference.package import load_pipeline
     from synclip.log import progress
-    from synclip.pipeline import LipSyncPipeline
     from synclip.pretrained import require
     from synclip.runtime import configure
 
@@ -345,7 +345,7 @@ def lipsync(
         smoothing_frames=resolved.preprocess.smoothing_frames, lossless=lossless,
     )  # fmt: skip
     check_inputs(video, audio)  # bad input fails before the model is loaded
-    pipeline = LipSyncPipeline.from_pretrained(model, torch_device)
+    pipeline = load_pipeline(model, torch_device)
     with progress("frames") as bar:
         task = bar.add_task("lipsync", total=None)
         summary = lipsync_file(

@@ -44,6 +44,17 @@ SYNCNET_MEL_HOP_LENGTH = exact_div(AUDIO_SAMPLE_RATE, SYNCNET_MEL_FRAMES_PER_SEC
 SYNCNET_MEL_FRAMES_PER_FRAME = Fraction(SYNCNET_MEL_FRAMES_PER_SECOND, VIDEO_FPS)  # 16/5
 SYNCNET_N_MELS = 80
 
+# --- the diffusion noise schedule (LatentSync's configs/scheduler_config.json, reference §2.6) ---------
+# DDPM training and the DDIM sampler share these betas; the sampler adds its own spacing options.
+NOISE_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
 
 def syncnet_mel_window(num_frames: int) -> int:
     """Mel frames that cover `num_frames` video frames: ceil(16/5 · F), 52 for F = 16."""
@@ -53,19 +64,6 @@ def syncnet_mel_window(num_frames: int) -> int:
 def syncnet_mel_start(frame_index: int) -> int:
     """First mel frame of the window that starts at video frame `frame_index` (floor, as LatentSync)."""
     return math.floor(SYNCNET_MEL_FRAMES_PER_FRAME * frame_index)
-
-
-def whisper_token_window(frame_index: int, frames_before: int = 2, frames_after: int = 2) -> tuple[int, int]:
-    """Half-open Whisper token range [start, stop) of the audio context of one video frame.
-
-    LatentSync's `audio_feat_length: [2, 2]`: tokens [2i − 4, 2i + 6) for frame i, i.e. 80 ms
-    before to 120 ms after the frame start. Callers clamp at the ends of the audio.
-    """
-    centre = WHISPER_TOKENS_PER_FRAME * frame_index
-    return (
-        centre - WHISPER_TOKENS_PER_FRAME * frames_before,
-        centre + WHISPER_TOKENS_PER_FRAME * (frames_after + 1),
-    )
 
 
 def frames_for_samples(num_samples: int) -> Fraction:

@@ -45,12 +45,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def channels_last(model: M) -> M:
     """`model` with its 4-D weights in channels-last layout (in place): PyTorch's CPU convolutions
-    (oneDNN) then run channels-last end to end. For the conv towers of the SyncNet and the VAE;
-    measured on 2 CPU cores, forward + backward of a tiny-profile batch: SyncNet 0.44 → 0.27 s, VAE
-    0.26 → 0.22 s (the UNet, whose attention layers reshape every activation, gains nothing).
-    Numerics agree to ~1e-6.
-    Safetensors stores contiguous tensors only: savers copy with `.contiguous()` or call
-    `contiguous_layout` first."""
+    (oneDNN) then run channels-last end to end, which is faster for the conv towers of the SyncNet
+    and the VAE (docs/benchmarks.md; the UNet, whose attention layers reshape every activation,
+    gains nothing). Safetensors stores contiguous tensors only: savers copy with `.contiguous()`
+    or call `contiguous_layout` first."""
     return model.to(memory_format=torch.channels_last)
 
 

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from synclip.errors import UserError
-from synclip.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file, output_frames
-from synclip.pipeline import LipSyncPipeline, check_sampling
+from synclip.config import check_sampling
+from synclip.inference.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file, output_frames
+from synclip.inference.pipeline import LipSyncPipeline
 from synclip.quality.drift import input_features
 
 REQUEST_OPTIONS = ("steps", "guidance", "seed", "face_index", "cut", "pad")  # what a request may set

@@ -23,16 +23,14 @@ import functools
 import hashlib
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from einops import rearrange
 from torch import nn
 
+from synclip.files import atomic_path
 from synclip.constants import (
     AUDIO_SAMPLE_RATE,
     WHISPER_CHUNK_SAMPLES,
@@ -41,128 +39,24 @@ from synclip.constants import (
     WHISPER_HOP_LENGTH,
     WHISPER_MEL_FRAMES_PER_SECOND,
     WHISPER_N_FFT,
-    WHISPER_TOKENS_PER_FRAME,
     WHISPER_TOKENS_PER_SECOND,
     exact_div,
-    whisper_token_window,
 )
-from synclip.pretrained.store import PretrainedError, require
 
 if TYPE_CHECKING:
-    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers import WhisperFeatureExtractor
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_TOKEN = exact_div(AUDIO_SAMPLE_RATE, WHISPER_TOKENS_PER_SECOND)  # 320
 # 2: the stem's second conv has stride 2
 MEL_FRAMES_PER_TOKEN = exact_div(WHISPER_MEL_FRAMES_PER_SECOND, WHISPER_TOKENS_PER_SECOND)
-# LatentSync's `audio_feat_length: [2, 2]`: video frames of audio context before and after each frame.
-FRAME_CONTEXT = (2, 2)
 # Windows start every 20 s, so each keeps its central 20 s with 5 s of real audio on either side.
 DEFAULT_HOP_TOKENS = 20 * WHISPER_TOKENS_PER_SECOND
 # Bump when the features a given model and audio produce change (front end, stitching, states kept).
 FEATURES_VERSION = "synclip-whisper-features-v1"
 CACHE_SUFFIX = ".safetensors"
 CPU = torch.device("cpu")
-
-
-class WhisperAudioEncoder(nn.Module):
-    """Whisper's encoder, returning the stem output and every block's output, all before the final layer norm.
-
-    transformers' `output_hidden_states` gives L = layers + 1 states: `hidden_states[0]` is the stem
-    (conv1, GELU, conv2, GELU) plus the positional embedding, `hidden_states[i]` the output of block i
-    (counting from 1), except the last, which transformers replaces by `last_hidden_state`, i.e. AFTER the final
-    `layer_norm` (whisper's `ln_post`). LatentSync keeps the last block's output before `ln_post`, so
-    that one state is taken by a forward hook on the last block instead.
-    """
-
-    def __init__(self, config: WhisperConfig):
-        super().__init__()
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        if config.max_source_positions != WHISPER_CHUNK_TOKENS:
-            raise ValueError(
-                f"max_source_positions is {config.max_source_positions}; the {WHISPER_CHUNK_SECONDS} s "
-                f"Whisper window has {WHISPER_CHUNK_TOKENS} tokens"
-            )
-        self.encoder = WhisperEncoder(config)
-
-    @property
-    def num_states(self) -> int:
-        """L: the stem plus one state per encoder block."""
-        return len(self.encoder.layers) + 1
-
-    @property
-    def width(self) -> int:
-        """D: the encoder width (d_model)."""
-        return self.encoder.embed_positions.embedding_dim
-
-    @property
-    def num_mel_bins(self) -> int:
-        return self.encoder.conv1.in_channels
-
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, n_mels, 3000) log-mel windows → (B, 1500, L, D) states, all before the final layer norm."""
-        last_block: list[torch.Tensor] = []
-        hook = self.encoder.layers[-1].register_forward_hook(lambda _m, _i, out: last_block.append(out))
-        try:
-            hidden = self.encoder(mel, output_hidden_states=True).hidden_states
-        finally:
-            hook.remove()
-        assert len(hidden) == self.num_states, (len(hidden), self.num_states)
-        assert len(last_block) == 1, len(last_block)
-        assert isinstance(last_block[0], torch.Tensor), type(last_block[0])
-        return torch.stack([*hidden[:-1], last_block[0]], dim=2)  # (B, 1500, L, D)
-
-
-def load_whisper_encoder(
-    path: str | Path,
-    *,
-    param: str = "pretrained.whisper",
-    device: torch.device = CPU,
-    dtype: torch.dtype = torch.float32,
-) -> WhisperAudioEncoder:
-    """The frozen encoder of the transformers Whisper folder `path` (config.json + model.safetensors),
-    in eval mode on `device` in `dtype`.
-
-    Loads strictly; a missing or malformed folder is a PretrainedError naming `path` and `param`. The
-    folder's preprocessor_config.json, when present, must describe the front end `whisper_log_mel` uses.
-    """
-    from transformers import WhisperModel
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    folder = require("whisper", path, param)
-    model, info = WhisperModel.from_pretrained(
-        folder, local_files_only=True, output_loading_info=True, dtype=torch.float32
-    )
-    bad = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
-    if bad or info.get("error_msgs"):
-        raise PretrainedError(
-            f"{param}: {folder} does not load as a Whisper model: {bad or info['error_msgs']}"
-        )
-    _check_preprocessor(folder, model.config.num_mel_bins, param)
-    encoder = WhisperAudioEncoder(model.config)
-    encoder.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
-    return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
-def _check_preprocessor(folder: Path, n_mels: int, param: str) -> None:
-    from transformers import WhisperFeatureExtractor
-
-    if not (folder / "preprocessor_config.json").is_file():
-        return
-    theirs = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
-    ours = feature_extractor(n_mels)
-    fields = ("feature_size", "sampling_rate", "hop_length", "n_fft", "n_samples", "dither")
-    differ = {
-        f: (getattr(theirs, f), getattr(ours, f)) for f in fields if getattr(theirs, f) != getattr(ours, f)
-    }
-    if differ:
-        raise PretrainedError(
-            f"{param}: {folder / 'preprocessor_config.json'} differs from Whisper's front end "
-            f"(field: (folder, expected)): {differ}"
-        )
 
 
 @functools.cache
@@ -231,7 +125,7 @@ def whisper_windows(num_tokens: int, hop_tokens: int = DEFAULT_HOP_TOKENS) -> li
 
 def whisper_features(
     samples: np.ndarray | torch.Tensor,
-    encoder: WhisperAudioEncoder,
+    encoder: nn.Module,
     *,
     hop_tokens: int = DEFAULT_HOP_TOKENS,
     batch_windows: int = 1,
@@ -264,30 +158,10 @@ def whisper_features(
     return features
 
 
-def frame_audio_windows(
-    features: torch.Tensor, num_frames: int, context: tuple[int, int] = FRAME_CONTEXT
-) -> torch.Tensor:
-    """(T_w, L, D) → (F, S, D): per video frame i, tokens [2i − 2·before, 2i + 2·(after + 1)), S = 10·L.
-
-    Indices outside [0, T_w) are clamped to the first or last token, as LatentSync does; the tokens
-    are flattened time-major, layer-minor. Every frame must start inside the audio (2i < T_w).
-    """
-    num_tokens = features.shape[0]
-    most = math.ceil(num_tokens / WHISPER_TOKENS_PER_FRAME)
-    if not 0 <= num_frames <= most:
-        raise ValueError(f"{num_frames} frames, but {num_tokens} Whisper tokens cover only {most} frames")
-    before, after = context
-    index = torch.tensor(
-        [list(range(*whisper_token_window(i, before, after))) for i in range(num_frames)], dtype=torch.long
-    ).reshape(num_frames, -1)  # (F, 10)
-    windows = features[index.clamp(0, num_tokens - 1).to(features.device)]  # (F, 10, L, D)
-    return rearrange(windows, "f t l d -> f (t l) d")
-
-
 # --- cache -----------------------------------------------------------------------------------------
 
 
-def encoder_fingerprint(encoder: WhisperAudioEncoder) -> str:
+def encoder_fingerprint(encoder: nn.Module) -> str:
     """sha256 over the encoder's architecture and weights (names, dtypes, shapes, bytes)."""
     digest = hashlib.sha256(FEATURES_VERSION.encode())
     config = encoder.encoder.config
@@ -313,7 +187,7 @@ def features_cache_key(
 
 def cached_whisper_features(
     samples: np.ndarray | torch.Tensor,
-    encoder: WhisperAudioEncoder,
+    encoder: nn.Module,
     cache_dir: str | Path,
     *,
     fingerprint: str | None = None,
@@ -349,14 +223,8 @@ def cached_whisper_features(
         "sha256": hashlib.sha256(_tensor_bytes(features)).hexdigest(),
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"features": features}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({"features": features}, str(tmp), metadata=metadata)
     return features
 
 
@@ -380,7 +248,7 @@ def _read_cached(path: Path, key: str, shape: tuple[int, int, int]) -> tuple[tor
     return features, ""
 
 
-def _precision(encoder: WhisperAudioEncoder) -> str:
+def _precision(encoder: nn.Module) -> str:
     """The encoder's dtype, and the autocast dtype when autocast is on for its device."""
     parameter = next(encoder.parameters())
     kind = parameter.device.type

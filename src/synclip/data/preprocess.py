@@ -24,16 +24,18 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from synclip.config import PreprocessParams, to_dict
+from synclip.config import Params, PreprocessParams, to_dict
 from synclip.constants import AUDIO_SAMPLE_RATE, VIDEO_FPS
-from synclip.face.align import apply, stable_points, track_transforms, warp_face
-from synclip.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker, find_small_faces
+from synclip.face.align import apply, track_transforms, warp_face
+from synclip.face.landmarks import LIPS, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker, find_small_faces
+from synclip.face.track import FaceTrack, FaceTracker
 from synclip.log import progress
-from synclip.media import reproducible_encoding
+from synclip.media.memory import reproducible_encoding
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import MediaError, MediaInfo, probe, require_video
-from synclip.pretrained.store import sha256_file
+from synclip.files import write_json
+from synclip.pretrained.store import require, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,6 @@ SHOT_DETECT_WIDTH = 256
 # keeps its frames for the alignment pass. Longer sources are decoded again per segment.
 FRAME_CACHE_BYTES = 1 << 30
 NOT_MEDIA = {".json", ".txt", ".md", ".csv", ".dvc", ".yaml", ".yml", ".parquet", ".npz", ".png", ".jpg"}
-# MediaPipe indices of the lips (outer and inner contours), kept per frame in the clip's .npz.
-LIPS = (
-    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
-    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
-)  # fmt: skip
-
 REASONS = {
     "unreadable": "not a readable media file",
     "no_video": "no video stream",
@@ -174,14 +170,11 @@ def _reject(job: Job, reason: str, detail: str, segment: Segment | None = None) 
 
 
 @dataclass
-class Track:
+class Scan:
     """What the detection pass saw on every 25 fps frame of a source."""
 
-    counts: np.ndarray  # (F,) faces found
-    widths: np.ndarray  # (F,) width of the largest face, NaN without one
-    stable: np.ndarray  # (F, 4, 2) stable points of the only face, NaN unless exactly one
-    lips: np.ndarray  # (F, L, 2) lip points of the only face
-    cuts: list[int]
+    faces: FaceTrack  # the only face of each frame (NaN where there are none or several), with its lips
+    cuts: list[int]  # shot cuts (first frame of each new shot)
     frames: list[np.ndarray] | None = None  # the decoded frames, when they fit FRAME_CACHE_BYTES
 
 
@@ -190,25 +183,20 @@ def _fits_in_memory(info: MediaInfo) -> bool:
     return info.duration * VIDEO_FPS * width * height * 3 <= FRAME_CACHE_BYTES
 
 
-def detect_pass(path: Path, params: PreprocessParams, model_path: str, keep_frames: bool = False) -> Track:
-    """One decode of the whole source: shot cuts (PySceneDetect) and landmarks (MediaPipe) per frame."""
+def detect_pass(path: Path, params: PreprocessParams, model_path: str, keep_frames: bool = False) -> Scan:
+    """One decode of the whole source: shot cuts (PySceneDetect) and the face track (MediaPipe) per frame."""
     from scenedetect import ContentDetector
 
     detector = ContentDetector(threshold=params.shot_threshold)
-    counts, widths, stable, lips, cuts = [], [], [], [], []
+    cuts: list[int] = []
     kept: list[np.ndarray] | None = [] if keep_frames else None
-    with FaceLandmarker(model_path, max_faces=2, fps=VIDEO_FPS) as landmarker:
+    with FaceTracker(model_path, VIDEO_FPS, only_single=True, keep={"lips": LIPS}) as tracker:
         for index, frame in enumerate(iter_frames(path)):
             if kept is not None:
                 kept.append(frame)
             cuts += shot_cuts(index, frame, detector)
-            faces = landmarker.detect(frame, index)
-            counts.append(len(faces))
-            widths.append(faces[0].width if faces else np.nan)
-            single = len(faces) == 1
-            stable.append(stable_points(faces[0]) if single else np.full((4, 2), np.nan))
-            lips.append(faces[0].points[list(LIPS)] if single else np.full((len(LIPS), 2), np.nan))
-    return Track(np.array(counts, int), np.array(widths), np.array(stable), np.array(lips), cuts, kept)
+            tracker.add(index, frame)
+    return Scan(tracker.result(), cuts, kept)
 
 
 def process_source(job: Job) -> tuple[list[dict], list[dict]]:
@@ -233,7 +221,7 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
         return [], [_reject(job, "truncated" if "truncated" in str(error) else "unreadable", str(error))]
 
     gt = ground_truth(path)
-    segments, short = segments_of(track.cuts, len(track.counts), params.min_segment_seconds, params.max_segment_seconds)
+    segments, short = segments_of(track.cuts, len(track.faces.counts), params.min_segment_seconds, params.max_segment_seconds)
     rows: list[dict] = []
     rejects = [_short_reject(job, s, track) for s in short]
     for segment in segments:
@@ -248,9 +236,9 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
     return rows, rejects
 
 
-def _short_reject(job: Job, segment: Segment, track: Track) -> dict:
+def _short_reject(job: Job, segment: Segment, track: Scan) -> dict:
     """A shot too short to use; when it also lacks a single face, that is the more telling reason."""
-    counts = track.counts[segment.first : segment.last]
+    counts = track.faces.counts[segment.first : segment.last]
     if np.mean(counts == 1) < job.params.min_one_face_fraction:
         none, many = float(np.mean(counts == 0)), float(np.mean(counts >= 2))
         if many >= none:
@@ -260,13 +248,14 @@ def _short_reject(job: Job, segment: Segment, track: Track) -> dict:
 
 
 def _process_segment(
-    job: Job, segment: Segment, audio: np.ndarray, track: Track, gt: dict | None
+    job: Job, segment: Segment, audio: np.ndarray, track: Scan, gt: dict | None
 ) -> tuple[dict | None, dict | None]:
     params = job.params
     path = Path(job.path)
     resolution = params.resolution
     part = slice(segment.first, segment.last)
-    counts = track.counts[part]
+    faces = track.faces
+    counts = faces.counts[part]
     frames = len(counts)
     one = float(np.mean(counts == 1))
     if one < params.min_one_face_fraction:
@@ -279,7 +268,7 @@ def _process_segment(
             detail = f"a {small:.0f} px face, found only by zooming (minimum {params.min_face_px:.0f} px)"
             return None, _reject(job, "face_too_small", detail, segment)
         return None, _reject(job, "no_face", f"no face in {none:.0%} of {frames} frames", segment)
-    widths = track.widths[part]
+    widths = faces.widths[part]
     face_width = float(np.nanmedian(widths))
     if face_width < params.min_face_px:
         detail = f"median face width {face_width:.0f} px < {params.min_face_px:.0f} px"
@@ -292,7 +281,7 @@ def _process_segment(
     if segment_peak < params.min_audio_dbfs:
         return None, _reject(job, "silent_audio", f"segment audio peak {segment_peak:.1f} dBFS", segment)
 
-    matrices = track_transforms(track.stable[part], resolution, params.smoothing_frames)
+    matrices = track_transforms(faces.stable[part], resolution, params.smoothing_frames)
     clip_id = _clip_id(job.key, segment.index)
     clips_dir = Path(job.out_dir) / CLIPS
     samples = []
@@ -317,8 +306,8 @@ def _process_segment(
         (clips_dir / f"{clip_id}.mp4").unlink()
         return None, _reject(job, "low_quality", f"PIQE {quality:.1f} > {params.max_piqe}", segment)
 
-    lips = np.stack([apply(m, p) for m, p in zip(matrices, track.lips[part], strict=True)])
-    aligned_stable = np.stack([apply(m, p) for m, p in zip(matrices, track.stable[part], strict=True)])
+    lips = np.stack([apply(m, p) for m, p in zip(matrices, faces.points["lips"][part], strict=True)])
+    aligned_stable = np.stack([apply(m, p) for m, p in zip(matrices, faces.stable[part], strict=True)])
     np.savez_compressed(
         clips_dir / f"{clip_id}.npz",
         matrices=matrices.astype(np.float32),
@@ -358,9 +347,10 @@ def align_video(path: str | Path, out: str | Path, params: PreprocessParams, mod
     info = probe(path)
     require_video(info)
     track = detect_pass(path, params, str(model_path))
-    if not (track.counts == 1).any():
+    faces = track.faces
+    if not (faces.counts == 1).any():
         raise MediaError(f"{path}: no frame shows exactly one face; nothing to align to")
-    matrices = track_transforms(track.stable, params.resolution, params.smoothing_frames)
+    matrices = track_transforms(faces.stable, params.resolution, params.smoothing_frames)
     audio = read_audio(path) if info.audio else None
     per_frame = AUDIO_SAMPLE_RATE // VIDEO_FPS
     with VideoWriter(out, params.resolution, params.resolution, VIDEO_FPS, crf=params.crf,
@@ -370,11 +360,11 @@ def align_video(path: str | Path, out: str | Path, params: PreprocessParams, mod
             if audio is not None:
                 chunk = audio[index * per_frame : (index + 1) * per_frame]
                 writer.write_audio(np.pad(chunk, (0, per_frame - len(chunk)))[None])
-    lips = np.stack([apply(m, p) for m, p in zip(matrices, track.lips, strict=True)])
+    lips = np.stack([apply(m, p) for m, p in zip(matrices, faces.points["lips"], strict=True)])
     corners = lips[:, [LIPS.index(MOUTH_LEFT), LIPS.index(MOUTH_RIGHT)]]
     return {
-        "frames": int(len(track.counts)),
-        "frames_with_one_face": int((track.counts == 1).sum()),
+        "frames": int(len(faces.counts)),
+        "frames_with_one_face": int((faces.counts == 1).sum()),
         "shot_cuts": track.cuts,
         "mouth_jitter_px": _jitter(corners),
     }
@@ -622,3 +612,21 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
         "shot_cuts_split": f"{cuts_found}/{cuts}",
         "per_defect": per_kind,
     }
+
+
+def preprocess_stage(raw: Path, out: Path, metrics: Path, params: Params) -> None:
+    """The `preprocess` stage: every source of `raw` into `out` (clips, manifest, rejects) and its metrics."""
+    model = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
+    manifest, rejects = preprocess_corpus(raw, out, params.preprocess, model)
+    accepted = len(manifest) > 0
+    write_json(metrics, {
+        "clips": len(manifest),
+        "hours": round(float(manifest["frames"].sum()) / VIDEO_FPS / 3600, 4),
+        "sources_rejected_whole": int((rejects["segment"] == -1).sum()),
+        "segments_rejected": int((rejects["segment"] >= 0).sum()),
+        "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
+        "clips_by_split": manifest["split"].value_counts().sort_index().to_dict(),
+        "median_eye_jitter_px": round(float(manifest["eye_jitter_px"].median()), 4) if accepted else None,
+        "median_mouth_jitter_px": round(float(manifest["mouth_jitter_px"].median()), 4) if accepted else None,
+        "ground_truth": ground_truth_report(raw, rejects, manifest),
+    })

@@ -12,39 +12,32 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 
 from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.constants import syncnet_mel_start
+from synclip.images import Box, crop_resize, to_unit
 from synclip.log import track
 from synclip.media.decode import iter_frames, read_audio
+from synclip.nn.syncnet import SyncNetConfig
 
 log = logging.getLogger(__name__)
 
 SMALL_OFFSETS = (1, 2, 3)
 
 
-def face_region(frame: np.ndarray, crop: tuple[float, float, float, float], size: tuple[int, int]) -> np.ndarray:
-    """The SyncNet's view of an aligned face (R, R, 3): rows/cols `crop` = (top, bottom, left, right)
-    as fractions of R, resized to `size` = (H, W). LatentSync uses the lower half: (0.5, 1, 0, 1)."""
-    side = frame.shape[0]
-    top, bottom, left, right = (round(f * side) for f in crop)
-    region = frame[top:bottom, left:right]
-    height, width = size
-    if region.shape[:2] == (height, width):
-        return region
-    return cv2.resize(region, (width, height), interpolation=cv2.INTER_AREA)
-
-
 @dataclass(frozen=True)
 class SyncView:
     """Which part of the aligned face the SyncNet looks at, and at what size."""
 
-    crop: tuple[float, float, float, float]  # (top, bottom, left, right) fractions of the face crop
+    crop: Box  # (top, bottom, left, right) fractions of the face crop
     size: tuple[int, int]  # (H, W)
+
+    @staticmethod
+    def of(config: SyncNetConfig) -> SyncView:
+        return SyncView(crop=config.crop, size=config.image_size)
 
 
 @dataclass
@@ -90,7 +83,7 @@ def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_clip(path: Path, view: SyncView, name: str = "", identity: str = "", shift: int = 0) -> Clip:
-    frames = np.stack([face_region(frame, view.crop, view.size) for frame in iter_frames(path)])
+    frames = np.stack([crop_resize(frame, view.crop, view.size) for frame in iter_frames(path)])
     return Clip(name or path.stem, identity, frames, syncnet_mel(read_audio(path)), shift)
 
 
@@ -104,8 +97,8 @@ def load_clips(manifest: pd.DataFrame, clips_dir: Path, view: SyncView, descript
 
 def visual_window(clip: Clip, start: int, num_frames: int) -> torch.Tensor:
     """(3·F, H, W) in [−1, 1]: frames [start, start + F) stacked on channels (frame-major, RGB)."""
-    frames = torch.from_numpy(clip.frames[start : start + num_frames]).float() / 127.5 - 1
-    return frames.permute(0, 3, 1, 2).reshape(-1, *frames.shape[1:3])
+    frames = to_unit(clip.frames[start : start + num_frames])  # (F, 3, H, W)
+    return frames.reshape(-1, *frames.shape[2:])
 
 
 def augment_windows(

@@ -31,7 +31,7 @@ from synclip.data.speech import Voice, synthesize_batch
 from synclip.data.visemes import MOUTH_PARAMS, mouth_track, segments
 from synclip.errors import UserError
 from synclip.log import progress
-from synclip.media import reproducible_encoding
+from synclip.media.memory import reproducible_encoding
 from synclip.media.io import VideoWriter
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ posteriors are cached on disk per clip, keyed by the VAE's weights, the mask and
 stage 2 reuses stage 1's encodings. Audio: Whisper tokens (`cached_whisper_features`) and the SyncNet
 mel, both read at frame t + `audio_shift` (the sync_filter correction).
 
-Shapes: latents (T, 4, h, w) per clip; a batch as `synclip.train.diffusion.UNetBatch`.
+Shapes: latents (T, 4, h, w) per clip; a batch as `UNetBatch`.
 """
 
 from __future__ import annotations
@@ -34,22 +34,72 @@ from diffusers import AutoencoderKL
 from einops import rearrange
 
 from synclip.audio.mel import mel_window, syncnet_mel
-from synclip.audio.whisper import (
-    FRAME_CONTEXT,
-    WhisperAudioEncoder,
-    cached_whisper_features,
-    encoder_fingerprint,
-)
-from synclip.constants import WHISPER_TOKENS_PER_FRAME, whisper_token_window
+from synclip.audio.tokens import frame_tokens
+from synclip.audio.whisper import cached_whisper_features, encoder_fingerprint
+from synclip.config import UNetStageParams
+from synclip.constants import WHISPER_TOKENS_PER_FRAME
 from synclip.face.mask import load_mask
+from synclip.files import atomic_path
+from synclip.images import to_unit, unit_range
 from synclip.log import track
 from synclip.media.decode import iter_frames, read_audio
-from synclip.train.diffusion import UNetBatch, region_pixels
+from synclip.nn.vae import downsampling, scale_latents
 
 log = logging.getLogger(__name__)
 
 LATENTS_VERSION = "synclip-unet-latents-v1"
 POSTERIORS = ("mean", "std", "masked_mean", "masked_std")
+
+
+@dataclass
+class UNetBatch:
+    """One batch of training windows (`synclip.data.unet_windows`), latents already scaled."""
+
+    latents: torch.Tensor  # (B, 4, F, h, w) target frames
+    masked_latents: torch.Tensor  # (B, 4, F, h, w) target frames × mask
+    reference_latents: torch.Tensor  # (B, 4, F, h, w) a non-overlapping window of the same clip
+    mask: torch.Tensor  # (B, 1, F, h, w) 1 keep, 0 generate
+    audio: torch.Tensor  # (B, F, S, D) Whisper tokens
+    mel: torch.Tensor  # (B, 1, 80, W) SyncNet mel of the window
+    pixels: torch.Tensor | None = None  # (B, 3, F, H', W') the target frames' `pixel_region`, for LPIPS/TREPA
+
+    def to(self, device: torch.device) -> UNetBatch:
+        moved = {k: (v.to(device) if v is not None else None) for k, v in vars(self).items()}
+        return UNetBatch(**moved)
+
+    def unet_input(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The 13 channels in LatentSync's order: z_t, mask, masked latent, reference latent."""
+        return torch.cat([noisy, self.mask, self.masked_latents, self.reference_latents], dim=1)
+
+
+
+def region_slices(
+    region: tuple[float, float, float, float], latent_size: tuple[int, int], margin: int = 1
+) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """(latent rows/cols to decode, pixel rows/cols of `region` within that decode, in latent cells × 8/… units).
+
+    `region` (top, bottom, left, right) fractions is snapped outward to whole latent cells; the decode
+    takes `margin` more cells on each side (clipped), so the decoder's border does not touch the region.
+    Pixel slices are returned in latent cells; multiply by the VAE's factor.
+    """
+    h, w = latent_size
+    top, bottom, left, right = region
+    r0, r1 = math.floor(top * h), math.ceil(bottom * h)
+    c0, c1 = math.floor(left * w), math.ceil(right * w)
+    d0, d1 = max(r0 - margin, 0), min(r1 + margin, h)
+    e0, e1 = max(c0 - margin, 0), min(c1 + margin, w)
+    return (slice(d0, d1), slice(e0, e1)), (slice(r0 - d0, r1 - d0), slice(c0 - e0, c1 - e0))
+
+
+def region_pixels(
+    region: tuple[float, float, float, float], latent_size: tuple[int, int], factor: int
+) -> tuple[slice, slice]:
+    """Pixel rows/cols of the full face that `region` covers after snapping to latent cells."""
+    h, w = latent_size
+    top, bottom, left, right = region
+    rows = slice(math.floor(top * h) * factor, math.ceil(bottom * h) * factor)
+    cols = slice(math.floor(left * w) * factor, math.ceil(right * w) * factor)
+    return rows, cols
 
 
 @dataclass
@@ -96,17 +146,6 @@ def reference_starts(clip: WindowClip, start: int, num_frames: int, gap: int = 0
     """Reference starts r in [0, T − F] with |r − s| >= max(F, gap) (no frame in common with the target)."""
     starts = np.arange(0, clip.num_frames - num_frames + 1)
     return starts[np.abs(starts - start) >= max(num_frames, gap)]
-
-
-def audio_tokens(features: torch.Tensor, first: int, count: int) -> torch.Tensor:
-    """(T_w, L, D) → (count, S, D): `frame_audio_windows(features, ·)[first : first + count]`, computed
-    for those frames only (indices clamped to the audio, as LatentSync)."""
-    before, after = FRAME_CONTEXT
-    index = torch.tensor(
-        [list(range(*whisper_token_window(i, before, after))) for i in range(first, first + count)]
-    )
-    windows = features[index.clamp(0, features.shape[0] - 1)]  # (count, 10, L, D)
-    return rearrange(windows, "f t l d -> f (t l) d")
 
 
 class WindowSampler:
@@ -157,10 +196,10 @@ class WindowSampler:
             parts["latents"].append(latent(clip, window.start, "mean"))
             parts["masked"].append(latent(clip, window.start, "masked_mean"))
             parts["reference"].append(latent(clip, window.reference, "mean"))
-            parts["audio"].append(audio_tokens(clip.features, window.start + clip.shift, frames))
+            parts["audio"].append(frame_tokens(clip.features, range(window.start + clip.shift, window.start + clip.shift + frames)))
             parts["mel"].append(mel_window(clip.mel, window.start + clip.shift, frames)[None])
             if clip.pixels is not None:
-                pixels = clip.pixels[window.start : window.start + frames].float() / 127.5 - 1
+                pixels = unit_range(clip.pixels[window.start : window.start + frames])
                 parts["pixels"].append(rearrange(pixels, "f c h w -> c f h w"))
         latents = torch.stack(parts["latents"])  # (B, 4, F, h, w)
         batch, _, _, height, width = latents.shape
@@ -176,6 +215,16 @@ class WindowSampler:
 
 
 # --- loading ---------------------------------------------------------------------------------------
+
+
+def training_rows(manifest: pd.DataFrame, stage: UNetStageParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, val rows) of a stage: at most `max_clips` train clips spread evenly over the sorted
+    names (0: all), and the first `val_windows` val clips."""
+    train = manifest[manifest["split"] == "train"].sort_values("clip")
+    if stage.max_clips:
+        train = train.iloc[:: max(1, len(train) // stage.max_clips)].iloc[: stage.max_clips]
+    val = manifest[manifest["split"] == "val"].sort_values("clip").iloc[: stage.val_windows]
+    return train, val
 
 
 def vae_fingerprint(vae: AutoencoderKL) -> str:
@@ -195,8 +244,7 @@ def encode_posteriors(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -
     mask = load_mask(frames.shape[1]).to(device)  # (1, H, W)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in POSTERIORS}
     for i in range(0, len(frames), batch):
-        images = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).to(device)
-        images = rearrange(images, "b h w c -> b c h w").float() / 127.5 - 1  # [−1, 1]
+        images = to_unit(frames[i : i + batch], device)
         for prefix, pixels in (("", images), ("masked_", images * mask)):  # masked: the region is 0 (grey)
             posterior = vae.encode(pixels).latent_dist
             out[f"{prefix}mean"].append(posterior.mean.float().cpu())
@@ -225,15 +273,8 @@ def cached_posteriors(
     frames = np.stack(list(iter_frames(path)))
     posteriors = encode_posteriors(vae, frames)
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(posteriors, tmp, metadata={"format": LATENTS_VERSION})
-            os.replace(tmp, cache_dir / f"{key}.safetensors")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(cache_dir / f"{key}.safetensors") as tmp:
+            save_file(posteriors, str(tmp), metadata={"format": LATENTS_VERSION})
     return posteriors, frames
 
 
@@ -242,7 +283,7 @@ def load_window_clips(
     clips_dir: str | Path,
     *,
     vae: AutoencoderKL,
-    whisper: WhisperAudioEncoder,
+    whisper: torch.nn.Module,
     whisper_cache: str | Path,
     latent_cache: str | Path | None,
     pixel_region: tuple[float, float, float, float] | None,
@@ -256,15 +297,13 @@ def load_window_clips(
     latent_cache = Path(latent_cache) if latent_cache is not None else None
     vae_key = vae_fingerprint(vae)
     whisper_key = encoder_fingerprint(whisper)
-    scale, shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = downsampling(vae)
     clips = []
     for row in track(list(manifest.itertuples()), description, unit="clips"):
         path = clips_dir / f"{row.clip}.mp4"
         raw, frames = cached_posteriors(path, vae, latent_cache, vae_key)
-        posteriors = {
-            k: (v - shift) * scale if k.endswith("mean") else v * scale for k, v in raw.items()
-        }  # the UNet's latent space
+        scale = vae.config.scaling_factor
+        posteriors = {k: scale_latents(vae, v) if k.endswith("mean") else v * scale for k, v in raw.items()}
         pixels = None
         if pixel_region is not None:
             frames = frames if frames is not None else np.stack(list(iter_frames(path)))

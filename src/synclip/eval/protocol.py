@@ -27,17 +27,18 @@ import pandas as pd
 import torch
 
 from synclip.audio.mel import syncnet_mel
+from synclip.audio.tokens import frame_tokens
+from synclip.audio.whisper import whisper_features
 from synclip.config import EvaluateParams
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.preprocess import ground_truth
 from synclip.errors import UserError
 from synclip.eval.sync import score_frames
 from synclip.face.landmarks import INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker
-from synclip.lipsync import frame_tokens, to_image, to_tensor
+from synclip.images import image_metrics, to_uint8, to_unit
+from synclip.inference.pipeline import LipSyncPipeline
 from synclip.media.decode import iter_frames, read_audio
 from synclip.nn.syncnet import StableSyncNet
-from synclip.pipeline import LipSyncPipeline
-from synclip.train.vae import image_metrics
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,11 @@ def generate(
     pipeline: LipSyncPipeline, frames: np.ndarray, samples: np.ndarray, steps: int, seed: int
 ) -> np.ndarray:
     """(N, R, R, 3) uint8 faces + their 16 kHz audio → (N, R, R, 3) uint8 generated faces (packaged guidance)."""
-    features = pipeline.audio_features(np.pad(samples, (0, SAMPLES_PER_FRAME)))  # one frame of token context
+    padded = np.pad(samples, (0, SAMPLES_PER_FRAME))  # one frame of token context
+    features = whisper_features(padded, pipeline.audio_encoder).float().cpu()  # (T_w, L, D)
     tokens = frame_tokens(features, range(len(frames)), VIDEO_FPS)
-    faces = torch.stack([to_tensor(f) for f in frames])
-    out = pipeline.stream(zip(faces, tokens, strict=True), steps=steps, seed=seed)
-    return np.stack([to_image(face) for face in out])
+    out = pipeline.stream(zip(to_unit(frames), tokens, strict=True), steps=steps, seed=seed)
+    return np.stack([to_uint8(face) for face in out])
 
 
 def closed_mouth(clip: EvalClip, mask: torch.Tensor) -> np.ndarray:
@@ -206,8 +207,8 @@ class Scorer:
                   "ssim_lower": lower["ssim_mouth"], "psnr_lower": lower["psnr_mouth"]}  # fmt: skip
         if self.lpips is not None:
             half = frames.shape[1] // 2
-            a = torch.stack([to_tensor(f[half:]) for f in frames]).to(self.device)
-            b = torch.stack([to_tensor(f[half:]) for f in original]).to(self.device)
+            a = to_unit(frames[:, half:], self.device).contiguous()
+            b = to_unit(original[:, half:], self.device).contiguous()
             with torch.no_grad():
                 scores["lpips_lower"] = float(self.lpips(a, b))
         return scores

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
+from synclip.artifacts import load_syncnet
+from synclip.config import Params
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
-from synclip.eval.protocol import VARIANTS, EvalResult
+from synclip.data.manifest import read_manifest
+from synclip.errors import UserError
+from synclip.eval.protocol import VARIANTS, EvalResult, Scorer, evaluate, load_eval_clip, select_clips, summarize
+from synclip.files import write_json
+from synclip.inference.package import load_pipeline
+from synclip.log import progress
 from synclip.media.io import VideoWriter
+from synclip.pretrained.store import require
+from synclip.train.losses import load_lpips
+
+log = logging.getLogger(__name__)
 
 LABEL_WIDTH = 120  # px of the contact sheet's left column
 
@@ -103,3 +117,52 @@ def markdown_table(summary: dict) -> str:
                  d.get("silent_closed"), r.get("ssim_mouth"), r.get("psnr_mouth")]  # fmt: skip
         lines.append(f"| {variant} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def evaluate_stage(processed: Path, raw: Path, model: Path, syncnet: Path, out: Path, params: Params, device: torch.device) -> None:
+    """The `evaluate` stage: both protocols on held-out clips with the packaged model, baselines and
+    ceiling; `out` gets metrics.json, the per-clip tables, the contact sheet, samples and summary.md."""
+    ev = params.evaluate
+    if out.exists() and any(out.iterdir()) and not (out / "metrics.json").is_file():
+        raise UserError(f"{out}: exists and is not an evaluation report folder; not replacing it")
+    pipeline = load_pipeline(model, device=device)
+    judge = load_syncnet(syncnet).to(device)
+    landmarker = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
+    lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg)
+    scorer = Scorer(judge, landmarker, ev, params.syncnet.max_offset, device, params.vae.mouth,
+                    lpips.to(device) if lpips is not None else None)  # fmt: skip
+    rows = select_clips(read_manifest(processed / "manifest.parquet"), raw, ev.split, ev.clips)
+    if rows["identity"].nunique() < 2:
+        raise UserError(
+            f"{processed}: clean {ev.split} clips of {rows['identity'].nunique()} identities; "
+            "dubbing needs two identities at least"
+        )
+    clips = [load_eval_clip(row, processed / "clips", raw, ev) for row in rows.itertuples()]
+    log.info("evaluating %d %s clips of %d identities, DDIM %d steps, guidance %g",
+             len(clips), ev.split, rows["identity"].nunique(), ev.steps, pipeline.config.guidance)  # fmt: skip
+    with progress("clips") as bar:
+        task = bar.add_task("evaluate", total=len(clips))
+        result = evaluate(pipeline, clips, scorer, ev.steps, pipeline.config.seed,
+                          on_clip=lambda done, _: bar.update(task, completed=done))  # fmt: skip
+
+    summary = summarize(result.rows)
+    summary["protocol"] = {
+        "split": ev.split, "clips": len(clips), "identities": int(rows["identity"].nunique()), "frames_per_clip_max": ev.max_frames,
+        "steps": ev.steps, "guidance": pipeline.config.guidance, "eta": pipeline.config.eta,
+        "seed": pipeline.config.seed,
+        "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",
+    }  # fmt: skip
+    if out.exists():
+        shutil.rmtree(out)  # an earlier report (checked above): replaced whole
+    (out / "samples").mkdir(parents=True)
+    write_json(out / "metrics.json", summary)
+    table = per_clip_table(result)
+    table.to_csv(out / "clips.csv", index=False, float_format="%.5g")
+    dubbing_plot_table(table).to_csv(out / "dubbing_clips.csv", index=False, float_format="%.5g")
+    opening_trace(result, clips[0].name).to_csv(out / "opening.csv", index=False)
+    cv2.imwrite(str(out / "contact_sheet.png"), cv2.cvtColor(contact_sheet(result, ev.sheet_frames), cv2.COLOR_RGB2BGR))
+    for clip in list(result.videos)[: ev.samples]:
+        write_sample(result, clip, out / "samples" / f"{clip}.mp4")
+    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    log.info("targets: %s", {k: v["met"] for k, v in summary["targets"].items()})
+    log.info("wrote %s", out)

@@ -17,7 +17,13 @@ import torch
 
 from synclip.audio.mel import syncnet_mel
 from synclip.config import PreprocessParams
-from synclip.data.sync_pairs import Clip, audio_window, face_region, visual_window
+from synclip.constants import VIDEO_FPS
+from synclip.face.align import warp_face
+from synclip.face.track import track_faces
+from synclip.images import crop_resize
+from synclip.media.decode import iter_frames, read_audio
+from synclip.media.probe import MediaError, probe, require_video
+from synclip.data.sync_pairs import Clip, audio_window, visual_window
 from synclip.nn.syncnet import StableSyncNet
 
 
@@ -85,7 +91,7 @@ def score_frames(
 ) -> SyncScore:
     """Score aligned faces (N, R, R, 3) uint8 against the mel of their audio (the SyncNet's view is cut here)."""
     config = model.config
-    view = np.stack([face_region(f, config.crop, config.image_size) for f in frames])
+    view = np.stack([crop_resize(f, config.crop, config.image_size) for f in frames])
     return score_clip(model, Clip("", "", view, mel), max_offset, device)
 
 
@@ -99,21 +105,16 @@ def score_video(
     device: torch.device | None = None,
 ) -> SyncScore:
     """Align the face of any video as preprocessing does, then score it against its (or another) audio."""
-    from synclip.data.preprocess import detect_pass
-    from synclip.face.align import track_transforms, warp_face
-    from synclip.media.decode import iter_frames, read_audio
-    from synclip.media.probe import MediaError, probe, require_video
-
     video = Path(video)
     require_video(probe(video))
-    track = detect_pass(video, preprocess, str(landmarker))
+    track = track_faces(iter_frames(video), landmarker, VIDEO_FPS, only_single=True)
     if not (track.counts == 1).any():
         raise MediaError(f"{video}: no frame shows exactly one face; nothing to score")
-    matrices = track_transforms(track.stable, preprocess.resolution, preprocess.smoothing_frames)
+    matrices = track.alignments(preprocess.resolution, preprocess.smoothing_frames)
     config = model.config
     frames = np.stack(
         [
-            face_region(warp_face(f, m, preprocess.resolution), config.crop, config.image_size)
+            crop_resize(warp_face(f, m, preprocess.resolution), config.crop, config.image_size)
             for f, m in zip(iter_frames(video), matrices, strict=True)
         ]
     )

@@ -46,6 +46,14 @@ NOSE_TIP = 4
 MOUTH_LEFT, MOUTH_RIGHT = 61, 291
 INNER_LIP_TOP, INNER_LIP_BOTTOM = 13, 14
 FOREHEAD, CHIN = 10, 152
+# the lips (outer and inner contours)
+LIPS = (
+    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
+    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
+)  # fmt: skip
+# the face oval (MediaPipe's FACEMESH_FACE_OVAL contour)
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)  # fmt: skip
 
 
 @dataclass(frozen=True)

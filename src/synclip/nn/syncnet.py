@@ -4,7 +4,8 @@ Two towers of SD-VAE-encoder-style blocks (GroupNorm/SiLU ResNet blocks, each fo
 strided conv with asymmetric zero padding; optional self-attention blocks after chosen stages),
 a GroupNorm + ReLU head and L2 normalisation: embeddings are non-negative unit vectors, so their
 cosine lies in [0, 1] and feeds BCE directly. Module names follow the reference, so a published
-`stable_syncnet.pt` state dict loads key for key (see `synclip.nn.checkpoints`).
+`stable_syncnet.pt` state dict loads key for key (see `synclip.artifacts`). The losses that use it
+are in `synclip.train.losses`.
 
 Shapes: visual input (B, 3·F, H, W) — F frames of a region of the aligned face (LatentSync: the
 lower half) stacked on channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end at (B, E, 1, 1).
@@ -12,6 +13,7 @@ lower half) stacked on channels; audio input (B, 1, M, T) — the SyncNet mel wi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -21,16 +23,15 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
+from synclip.config import SyncNetParams, TowerParams, from_dict
+from synclip.constants import SYNCNET_N_MELS, syncnet_mel_window
+
 Factor = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
-class TowerConfig:
-    in_channels: int
-    block_out_channels: tuple[int, ...]
-    downsample_factors: tuple[Factor, ...]  # per stage: 1 (none), 2, or (h, w)
-    attn_blocks: tuple[int, ...]  # per stage: 1 = an attention block after it
-    norm_num_groups: int = 32
+class TowerConfig(TowerParams):
+    in_channels: int = field(kw_only=True)
     dropout: float = 0.0
 
 
@@ -40,12 +41,7 @@ class SyncNetConfig:
     audio: TowerConfig
     num_frames: int = 16  # frames per window; visual in_channels = 3 · num_frames
     image_size: tuple[int, int] = (128, 256)  # (H, W) of the visual input
-    crop: tuple[float, float, float, float] = (
-        0.5,
-        1.0,
-        0.0,
-        1.0,
-    )  # region of the aligned face: the lower half
+    crop: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 1.0)  # region of the aligned face: the lower half
     mel_bins: int = 80
     mel_frames: int = 52  # mel frames per window (constants.syncnet_mel_window(num_frames))
     # synclip option (not in LatentSync): feed the visual tower each frame minus the window's mean
@@ -55,30 +51,22 @@ class SyncNetConfig:
 
     @staticmethod
     def from_dict(data: dict) -> SyncNetConfig:
-        def tower(t: dict) -> TowerConfig:
-            factors = tuple(
-                tuple(f) if isinstance(f, list | tuple) else int(f) for f in t["downsample_factors"]
-            )
-            return TowerConfig(
-                in_channels=int(t["in_channels"]),
-                block_out_channels=tuple(int(c) for c in t["block_out_channels"]),
-                downsample_factors=factors,
-                attn_blocks=tuple(int(a) for a in t["attn_blocks"]),
-                norm_num_groups=int(t.get("norm_num_groups", 32)),
-                dropout=float(t.get("dropout", 0.0)),
-            )
+        """From a stored config (JSON values); unknown keys and wrong types are errors."""
+        return from_dict(SyncNetConfig, data, source="SyncNet config")
 
-        return SyncNetConfig(
-            visual=tower(data["visual"]),
-            audio=tower(data["audio"]),
-            num_frames=int(data["num_frames"]),
-            image_size=tuple(data["image_size"]),
-            crop=tuple(float(v) for v in data.get("crop", (0.5, 1.0, 0.0, 1.0))),
-            mel_bins=int(data["mel_bins"]),
-            mel_frames=int(data["mel_frames"]),
-            subtract_window_mean=bool(data.get("subtract_window_mean", False)),
-            extra=dict(data.get("extra", {})),
-        )
+
+def syncnet_config(params: SyncNetParams) -> SyncNetConfig:
+    """The network of params.yaml's `syncnet` section."""
+    return SyncNetConfig(
+        visual=TowerConfig(**dataclasses.asdict(params.visual), in_channels=3 * params.num_frames),
+        audio=TowerConfig(**dataclasses.asdict(params.audio), in_channels=1),
+        num_frames=params.num_frames,
+        image_size=params.image_size,
+        crop=params.crop,
+        mel_bins=SYNCNET_N_MELS,
+        mel_frames=syncnet_mel_window(params.num_frames),
+        subtract_window_mean=params.subtract_window_mean,
+    )
 
 
 def released_config() -> SyncNetConfig:
@@ -214,48 +202,3 @@ class StableSyncNet(nn.Module):
 
     def forward(self, frames: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed_visual(frames), self.embed_audio(mel)
-
-
-def sync_probability(visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-    """Cosine of unit, non-negative embeddings (B, E) → (B,) in [0, 1]: the 'in sync' probability."""
-    return (visual * audio).sum(dim=1)
-
-
-def sync_loss(visual: torch.Tensor, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE between the cosine and the label (1 = in sync), as LatentSync trains and uses it."""
-    probability = sync_probability(visual, audio).clamp(1e-7, 1 - 1e-7)
-    return F.binary_cross_entropy(probability, target.to(probability.dtype))
-
-
-def offset_losses(
-    visual: torch.Tensor, audio: torch.Tensor, temperature: float, clips: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Losses for video windows against their audio at several offsets (Δ = 0 first).
-
-    visual (B, E); audio (B, D, E), where audio[:, 0] is in sync and audio[:, 1:] (D ≥ 1) is
-    shifted. Returns (balanced BCE, multi-way cross-entropy): the second is the "perfect match"
-    idea (Chung et al., 2019) — pick the in-sync audio among the shifted ones and the other
-    windows' in-sync audio — which gives each step far more signal than single pairs. The BCE's
-    negatives are the shifted cosines, or with D = 1 every other window's in-sync audio; given
-    `clips` (B,), the clip each window comes from, only the other windows of the same clip (the
-    negatives LatentSync draws and its accuracy is measured on: another time of the same face and
-    voice), when the batch has any.
-    Not part of LatentSync's recipe; `sync_loss` alone is.
-    """
-    own = torch.einsum("be,bde->bd", visual, audio)  # (B, D)
-    others = visual @ audio[:, 0].T  # (B, B): window i against window j's in-sync audio
-    batch = len(visual)
-    off = ~torch.eye(batch, dtype=torch.bool, device=visual.device)
-    off_diagonal = others[off].view(batch, batch - 1)
-    positive = own[:, 0].clamp(1e-7, 1 - 1e-7)
-    if own.shape[1] > 1:
-        negative = own[:, 1:]
-    elif clips is not None and (same := off & (clips[:, None] == clips[None, :])).any():
-        negative = others[same]
-    else:
-        negative = off_diagonal
-    negative = negative.clamp(1e-7, 1 - 1e-7)
-    bce = 0.5 * (-torch.log(positive).mean() - torch.log1p(-negative).mean())
-    logits = torch.cat([own, off_diagonal], dim=1) / temperature
-    target = torch.zeros(batch, dtype=torch.long, device=visual.device)
-    return bce, F.cross_entropy(logits, target)

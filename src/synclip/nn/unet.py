@@ -14,12 +14,9 @@ audio (B, F, S, D); output ε̂ (B, 4, F, h, w).
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import logging
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,99 +30,49 @@ from diffusers.models.upsampling import Upsample2D
 from einops import rearrange, repeat
 from torch import nn
 
-from synclip.artifacts import (
-    load_strict,
-    read_config,
-    read_latentsync_checkpoint,
-    read_weights,
-    save_artifact,
-)
+from synclip.config import ConfigError, UNetParams, UNetStageParams, from_dict
+from synclip.config.params import UNET_DOWN_BLOCKS, UNET_UP_BLOCKS
 
 log = logging.getLogger(__name__)
 
 KIND = "unet"
-CROSS_ATTN_DOWN, DOWN = "CrossAttnDownBlock3D", "DownBlock3D"
-CROSS_ATTN_UP, UP = "CrossAttnUpBlock3D", "UpBlock3D"
+CROSS_ATTN_DOWN, DOWN = UNET_DOWN_BLOCKS
+CROSS_ATTN_UP, UP = UNET_UP_BLOCKS
 # `load_unet_state` pattern for every temporal-module key: stage 2 starting from a stage-1 UNet
 MOTION_MODULES = "*.motion_modules.*"
 
 
 @dataclass(frozen=True)
-class UNetConfig:
-    """The UNet's geometry; the defaults are LatentSync's (`configs/unet/stage1*.yaml`)."""
+class UNetConfig(UNetParams):
+    """The UNet's geometry (`UNetParams`, what params.yaml sets) and what the run decides; the
+    defaults are LatentSync's (`configs/unet/stage1*.yaml`)."""
 
     in_channels: int = 13
     out_channels: int = 4
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
-    down_block_types: tuple[str, ...] = (CROSS_ATTN_DOWN, CROSS_ATTN_DOWN, CROSS_ATTN_DOWN, DOWN)
-    up_block_types: tuple[str, ...] = (UP, CROSS_ATTN_UP, CROSS_ATTN_UP, CROSS_ATTN_UP)
-    layers_per_block: int = 2  # resnets per down block; up blocks have one more
-    # the NUMBER of heads at every level (what SD-1.5 configs call `attention_head_dim`)
-    num_attention_heads: int = 8
     cross_attention_dim: int = 384  # D, the audio width (Whisper tiny)
-    norm_num_groups: int = 32
     norm_eps: float = 1e-5  # ResNet and output GroupNorms; transformer GroupNorms use 1e-6
-    # GroupNorm statistics of the ResNets and conv_norm_out over all F frames of a clip (reference);
-    # False normalises each frame alone, so without motion modules frames are independent
-    joint_frame_groupnorm: bool = True
     motion_modules: bool = False  # temporal self-attention after every down/up resnet (stage 2)
-    motion_module_decoder_only: bool = False  # motion modules in the up blocks only
-    motion_num_attention_heads: int = 8
     motion_max_frames: int = 24  # length of the temporal position code: the most frames F
 
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:
-        levels = len(self.block_out_channels)
-        if not levels == len(self.down_block_types) == len(self.up_block_types):
-            raise ValueError(
-                f"block_out_channels {self.block_out_channels}, down_block_types {self.down_block_types} "
-                f"and up_block_types {self.up_block_types} need one entry per level"
-            )
-        for kinds, allowed in (
-            (self.down_block_types, (CROSS_ATTN_DOWN, DOWN)),
-            (self.up_block_types, (CROSS_ATTN_UP, UP)),
-        ):
-            unknown = [k for k in kinds if k not in allowed]
-            if unknown:
-                raise ValueError(f"unknown block types {unknown}; expected one of {allowed}")
-        for channels in self.block_out_channels:
-            for divisor, name in (
-                (self.norm_num_groups, "norm_num_groups"),
-                (self.num_attention_heads, "num_attention_heads"),
-                (self.motion_num_attention_heads, "motion_num_attention_heads"),
-            ):
-                if channels % divisor:
-                    raise ValueError(
-                        f"block_out_channels {self.block_out_channels}: {channels} % {name} {divisor} != 0"
-                    )
-        if self.layers_per_block < 1:
-            raise ValueError(f"layers_per_block {self.layers_per_block} < 1")
+    def validate(self, key: str = "UNet config") -> None:
+        super().validate(key)
         if self.motion_module_decoder_only and not self.motion_modules:
-            raise ValueError("motion_module_decoder_only needs motion_modules")
+            raise ConfigError(f"{key}: motion_module_decoder_only needs motion_modules")
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> UNetConfig:
         """From JSON/YAML values (lists for tuples); unknown keys and wrong types are errors."""
-        hints = typing.get_type_hints(UNetConfig)
-        unknown = sorted(set(data) - set(hints))
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {unknown}")
-        values = {}
-        for key, value in data.items():
-            hint = hints[key]
-            item = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
-            items = value if typing.get_origin(hint) is tuple else [value]
-            if typing.get_origin(hint) is tuple and not isinstance(value, list | tuple):
-                raise ValueError(f"UNet config {key}: {value!r} is not a list")
-            for v in items:
-                # bool is an int subclass, and an int is a fine float
-                ok = isinstance(v, item) and (item is bool or not isinstance(v, bool))
-                if not ok and not (item is float and isinstance(v, int) and not isinstance(v, bool)):
-                    raise ValueError(f"UNet config {key}: {value!r} is not {hint}")
-            values[key] = tuple(value) if typing.get_origin(hint) is tuple else item(value)
-        return UNetConfig(**values)
+        return from_dict(UNetConfig, data, source="UNet config")
+
+
+def unet_config(params: UNetParams, stage: UNetStageParams, audio_width: int) -> UNetConfig:
+    """The UNet geometry of `params` with the stage's motion modules and the audio encoder's width D."""
+    values = dataclasses.asdict(params)
+    values["motion_module_decoder_only"] = params.motion_module_decoder_only and stage.motion_modules
+    return UNetConfig(**values, cross_attention_dim=audio_width, motion_modules=stage.motion_modules)
 
 
 def full_config(motion_modules: bool = True) -> UNetConfig:
@@ -480,54 +427,3 @@ class UNet3DConditionModel(nn.Module):
             x = block(x, skips, temb, audio, frames)
         x = self.conv_out(F.silu(self.conv_norm_out(x, frames)))
         return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
-
-
-# --- weights -------------------------------------------------------------------------------------
-
-
-def load_unet_state(
-    model: UNet3DConditionModel,
-    state: Mapping[str, torch.Tensor],
-    source: str = "state dict",
-    allow_missing: Sequence[str] = (),
-) -> list[str]:
-    """Load `state` strictly; returns the missing keys that `allow_missing` excused.
-
-    `allow_missing` holds fnmatch patterns over full keys (e.g. `MOTION_MODULES`,
-    "*.motion_modules.*"): matching keys absent from `state` keep their initialisation and are
-    reported (returned and logged). Any other missing key, any unexpected key or wrong shape is a
-    `CheckpointError` that lists them.
-    """
-    own = model.state_dict()
-    excused = sorted(
-        k for k in own if k not in state and any(fnmatch.fnmatchcase(k, p) for p in allow_missing)
-    )
-    load_strict(model, state, source, may_be_missing=excused)
-    if excused:
-        log.info("%s: %d keys absent, kept at initialisation (%s …)", source, len(excused), excused[0])
-    return excused
-
-
-def save_unet(folder: str | Path, model: UNet3DConditionModel, info: Mapping[str, Any] | None = None) -> Path:
-    """An artifact: `config.json` (the UNet config under "model", plus `info`) + `model.safetensors`."""
-    return save_artifact(folder, {"model": dataclasses.asdict(model.config), **(info or {})}, model, KIND)
-
-
-def load_unet(folder: str | Path) -> UNet3DConditionModel:
-    """A synclip UNet artifact, rebuilt from its own config and loaded strictly (eval mode)."""
-    model = UNet3DConditionModel(UNetConfig.from_dict(read_config(folder, KIND)["model"]))
-    load_unet_state(model, read_weights(folder), f"{folder}/model.safetensors")
-    return model.eval()
-
-
-def load_latentsync_unet(
-    path: str | Path, config: UNetConfig, allow_missing: Sequence[str] = ()
-) -> UNet3DConditionModel:
-    """A published LatentSync `latentsync_unet.pt` ({"state_dict": ...}) into a model of `config`.
-
-    v1.0 has no motion modules (`full_config(False)`), 1.5/1.6 have them (`full_config(True)`);
-    pass `allow_missing=(MOTION_MODULES,)` to start a stage-2 model from a v1.0 checkpoint.
-    """
-    model = UNet3DConditionModel(config)
-    load_unet_state(model, read_latentsync_checkpoint(path), str(path), allow_missing)
-    return model.eval()

@@ -21,12 +21,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from synclip.config import Params
 from synclip.constants import AUDIO_SAMPLE_RATE
 from synclip.errors import UserError
 from synclip.face.landmarks import FaceLandmarker
+from synclip.files import write_json
 from synclip.log import track
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.probe import MediaError, probe, require_video
+from synclip.pretrained.store import require
 
 log = logging.getLogger(__name__)
 
@@ -253,3 +256,46 @@ def _column_results(metrics: list[dict]) -> dict:
             "drifted": drifted,
         }
     return columns
+
+
+def reference_stage(manifest: Path, raw: Path, reference: Path, baseline: Path, metrics: Path, params: Params) -> None:
+    """The `drift_reference` stage: the drift features of the sources the model learned from.
+
+    The reference (the training split's sources) is what `synclip drift` compares the service's
+    requests with. The baseline split's sources (identities never trained on, from the same corpus)
+    are reported against it too: a check that the features and the tests do not cry drift where
+    there is none.
+    """
+    drift = params.drift
+    landmarker = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
+    splits = pd.read_parquet(manifest).groupby("source")["split"].first()
+    tables = {
+        split: source_features(raw, sorted(splits.index[splits == split]), landmarker, drift.sampled_frames)
+        for split in (drift.reference_split, drift.baseline_split)
+    }
+    table = tables[drift.reference_split]
+    if len(table) < 2:
+        raise UserError(f"{len(table)} {drift.reference_split} source(s): too few for a drift reference")
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(reference, index=False)
+    current = tables[drift.baseline_split]
+    summary: dict = {"reference_sources": len(table)}
+    if len(current) < 2:  # a small data set of one's own: the reference is still what monitoring needs
+        reason = f"{len(current)} source(s) of the {drift.baseline_split} split; a drift test needs 2"
+        log.warning("no baseline drift report: %s", reason)
+        baseline.mkdir(parents=True, exist_ok=True)
+        (baseline / "drift.json").write_text(json.dumps({"skipped": reason}))
+        (baseline / "index.html").write_text(f"<!doctype html><p>No baseline drift report: {reason}.</p>")
+        summary["baseline"] = {"split": drift.baseline_split, "skipped": reason}
+    else:
+        title = f"synclip input drift: {drift.baseline_split} sources vs {drift.reference_split}"
+        report = drift_report(table, current, baseline, drift.drift_share, title=title)
+        print(report.text())
+        summary["baseline"] = {
+            "split": drift.baseline_split,
+            "sources": report.current_rows,
+            "drifted_features": len(report.drifted),
+            "drifted_share": round(report.share, 4),
+            "dataset_drift": report.dataset_drift,
+        }
+    write_json(metrics, summary, sort_keys=False)

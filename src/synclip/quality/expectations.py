@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from synclip.config import DataQualityParams, PreprocessParams
+from synclip.config import DataQualityParams, Params, PreprocessParams
 from synclip.constants import VIDEO_FPS
+from synclip.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -163,3 +164,13 @@ def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def validate_stage(manifest: Path, out: Path, params: Params) -> None:
+    """The `validate` stage: the gate on the preprocessing manifest, its report in `out`; a UserError
+    (so the pipeline stops) when an expectation fails."""
+    outcome = validate_manifest(pd.read_parquet(manifest), params.preprocess, params.data_quality)
+    write_report(outcome, out)
+    print(outcome.summary())
+    if not outcome.success:
+        raise UserError(f"data-quality gate failed; see {out / 'index.html'}")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,26 +20,22 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from einops import rearrange
 from torch import nn
 
-from synclip.nn.syncnet import StableSyncNet, sync_loss
+from synclip.constants import NOISE_SCHEDULE
+from synclip.data.unet_windows import UNetBatch, region_pixels, region_slices
+from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.unet import UNet3DConditionModel
+from synclip.nn.vae import downsampling, unscale_latents
+from synclip.train.losses import sync_loss
 
 log = logging.getLogger(__name__)
 
 TERMS = ("recon", "sync", "lpips", "trepa")
 PIXEL_TERMS = ("sync", "lpips", "trepa")
-# LatentSync's configs/scheduler_config.json (its DDIM sampler shares these betas)
-SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-}
 
 
 def noise_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**SCHEDULE)
+    """DDPM's forward process on LatentSync's betas (the DDIM sampler shares them)."""
+    return DDPMScheduler(**NOISE_SCHEDULE)
 
 
 def noise_correlation(alpha: float) -> float:
@@ -83,103 +77,6 @@ def predict_x0(
     """One-step x̂0 = (z_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t) (DDIM eq. 12), at every t as LatentSync."""
     alpha_bar = _alpha_bar(scheduler, timesteps, noisy)
     return ((noisy - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()).to(epsilon.dtype)
-
-
-@dataclass
-class UNetBatch:
-    """One batch of training windows (`synclip.data.unet_windows`), latents already scaled."""
-
-    latents: torch.Tensor  # (B, 4, F, h, w) target frames
-    masked_latents: torch.Tensor  # (B, 4, F, h, w) target frames × mask
-    reference_latents: torch.Tensor  # (B, 4, F, h, w) a non-overlapping window of the same clip
-    mask: torch.Tensor  # (B, 1, F, h, w) 1 keep, 0 generate
-    audio: torch.Tensor  # (B, F, S, D) Whisper tokens
-    mel: torch.Tensor  # (B, 1, 80, W) SyncNet mel of the window
-    pixels: torch.Tensor | None = None  # (B, 3, F, H', W') the target frames' `pixel_region`, for LPIPS/TREPA
-
-    def to(self, device: torch.device) -> UNetBatch:
-        moved = {k: (v.to(device) if v is not None else None) for k, v in vars(self).items()}
-        return UNetBatch(**moved)
-
-    def unet_input(self, noisy: torch.Tensor) -> torch.Tensor:
-        """The 13 channels in LatentSync's order: z_t, mask, masked latent, reference latent."""
-        return torch.cat([noisy, self.mask, self.masked_latents, self.reference_latents], dim=1)
-
-
-class LpipsTerm(nn.Module):
-    """LPIPS (VGG, lpips 0.1.4 linear heads) with the VGG16 trunk loaded from a local torchvision state dict."""
-
-    def __init__(self, vgg_state: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        import lpips
-
-        # pnet_rand: no torchvision download; the trunk is filled from `vgg_state` below
-        self.lpips = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False).eval().requires_grad_(False)
-        own = {k: v for k, v in self.lpips.net.state_dict().items()}
-        mapped = {}
-        for name in own:  # net.slice{k}.{i}.{weight,bias} <- features.{i}.{weight,bias}
-            _, index, kind = name.split(".")
-            mapped[name] = vgg_state.get(f"features.{index}.{kind}")
-        missing = sorted(k for k, v in mapped.items() if v is None)
-        if missing:
-            raise ValueError(f"VGG16 state dict lacks {len(missing)} trunk tensors ({missing[:3]} …)")
-        self.lpips.net.load_state_dict(mapped, strict=True)
-
-    def forward(self, generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) pairs in [−1, 1] → mean LPIPS."""
-        return self.lpips(generated, real).mean()
-
-
-def load_lpips(path: str | None) -> tuple[LpipsTerm | None, str]:
-    """(the LPIPS term, "") or (None, why it is unavailable) for `pretrained.lpips_vgg`."""
-    if path is None:
-        return None, "pretrained.lpips_vgg is null (VGG16 ImageNet weights are needed)"
-    if not Path(path).is_file():
-        return None, f"pretrained.lpips_vgg {path} does not exist"
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return LpipsTerm(state), ""
-
-
-def load_trepa_term(folder: str | Path | None) -> tuple[nn.Module | None, str]:
-    """(TrepaLoss from `synclip.train.trepa`, "") or (None, why it is unavailable)."""
-    if folder is None:
-        return None, "no TREPA encoder folder given"
-    if not Path(folder).is_dir():
-        return None, f"TREPA encoder folder {folder} does not exist"
-    try:
-        from synclip.train.trepa import load_trepa
-    except ImportError as error:
-        return None, f"synclip.train.trepa is unavailable ({error})"
-    return load_trepa(folder), ""
-
-
-def region_slices(
-    region: tuple[float, float, float, float], latent_size: tuple[int, int], margin: int = 1
-) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """(latent rows/cols to decode, pixel rows/cols of `region` within that decode, in latent cells × 8/… units).
-
-    `region` (top, bottom, left, right) fractions is snapped outward to whole latent cells; the decode
-    takes `margin` more cells on each side (clipped), so the decoder's border does not touch the region.
-    Pixel slices are returned in latent cells; multiply by the VAE's factor.
-    """
-    h, w = latent_size
-    top, bottom, left, right = region
-    r0, r1 = math.floor(top * h), math.ceil(bottom * h)
-    c0, c1 = math.floor(left * w), math.ceil(right * w)
-    d0, d1 = max(r0 - margin, 0), min(r1 + margin, h)
-    e0, e1 = max(c0 - margin, 0), min(c1 + margin, w)
-    return (slice(d0, d1), slice(e0, e1)), (slice(r0 - d0, r1 - d0), slice(c0 - e0, c1 - e0))
-
-
-def region_pixels(
-    region: tuple[float, float, float, float], latent_size: tuple[int, int], factor: int
-) -> tuple[slice, slice]:
-    """Pixel rows/cols of the full face that `region` covers after snapping to latent cells."""
-    h, w = latent_size
-    top, bottom, left, right = region
-    rows = slice(math.floor(top * h) * factor, math.ceil(bottom * h) * factor)
-    cols = slice(math.floor(left * w) * factor, math.ceil(right * w) * factor)
-    return rows, cols
 
 
 class DiffusionObjective:
@@ -257,9 +154,8 @@ class DiffusionObjective:
         """(B, 4, F, h, w) scaled latents → (B, 3, F, H', W') decoded `pixel_region`."""
         assert self.vae is not None
         (rows, cols), (keep_rows, keep_cols) = region_slices(self.pixel_region, latents.shape[-2:])
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shift = self.vae.config.shift_factor or 0.0
-        crop = latents[..., rows, cols] / self.vae.config.scaling_factor + shift
+        factor = downsampling(self.vae)
+        crop = unscale_latents(self.vae, latents[..., rows, cols])
         frames = self.vae.decode(rearrange(crop, "b c f h w -> (b f) c h w")).sample
         frames = frames[
             :,
@@ -272,10 +168,10 @@ class DiffusionObjective:
     def sync_view(self, region: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, F, H', W') decoded region → (B, 3·F, H_s, W_s) the SyncNet's crop, frames on channels."""
         assert self.syncnet is not None
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        factor = downsampling(self.vae)
         size = (latent_size[0] * factor, latent_size[1] * factor)  # the full face, pixels
         rows, cols = region_pixels(self.pixel_region, latent_size, factor)
-        top, bottom, left, right = self.syncnet.config.crop  # `face_region`'s rounding, in region coordinates
+        top, bottom, left, right = self.syncnet.config.crop  # `crop_resize`'s rounding, in region coordinates
         crop = region[
             ..., round(top * size[0]) - rows.start : round(bottom * size[0]) - rows.start,
             round(left * size[1]) - cols.start : round(right * size[1]) - cols.start,
@@ -313,7 +209,7 @@ class DiffusionObjective:
                     visual.float(), audio.float(), torch.ones(len(visual), device=visual.device)
                 )
             if "lpips" in self.weights:
-                factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+                factor = downsampling(self.vae)
                 rows, _ = region_pixels(self.pixel_region, x0.shape[-2:], factor)
                 lower = _lower_half(region, rows.start, x0.shape[-2] * factor)
                 real = _lower_half(batch.pixels, rows.start, x0.shape[-2] * factor)

@@ -1,81 +1,37 @@
-"""Training the SyncNet: balanced pairs, BCE on the cosine, held-out validation, exact resumption."""
+"""Training the SyncNet (the `train_syncnet` stage): balanced pairs, BCE on the cosine, held-out validation.
+
+The loop is `synclip.train.trainer`'s; the losses are `synclip.train.losses`'. With `syncnet.source:
+pretrained` the stage copies a published StableSyncNet instead and only validates it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from synclip.artifacts import (
-    load_strict,
-    read_config,
-    read_latentsync_checkpoint,
-    read_weights,
-    save_artifact,
-)
-from synclip.config import SyncNetParams, to_dict
-from synclip.constants import syncnet_mel_window
-from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView, augment_windows
-from synclip.log import progress
-from synclip.nn.syncnet import (
-    StableSyncNet,
-    SyncNetConfig,
-    TowerConfig,
-    offset_losses,
-    sync_loss,
-    sync_probability,
-)
-from synclip.runtime import autocast_dtype, channels_last
-from synclip.train.checkpoint import load_training_state, save_training_state
-from synclip.train.optim import adamw, learning_rate
+from synclip.artifacts import load_latentsync_syncnet, save_syncnet
+from synclip.config import Params, SyncNetParams
+from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView, augment_windows, load_clips, validation_rows
+from synclip.data.manifest import read_manifest
+from synclip.files import write_csv, write_json
+from synclip.nn.syncnet import StableSyncNet, syncnet_config
+from synclip.runtime import channels_last
+from synclip.train.losses import offset_losses, sync_loss, sync_probability
+from synclip.train.trainer import History, Recipe, Trainer
 
 log = logging.getLogger(__name__)
 
-KIND = "syncnet"
-CHECKPOINT = "checkpoint.pt"
 CHANCE = float(np.log(2))  # BCE of a net that says 0.5 to everything
-
-
-def syncnet_config(params: SyncNetParams) -> SyncNetConfig:
-    def tower(t, in_channels: int) -> TowerConfig:
-        return TowerConfig(
-            in_channels=in_channels,
-            block_out_channels=t.block_out_channels,
-            downsample_factors=t.downsample_factors,
-            attn_blocks=t.attn_blocks,
-            norm_num_groups=t.norm_num_groups,
-        )
-
-    return SyncNetConfig(
-        visual=tower(params.visual, 3 * params.num_frames),
-        audio=tower(params.audio, 1),
-        num_frames=params.num_frames,
-        image_size=params.image_size,
-        crop=params.crop,
-        mel_bins=80,
-        mel_frames=syncnet_mel_window(params.num_frames),
-        subtract_window_mean=params.subtract_window_mean,
-    )
-
-
-@dataclass
-class History:
-    rows: list[dict]  # one per validation: step, train_loss, val_loss, val_accuracy, seconds
-    left_chance_step: int | None  # first step the smoothed training loss fell below 0.6 (from ln 2 = 0.69)
-    seconds: float
+HISTORY_FIELDS = ["step", "train_loss", "val_loss", "val_accuracy", "seconds"]
 
 
 def evaluate(
     model: StableSyncNet, sampler: PairSampler, pairs: list[Pair], device: torch.device, batch: int = 64
-):
+) -> tuple[float, float]:
     """(mean BCE, accuracy with cos > 0.5) over fixed pairs."""
     model.eval()
     losses, correct = [], 0
@@ -89,11 +45,83 @@ def evaluate(
     return sum(losses) / len(pairs), correct / len(pairs)
 
 
-def fingerprint(params: SyncNetParams, seed: int, train: list[Clip]) -> str:
-    payload = json.dumps(
-        [to_dict(params), seed, [(c.name, len(c.frames), c.shift) for c in train]], sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def validation_pairs(clips: list[Clip], params: SyncNetParams, seed: int) -> tuple[PairSampler, list[Pair]]:
+    """The fixed held-out pairs every validation scores (their own generator: `seed`)."""
+    sampler = PairSampler(clips, params.num_frames, params.small_offset_fraction, np.random.default_rng(seed))
+    return sampler, [sampler.draw() for _ in range(params.val_pairs)]
+
+
+class SyncNetRecipe(Recipe):
+    """LatentSync's balanced single pairs with BCE on the cosine, or (contrastive_weight > 0) every
+    window against its audio at several offsets and the batch's other windows (`offset_losses`)."""
+
+    name = "train_syncnet"
+
+    def __init__(self, train: list[Clip], val: list[Clip], params: SyncNetParams, seed: int) -> None:
+        self.train_clips, self.val_clips, self.params, self.seed = train, val, params, seed
+        self.smoothed, self.left_chance_step = CHANCE, None
+
+    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+        self.rng, self.device = rng, device
+        model = channels_last(StableSyncNet(syncnet_config(self.params)).to(device))
+        self.sampler = PairSampler(self.train_clips, self.params.num_frames, self.params.small_offset_fraction, rng)
+        self.val_sampler, self.val_pairs = validation_pairs(self.val_clips, self.params, self.seed + 1)
+        model.train()
+        return model
+
+    def fingerprint(self) -> list:
+        return [(c.name, len(c.frames), c.shift) for c in self.train_clips]
+
+    def begin(self, step: int, resumed: bool) -> None:
+        log.info(
+            "SyncNet: %.2f M parameters, %d train / %d val clips, %d steps of %d pairs on %s",
+            sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.sampler.clips),
+            len(self.val_sampler.clips), self.params.max_steps, self.params.batch_size, self.device,
+        )  # fmt: skip
+
+    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        params, model = self.params, self.model
+        if params.contrastive_weight > 0:
+            deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
+            frames, mel, clips = self.sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
+            frames, mel = self.augment(frames).to(self.device), mel.to(self.device)
+            with autocast:
+                visual = model.embed_visual(frames)
+                audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
+            same = clips.to(self.device) if params.bce_negatives == "same_clip" else None
+            bce, match = offset_losses(visual.float(), audio.float(), params.contrastive_temperature, same)
+            loss = bce + params.contrastive_weight * match
+        else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
+            frames, mel, labels = self.sampler.batch(params.batch_size)
+            frames, mel, labels = self.augment(frames).to(self.device), mel.to(self.device), labels.to(self.device)
+            with autocast:
+                visual, audio = model(frames, mel)
+            bce = loss = sync_loss(visual.float(), audio.float(), labels)
+        self.smoothed = 0.95 * self.smoothed + 0.05 * bce.item()  # the BCE part, comparable with ln 2
+        if self.left_chance_step is None and self.smoothed < 0.6:
+            self.left_chance_step = step + 1
+        return loss, {"loss": loss}
+
+    def augment(self, frames: torch.Tensor) -> torch.Tensor:
+        return augment_windows(frames, self.rng, self.params.flip_fraction, self.params.brightness, self.params.contrast)
+
+    def validate(self, step: int) -> dict:
+        val_loss, val_accuracy = evaluate(self.model, self.val_sampler, self.val_pairs, self.device)
+        return {"val_loss": round(val_loss, 5), "val_accuracy": round(val_accuracy, 5)}
+
+    def state(self) -> dict:
+        return {"smoothed": self.smoothed, "left_chance_step": self.left_chance_step}
+
+    def load_state(self, state: dict) -> None:
+        self.smoothed, self.left_chance_step = state["smoothed"], state["left_chance_step"]
+
+    def notes(self) -> dict:
+        # the first step the smoothed training BCE fell below 0.6 (from ln 2 = 0.69)
+        return {"left_chance_step": self.left_chance_step}
+
+    def finish(self, out_dir: Path, step: int) -> torch.nn.Module:
+        save_syncnet(out_dir, self.model, {"trained_steps": step})
+        return self.model
 
 
 def train_syncnet(
@@ -105,125 +133,40 @@ def train_syncnet(
     seed: int,
     stop_after: int | None = None,
 ) -> tuple[StableSyncNet, History]:
-    """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}`.
-
-    A complete checkpoint (`out_dir/checkpoint.pt`) is written every `checkpoint_every` steps; a
-    rerun with the same params, seed and clips continues from it and ends with the same weights
-    as an uninterrupted run. `stop_after` ends the run early after that many steps (for tests).
-    """
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    config = syncnet_config(params)
-    model = channels_last(StableSyncNet(config).to(device))
-    optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay)
-    amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    sampler = PairSampler(train, params.num_frames, params.small_offset_fraction, rng)
-    val_sampler = PairSampler(
-        val, params.num_frames, params.small_offset_fraction, np.random.default_rng(seed + 1)
-    )
-    val_pairs = [val_sampler.draw() for _ in range(params.val_pairs)]
-
-    key = fingerprint(params, seed, train)
-    history = History(rows=[], left_chance_step=None, seconds=0.0)
-    step, smoothed, window_losses = 0, CHANCE, []
-    resumed = load_training_state(
-        out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, rng=rng, fingerprint=key
-    )
-    if resumed is not None:
-        step, extra = resumed
-        history = History(**extra["history"])
-        smoothed, window_losses = extra["smoothed"], extra["window_losses"]
-        log.info("resuming SyncNet training from step %d (%s)", step, out_dir / CHECKPOINT)
-    log.info(
-        "SyncNet: %.2f M parameters, %d train / %d val clips, %d steps of %d pairs on %s",
-        sum(p.numel() for p in model.parameters()) / 1e6, len(sampler.clips), len(val_sampler.clips),
-        params.max_steps, params.batch_size, device,
-    )  # fmt: skip
-    started = time.perf_counter() - history.seconds
-    context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-
-    def augment(frames: torch.Tensor) -> torch.Tensor:
-        return augment_windows(frames, rng, params.flip_fraction, params.brightness, params.contrast)
-
-    model.train()
-    with progress("steps") as bar:
-        task = bar.add_task("train_syncnet", total=params.max_steps, completed=step)
-        while step < params.max_steps:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(params, step)
-            if params.contrastive_weight > 0:
-                deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
-                frames, mel, clips = sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
-                frames, mel = augment(frames).to(device), mel.to(device)
-                with context:
-                    visual = model.embed_visual(frames)
-                    audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
-                same = clips.to(device) if params.bce_negatives == "same_clip" else None
-                bce, match = offset_losses(
-                    visual.float(), audio.float(), params.contrastive_temperature, same
-                )
-                loss = bce + params.contrastive_weight * match
-            else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
-                frames, mel, labels = sampler.batch(params.batch_size)
-                frames, mel, labels = augment(frames).to(device), mel.to(device), labels.to(device)
-                with context:
-                    visual, audio = model(frames, mel)
-                bce = loss = sync_loss(visual.float(), audio.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            window_losses.append(loss.item())
-            smoothed = 0.95 * smoothed + 0.05 * bce.item()  # the BCE part, comparable with ln 2
-            if history.left_chance_step is None and smoothed < 0.6:
-                history.left_chance_step = step
-            bar.advance(task)
-            if step % params.val_every == 0 or step == params.max_steps:
-                val_loss, val_accuracy = evaluate(model, val_sampler, val_pairs, device)
-                history.rows.append(
-                    {
-                        "step": step,
-                        "train_loss": round(float(np.mean(window_losses)), 5),
-                        "val_loss": round(val_loss, 5),
-                        "val_accuracy": round(val_accuracy, 5),
-                        "seconds": round(time.perf_counter() - started, 1),
-                    }
-                )
-                window_losses = []
-                log.info("step %d: train loss %.4f, val loss %.4f, val accuracy %.3f", step,
-                         history.rows[-1]["train_loss"], val_loss, val_accuracy)  # fmt: skip
-            history.seconds = time.perf_counter() - started
-            if step % params.checkpoint_every == 0 or step == params.max_steps:
-                save_training_state(
-                    out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, step=step, rng=rng,
-                    fingerprint=key,
-                    extra={"history": dataclasses.asdict(history), "smoothed": smoothed, "window_losses": window_losses},
-                )  # fmt: skip
-            if stop_after is not None and step >= stop_after:
-                return model, history
-    save_artifact(out_dir, {"model": dataclasses.asdict(config), "trained_steps": step}, model, KIND)
-    return model, history
+    """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}`."""
+    return Trainer(SyncNetRecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
 
 
-def load_syncnet(folder: str | Path) -> StableSyncNet:
-    """A trained SyncNet artifact, rebuilt from its own config and loaded strictly (eval mode)."""
-    config = SyncNetConfig.from_dict(read_config(folder, KIND)["model"])
-    model = StableSyncNet(config)
-    load_strict(model, read_weights(folder), f"{folder}/model.safetensors")
-    return channels_last(model.eval())
+def syncnet_stage(processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device) -> None:
+    """The `train_syncnet` stage: train on the train split (or load the published weights), validate
+    on held-out identities; the artifact in `out`, the summary in `metrics`, the curve in `history`."""
+    sync = params.syncnet
+    manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "the SyncNet")
+    view = SyncView.of(syncnet_config(sync))
+    val_rows = validation_rows(manifest)
+    if val_rows.empty:  # a tiny corpus whose only val clips are shifted: measure on them, and say so
+        val_rows = manifest[manifest["split"] == "val"]
+        log.warning("every val clip has shifted audio; the validation accuracy is measured on them anyway")
+    val = load_clips(val_rows, processed / "clips", view, "val clips")
+    if sync.source == "pretrained":
+        model = load_latentsync_syncnet(params.pretrained.latentsync_syncnet, syncnet_config(sync)).to(device)
+        save_syncnet(out, model, {"source": str(params.pretrained.latentsync_syncnet)})
+        sampler, pairs = validation_pairs(val, sync, params.seed + 1)
+        loss, accuracy = evaluate(model, sampler, pairs, device)
+        rows, summary = [], {"source": "pretrained", "val_loss": loss, "val_accuracy": accuracy}
+    else:
+        train = load_clips(manifest[manifest["split"] == "train"], processed / "clips", view, "train clips")
+        _, trained = train_syncnet(train, val, sync, out, device, params.seed)
+        rows, last = trained.rows, trained.rows[-1]
+        summary = {
+            "source": "trained",
+            "steps": last["step"],
+            "train_seconds": round(trained.seconds, 1),
+            "left_chance_step": trained.notes["left_chance_step"],
+            "val_loss": last["val_loss"],
+            "val_accuracy": last["val_accuracy"],
+            "best_val_accuracy": max(r["val_accuracy"] for r in rows),
+        }
+    write_json(metrics, summary)
+    write_csv(history, rows, HISTORY_FIELDS)
 
-
-def load_latentsync_syncnet(path: str | Path, config: SyncNetConfig) -> StableSyncNet:
-    """A published LatentSync StableSyncNet (`stable_syncnet.pt`) into synclip's module tree, strictly."""
-    model = StableSyncNet(config)
-    load_strict(model, read_latentsync_checkpoint(path), str(path))
-    return channels_last(model.eval())
-
-
-def view_of(config: SyncNetConfig) -> SyncView:
-    return SyncView(crop=config.crop, size=config.image_size)

@@ -169,6 +169,15 @@ def load_trepa(folder: str | Path | None) -> TrepaLoss:
     return trepa
 
 
+def load_trepa_term(folder: str | Path | None) -> tuple[TrepaLoss | None, str]:
+    """(the TREPA loss on the VideoMAE folder `folder`, "") or (None, why it is unavailable)."""
+    if folder is None:
+        return None, "no TREPA encoder folder given"
+    if not Path(folder).is_dir():
+        return None, f"TREPA encoder folder {folder} does not exist"
+    return load_trepa(folder), ""
+
+
 def _weight_files(folder: Path) -> list[Path]:
     """model.safetensors, or every shard a model.safetensors.index.json lists."""
     if (folder / WEIGHTS).is_file():

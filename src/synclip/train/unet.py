@@ -1,9 +1,9 @@
-"""Training the UNet (LatentSync stages 1 and 2): AdamW, gradient clipping, EMA weights, audio dropout,
-trainable-module patterns, deterministic validation on held-out identities, sample videos with their
-sync score (`synclip.train.samples`), exact resumption.
+"""Training the UNet (LatentSync stages 1 and 2; the `train_unet_stage1` / `_stage2` stages): EMA weights,
+audio dropout, trainable-module patterns, deterministic validation on held-out identities, and sample
+videos with their sync score (made by a callable the caller passes: `synclip.eval.samples`).
 
-The objective lives in `synclip.train.diffusion`, the windows in `synclip.data.unet_windows`; the
-artifact is `save_unet` of the EMA weights with their config.
+The objective is `synclip.train.diffusion`'s, the windows `synclip.data.unet_windows`', the loop the
+Trainer's; the artifact is `save_unet` of the EMA weights with their config.
 """
 
 from __future__ import annotations
@@ -11,38 +11,60 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import hashlib
-import json
 import logging
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from synclip.artifacts import read_weights
-from synclip.config import UNetParams, UNetStageParams, to_dict
-from synclip.data.unet_windows import Window, WindowClip, WindowSampler
-from synclip.log import progress
-from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, load_unet_state, save_unet
-from synclip.runtime import autocast_dtype
-from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.artifacts import load_syncnet, load_unet_state, load_vae, load_whisper_encoder, read_weights, save_unet
+from synclip.config import Params, UNetStageParams
+from synclip.data.manifest import read_manifest
+from synclip.data.unet_windows import Window, WindowClip, WindowSampler, load_window_clips, training_rows
+from synclip.errors import UserError
+from synclip.files import write_csv, write_json
+from synclip.nn.syncnet import StableSyncNet
+from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, unet_config
 from synclip.train.diffusion import DiffusionObjective, mixed_noise
-from synclip.train.optim import adamw, learning_rate
-from synclip.train.samples import ValidationSample
+from synclip.train.losses import load_lpips
+from synclip.train.trainer import History, Recipe, Trainer
+from synclip.train.trepa import load_trepa_term
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+SAMPLE_NAME = re.compile(r"step_(\d+)\.mp4")
 
 
-def unet_config(params: UNetParams, stage: UNetStageParams, audio_width: int) -> UNetConfig:
-    """The UNet geometry of `params` with the stage's motion modules and the audio encoder's width D."""
-    values = dataclasses.asdict(params)
-    values["motion_module_decoder_only"] = params.motion_module_decoder_only and stage.motion_modules
-    return UNetConfig(**values, cross_attention_dim=audio_width, motion_modules=stage.motion_modules)
+def sample_path(folder: Path, step: int) -> Path:
+    """The validation sample of step `step` in the samples folder."""
+    return folder / f"step_{step:06d}.mp4"
+
+
+def forget_samples(folder: str | Path, after: int = -1) -> None:
+    """Remove the `step_NNNNNN.mp4` samples in `folder` of steps after `after` (−1: all)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = SAMPLE_NAME.fullmatch(path.name)
+        if match and int(match.group(1)) > after:
+            path.unlink()
+
+
+class Sample(Protocol):
+    """A validation sample (`synclip.eval.samples.ValidationSample`): generated with the EMA UNet at
+    a step, written, and scored."""
+
+    def __call__(self, unet: torch.nn.Module, step: int) -> dict: ...
+
+    def path(self, step: int) -> Path: ...
+
+    def forget_after(self, step: int) -> None: ...
 
 
 def select_trainable(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -71,40 +93,6 @@ def initial_unet(config: UNetConfig, init: str | Path | None) -> tuple[UNet3DCon
         return model, []
     allow = (MOTION_MODULES,) if config.motion_modules else ()
     return model, load_unet_state(model, read_weights(init), f"{init}/model.safetensors", allow)
-
-
-@dataclass
-class History:
-    rows: list[dict]  # one per validation: step, train_<term>, val_<term>, seconds
-    seconds: float
-
-
-def fingerprint(
-    config: UNetConfig, stage: UNetStageParams, seed: int, clips: list[WindowClip], extra: dict
-) -> str:
-    """What a checkpoint must share with this run to be resumed: config, data content and code.
-
-    The content of the inputs counts, not just their names: the output folder persists between
-    `dvc repro` runs, and after a new VAE (other latents) a finished checkpoint would otherwise be
-    "resumed" at max_steps and never retrained. So does this file's code, for the same reason.
-    """
-    inputs = hashlib.sha256(Path(__file__).read_bytes())
-    for clip in clips:
-        for name in sorted(clip.posteriors):
-            inputs.update(clip.posteriors[name].contiguous().numpy().tobytes())
-        inputs.update(clip.features.contiguous().float().numpy().tobytes())
-    payload = json.dumps(
-        [
-            dataclasses.asdict(config),
-            to_dict(stage),
-            seed,
-            [(c.name, c.num_frames, c.shift) for c in clips],
-            extra,
-            inputs.hexdigest(),
-        ],
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def _file_digest(path: Path) -> str:
@@ -178,6 +166,128 @@ class Validation:
         return result
 
 
+class UNetRecipe(Recipe):
+    """Random windows (target, reference, audio) of the train clips with mixed noise at random
+    timesteps; the EMA of the weights is what is validated, sampled and written."""
+
+    name = "train_unet"
+    digits = 6
+
+    def __init__(
+        self,
+        train: list[WindowClip],
+        val: list[WindowClip],
+        objective: DiffusionObjective,
+        config: UNetConfig,
+        stage: UNetStageParams,
+        seed: int,
+        init: str | Path | None = None,
+        info: dict | None = None,
+        sample: Sample | None = None,
+    ) -> None:
+        self.train_clips, self.val_clips, self.objective, self.config = train, val, objective, config
+        self.params, self.seed, self.init, self.info, self.sample = stage, seed, init, info or {}, sample
+
+    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+        stage, self.device = self.params, device
+        self.sampler = WindowSampler(self.train_clips, stage.num_frames, rng, stage.reference_gap)
+        self.validation = Validation(
+            WindowSampler(self.val_clips, stage.num_frames, np.random.default_rng(self.seed + 1), stage.reference_gap),
+            stage.val_windows, stage.mixed_noise_alpha, self.seed + 2, stage.batch_size,
+        )  # fmt: skip
+        model, self.fresh = initial_unet(self.config, self.init)
+        self.trainable = select_trainable(model, stage.trainable)
+        model.to(device).train()
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(stage.ema_decay), use_buffers=True)
+        return model
+
+    def fingerprint(self) -> list:
+        """The config, the clips and their content (the output folder persists between `dvc repro`
+        runs: after a new VAE, other latents, a finished checkpoint must not be "resumed"), the loss
+        weights, the stage-1 weights it starts from, and the frozen networks the loss goes through."""
+        inputs = hashlib.sha256()
+        for clip in self.sampler.clips:
+            for name in sorted(clip.posteriors):
+                inputs.update(clip.posteriors[name].contiguous().numpy().tobytes())
+            inputs.update(clip.features.contiguous().float().numpy().tobytes())
+        init = _file_digest(Path(self.init) / "model.safetensors") if self.init else ""
+        return [
+            dataclasses.asdict(self.config),
+            [(c.name, c.num_frames, c.shift) for c in self.sampler.clips],
+            {"weights": self.objective.weights, "init": init, "judges": judges(self.objective)},
+            inputs.hexdigest(),
+        ]
+
+    def begin(self, step: int, resumed: bool) -> None:
+        if self.sample is not None:
+            self.sample.forget_after(step if resumed else -1)  # a rerun writes them again
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info(
+            "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
+            "clips, %d steps of %d × %d frames on %s; terms %s, disabled %s",
+            total / 1e6, trainable / 1e6, len(self.fresh), len(self.sampler.clips),
+            len(self.validation.sampler.clips), self.params.max_steps, self.params.batch_size,
+            self.params.num_frames, self.device, self.objective.weights, self.objective.disabled,
+        )  # fmt: skip
+
+    def opening_row(self) -> dict | None:
+        """A fine-tune's history opens with its starting point's scores."""
+        if self.init is None:
+            return None
+        start = self.validation(self.ema.module, self.objective, self.device)
+        return {f"val_{k}": round(v, 6) for k, v in start.items()} | self.sampled(0)
+
+    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        stage = self.params
+        batch = self.sampler.batch([self.sampler.draw() for _ in range(stage.batch_size)])
+        dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
+        batch.audio[dropped] = 0
+        noise = mixed_noise(tuple(batch.latents.shape), stage.mixed_noise_alpha)
+        timesteps = torch.randint(0, self.objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
+        batch = batch.to(self.device)
+        with autocast:
+            terms = self.objective(self.model, batch, noise.to(self.device), timesteps.to(self.device))
+        return terms["total"], terms
+
+    def after_update(self) -> None:
+        self.ema.update_parameters(self.model)
+
+    def validate(self, step: int) -> dict:
+        scores = self.validation(self.ema.module, self.objective, self.device)
+        return {f"val_{k}": round(v, 6) for k, v in scores.items()} | self.sampled(step)
+
+    def sampled(self, step: int) -> dict:
+        """The sample's scores at `step` if one is due there (every `sample_every` steps, and the last)."""
+        every, last = self.params.sample_every, self.params.max_steps
+        if self.sample is None or not every or (step % every and step != last):
+            return {}
+        scores = self.sample(self.ema.module, step)
+        log.info("step %d: sample %s (%s)", step, self.sample.path(step), ", ".join(f"{k} {v}" for k, v in scores.items()))
+        return scores
+
+    def state(self) -> dict:
+        return {"ema": self.ema.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.ema.load_state_dict(state["ema"])
+
+    def result(self) -> torch.nn.Module:
+        return self.ema.module
+
+    def finish(self, out_dir: Path, step: int) -> torch.nn.Module:
+        artifact = {
+            "trained_steps": step,
+            "trainable": list(self.params.trainable),
+            "trainable_tensors": len(self.trainable),
+            "loss_weights": self.objective.weights,
+            "disabled_terms": self.objective.disabled,
+            **self.info,
+        }
+        save_unet(out_dir, self.ema.module, artifact)
+        return self.ema.module
+
+
 def train_unet(
     train: list[WindowClip],
     val: list[WindowClip],
@@ -190,7 +300,7 @@ def train_unet(
     *,
     init: str | Path | None = None,
     info: dict | None = None,
-    sample: ValidationSample | None = None,
+    sample: Sample | None = None,
     stop_after: int | None = None,
 ) -> tuple[UNet3DConditionModel, History]:
     """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}` (EMA weights).
@@ -198,128 +308,105 @@ def train_unet(
     With a `sample`, every `sample_every`-th validation (and the last, and a fine-tune's step 0) also
     writes a sample video of the EMA weights and adds its sync score to the history row; samples of
     steps not reached by the checkpoint being resumed are removed first.
-
-    A complete checkpoint (`out_dir/checkpoint.pt`: weights, EMA, optimizer, scaler, step, history,
-    every RNG) is written every `checkpoint_every` steps; a rerun with the same inputs continues from
-    it and ends with the same weights as an uninterrupted run. `stop_after` ends early (for tests).
     """
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    sampler = WindowSampler(train, stage.num_frames, rng, stage.reference_gap)
-    validation = Validation(
-        WindowSampler(val, stage.num_frames, np.random.default_rng(seed + 1), stage.reference_gap),
-        stage.val_windows, stage.mixed_noise_alpha, seed + 2, stage.batch_size,
-    )  # fmt: skip
-    model, fresh = initial_unet(config, init)
-    trainable = select_trainable(model, stage.trainable)
-    model.to(device).train()
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(stage.ema_decay), use_buffers=True)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adamw(parameters, device, stage.lr, stage.weight_decay)
-    amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+    recipe = UNetRecipe(train, val, objective, config, stage, seed, init, info, sample)
+    return Trainer(recipe, out_dir, device, seed).fit(stop_after)
 
-    key = fingerprint(
-        config, stage, seed, sampler.clips,
-        {
-            "weights": objective.weights,
-            "init": _file_digest(Path(init) / "model.safetensors") if init else "",
-            "judges": judges(objective),
-        },
-    )  # fmt: skip
-    history = History(rows=[], seconds=0.0)
-    step, sums, count = 0, {}, 0
-    resumed = load_training_state(
-        out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, rng=rng, fingerprint=key
+
+def build_objective(
+    params: Params,
+    stage: UNetStageParams,
+    vae: torch.nn.Module,
+    judge: StableSyncNet | None,
+    trepa: Path | None,
+    device: torch.device,
+) -> DiffusionObjective:
+    """The stage's loss: its weights, with the frozen networks the active terms need (`judge` the
+    SyncNet, `trepa` the VideoMAE folder, LPIPS from pretrained.lpips_vgg); a term whose network
+    is missing is disabled with the reason."""
+    weights = stage.loss_weights
+    lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg) if weights.lpips else (None, "weight 0")
+    trepa_loss, trepa_reason = load_trepa_term(trepa) if weights.trepa else (None, "weight 0")
+    return DiffusionObjective(
+        dataclasses.asdict(weights),
+        recon_mouth=params.vae.mouth,
+        recon_mouth_weight=stage.recon_mouth_weight,
+        pixel_region=stage.pixel_region,
+        vae=vae,
+        syncnet=judge if weights.sync else None,
+        lpips=lpips.to(device) if lpips is not None else None,
+        trepa=trepa_loss.to(device) if trepa_loss is not None else None,
+        unavailable={"sync": "no --syncnet given", "lpips": lpips_reason, "trepa": trepa_reason},
     )
-    if resumed is not None:
-        step, extra = resumed
-        ema.load_state_dict(extra["ema"])
-        history = History(**extra["history"])
-        sums, count = extra["sums"], extra["count"]
-        log.info("resuming UNet training from step %d (%s)", step, out_dir / CHECKPOINT)
-    if sample is not None:
-        sample.forget_after(step if resumed is not None else -1)
 
-    def sampled(at: int) -> dict:
-        """The sample's scores at step `at` if one is due there (every `sample_every` steps, and the last)."""
-        if sample is None or not stage.sample_every or (at % stage.sample_every and at != stage.max_steps):
-            return {}
-        scores = sample(ema.module, at)
-        log.info(
-            "step %d: sample %s (%s)", at, sample.path(at), ", ".join(f"{k} {v}" for k, v in scores.items())
-        )
-        return scores
 
-    total = sum(p.numel() for p in model.parameters())
-    log.info(
-        "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
-        "clips, %d steps of %d × %d frames on %s; terms %s, disabled %s",
-        total / 1e6, sum(p.numel() for p in parameters) / 1e6, len(fresh), len(sampler.clips),
-        len(validation.sampler.clips), stage.max_steps, stage.batch_size, stage.num_frames, device,
-        objective.weights, objective.disabled,
+MakeSample = Callable[..., Sample]
+
+
+def unet_stage(
+    stage: int,
+    manifest: Path,
+    clips: Path,
+    vae: Path,
+    whisper_cache: Path,
+    latent_cache: Path,
+    out: Path,
+    metrics: Path,
+    history: Path,
+    params: Params,
+    device: torch.device,
+    init: Path | None = None,
+    syncnet: Path | None = None,
+    trepa: Path | None = None,
+    samples: Path | None = None,
+    make_sample: MakeSample | None = None,
+) -> None:
+    """One UNet training stage on cached latents, from data/synced's manifest; with `samples`, its
+    validation samples are made by `make_sample(params, stage, manifest, clips, vae, whisper, judge, out)`."""
+    number, stage_params = stage, params.train_unet.stage(stage)
+    if number == 2 and init is None:
+        raise UserError("stage 2 starts from the stage-1 UNet: pass --init")
+    autoencoder = load_vae(vae, param="--vae").to(device).requires_grad_(False)
+    judge = load_syncnet(syncnet).to(device).requires_grad_(False) if syncnet else None
+    objective = build_objective(params, stage_params, autoencoder, judge, trepa, device)
+    table = read_manifest(manifest, ("train", "val"), "UNet training")
+    train_rows, val_rows = training_rows(table, stage_params)
+    whisper = load_whisper_encoder(params.pretrained.whisper)
+    region = stage_params.pixel_region if objective.needs_pixels else None
+    common = dict(vae=autoencoder, whisper=whisper, whisper_cache=whisper_cache, latent_cache=latent_cache,
+                  pixel_region=region)  # fmt: skip
+    train = load_window_clips(train_rows, clips, description="train clips", **common)
+    val = load_window_clips(val_rows, clips, description="val clips", **common)
+    sample = None
+    if samples is not None:
+        samples.mkdir(parents=True, exist_ok=True)  # a DVC out, also when sampling is off
+        if stage_params.sample_every and make_sample is not None:
+            sample = make_sample(params, stage_params, table, clips, autoencoder, whisper, judge, samples)
+        else:
+            forget_samples(samples)  # none of an earlier run's samples are this run's
+    config = unet_config(params.unet, stage_params, audio_width=whisper.width)
+    _, trained = train_unet(
+        train, val, objective, config, stage_params, out, device, params.seed, init=init,
+        info={"stage": number, "manifest": str(manifest)}, sample=sample,
     )  # fmt: skip
-    started = time.perf_counter() - history.seconds
-    if init is not None and not history.rows:  # a fine-tune's history opens with its starting point
-        start = validation(ema.module, objective, device)
-        history.rows.append(
-            {"step": 0} | {f"val_{k}": round(v, 6) for k, v in start.items()} | sampled(0) | {"seconds": 0.0}
-        )
-        log.info("step 0 (%s): %s", init, ", ".join(f"val_{k} {v:.4f}" for k, v in start.items()))
-    with progress("steps") as bar:
-        task = bar.add_task("train_unet", total=stage.max_steps, completed=step)
-        while step < stage.max_steps:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(stage, step)
-            batch = sampler.batch([sampler.draw() for _ in range(stage.batch_size)])
-            dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
-            batch.audio[dropped] = 0
-            noise = mixed_noise(tuple(batch.latents.shape), stage.mixed_noise_alpha)
-            timesteps = torch.randint(0, objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
-            batch = batch.to(device)
-            with context:
-                terms = objective(model, batch, noise.to(device), timesteps.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["total"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, stage.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            ema.update_parameters(model)
-            step += 1
-            count += 1
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            bar.advance(task)
-            if step % stage.val_every == 0 or step == stage.max_steps:
-                val = validation(ema.module, objective, device)
-                row = {"step": step}
-                row |= {f"train_{k}": round(v / count, 6) for k, v in sums.items()}
-                row |= {f"val_{k}": round(v, 6) for k, v in val.items()}
-                row |= sampled(step)
-                row["seconds"] = round(time.perf_counter() - started, 1)
-                history.rows.append(row)
-                sums, count = {}, 0
-                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if "_" in k))
-            history.seconds = time.perf_counter() - started
-            if step % stage.checkpoint_every == 0 or step == stage.max_steps:
-                save_training_state(
-                    out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, step=step, rng=rng,
-                    fingerprint=key,
-                    extra={"history": dataclasses.asdict(history), "ema": ema.state_dict(), "sums": sums,
-                           "count": count},
-                )  # fmt: skip
-            if stop_after is not None and step >= stop_after:
-                return ema.module, history
-    artifact = {
-        "trained_steps": step,
-        "trainable": list(stage.trainable),
-        "trainable_tensors": len(trainable),
-        "loss_weights": objective.weights,
+    rows, last = trained.rows, trained.rows[-1]
+    summary = {
+        "stage": number,
+        "steps": last["step"],
+        "train_seconds": round(trained.seconds, 1),
+        "seconds_per_step": round(trained.seconds / last["step"], 3),
+        "train_clips": len(train),
+        "val_clips": len(val),
+        "terms": objective.weights,
         "disabled_terms": objective.disabled,
-        **(info or {}),
+        **{k: v for k, v in last.items() if k.startswith(("val_", "sample_"))},
+        "best_val_total": min(r["val_total"] for r in rows if r["step"] > 0),
     }
-    save_unet(out_dir, ema.module, artifact)
-    return ema.module, history
+    if sample is not None:
+        summary["sample"] = {"face": sample.source.face, "audio": sample.source.audio,
+                             "frames": len(sample.source.frames), **sample.baselines}  # fmt: skip
+    if rows[0]["step"] == 0:  # stage 2: the stage-1 UNet's scores under this stage's terms
+        summary["init"] = {k: v for k, v in rows[0].items() if k.startswith(("val_", "sample_"))}
+    write_json(metrics, summary)
+    write_csv(history, rows)  # step 0 has no train_ columns
+

@@ -1,76 +1,45 @@
-"""The tiny profile's TREPA backbone: masked-autoencoding pretraining of a small transformers
-VideoMAE (tube masking, as VideoMAE) on aligned face clips; saved so that `load_trepa` reads it.
-
-The full profile copies a VideoMAE-v2 folder instead (`install_pretrained`), checked by loading it.
+"""TREPA's backbone for the tiny profile (the `pretrain_videomae` stage): masked-autoencoding pretraining
+of a small transformers VideoMAE (tube masking, as VideoMAE) on aligned face clips, saved so that
+`load_trepa` reads it. The full profile copies a VideoMAE-v2 folder instead (`install_pretrained`),
+checked by loading it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
-import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import pandas as pd
 import torch
 from einops import rearrange
-from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEImageProcessor
-from transformers.utils import logging as transformers_logging
+from transformers import VideoMAEConfig, VideoMAEForPreTraining
 from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from synclip.config import VideoMAEParams, to_dict
-from synclip.errors import UserError
-from synclip.log import progress, track
-from synclip.media.decode import iter_frames
-from synclip.runtime import autocast_dtype
-from synclip.train.checkpoint import load_training_state, save_training_state
-from synclip.train.optim import adamw, learning_rate
+from synclip.artifacts import save_videomae
+from synclip.config import Params, VideoMAEParams
+from synclip.data.frames import load_clip_frames
+from synclip.data.manifest import read_manifest
+from synclip.files import write_csv, write_json
+from synclip.images import to_unit
+from synclip.nn.videomae import videomae_config
+from synclip.train.optim import learning_rate
+from synclip.train.trainer import History, Recipe, Trainer
 from synclip.train.trepa import TrepaLoss, load_trepa
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 ADAM_BETAS = (0.9, 0.95)  # VideoMAE's pretraining optimizer
 # files of a transformers VideoMAE folder that `install_pretrained` copies
-FOLDER_FILES = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "preprocessor_config.json",
-)
+FOLDER_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json")
+HISTORY_FIELDS = ["step", "train_loss", "val_loss", "lr", "seconds"]
 
 
 # --- data ----------------------------------------------------------------------------------------
-
-
-def load_clips(
-    manifest: pd.DataFrame, clips_dir: str | Path, size: int | None, min_frames: int, description: str
-) -> list[np.ndarray]:
-    """Every clip of `manifest` as uint8 (F, S, S, 3), resized to `size` (None: as stored).
-
-    Clips shorter than `min_frames` cannot hold one window and are left out (logged).
-    """
-    clips, short = [], []
-    for row in track(list(manifest.itertuples()), description, unit="clips"):
-        frames = [
-            f if size is None else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
-            for f in iter_frames(Path(clips_dir) / f"{row.clip}.mp4")
-        ]
-        (clips if len(frames) >= min_frames else short).append(np.stack(frames) if frames else row.clip)
-    if short:
-        log.warning("%s: %d clips shorter than %d frames left out", description, len(short), min_frames)
-    if not clips:
-        raise UserError(f"{clips_dir}: no clip of {description} has {min_frames} frames")
-    return clips
 
 
 class WindowSampler:
@@ -113,31 +82,7 @@ def to_pixel_values(windows: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def to_clips(windows: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (B, F, H, W, 3) -> float (B, 3, F, H, W) in [−1, 1], what TREPA takes."""
-    frames = torch.from_numpy(np.ascontiguousarray(windows)).to(device)
-    return rearrange(frames, "b f h w c -> b c f h w").float() / 127.5 - 1
-
-
-# --- model ---------------------------------------------------------------------------------------
-
-
-def videomae_config(params: VideoMAEParams) -> VideoMAEConfig:
-    return VideoMAEConfig(
-        image_size=params.image_size,
-        patch_size=params.patch_size,
-        num_frames=params.num_frames,
-        tubelet_size=params.tubelet_size,
-        hidden_size=params.hidden_size,
-        num_hidden_layers=params.num_layers,
-        num_attention_heads=params.num_heads,
-        intermediate_size=params.intermediate_size,
-        decoder_hidden_size=params.decoder_hidden_size,
-        decoder_num_hidden_layers=params.decoder_num_layers,
-        decoder_num_attention_heads=params.decoder_num_heads,
-        decoder_intermediate_size=params.decoder_intermediate_size,
-        layer_norm_eps=1e-6,  # VideoMAE's (timm) LayerNorms
-        use_mean_pooling=False,  # the pretraining encoder ends in a LayerNorm over tokens, as VideoMAE's
-        norm_pix_loss=True,  # targets: each patch normalised by its own mean / std (VideoMAE)
-    )
+    return rearrange(to_unit(windows, device), "b f c h w -> b c f h w")
 
 
 def zero_prediction_loss(config: VideoMAEConfig) -> float:
@@ -147,12 +92,6 @@ def zero_prediction_loss(config: VideoMAEConfig) -> float:
 
 
 # --- training ------------------------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    rows: list[dict]  # one per validation: step, train_loss, val_loss, lr, seconds
-    seconds: float
 
 
 @dataclass
@@ -185,12 +124,48 @@ def validation_loss(
     return total / len(val.windows)
 
 
-def fingerprint(params: VideoMAEParams, seed: int, clips: list[np.ndarray]) -> str:
-    payload = json.dumps([to_dict(params), seed, [c.shape[0] for c in clips]], sort_keys=True)
-    digest = hashlib.sha256(payload.encode())
-    for clip in clips:  # the frames themselves: other data must not resume this run
-        digest.update(hashlib.sha256(clip.tobytes()).digest())
-    return digest.hexdigest()[:16]
+class VideoMAERecipe(Recipe):
+    """Random windows of train clips, each with its own tube mask; normalised-pixel MSE on the hidden patches."""
+
+    name = "pretrain_videomae"
+    adam_betas = ADAM_BETAS
+
+    def __init__(self, train: list[np.ndarray], val: list[np.ndarray], params: VideoMAEParams, seed: int) -> None:
+        self.train_clips, self.val_clips, self.params, self.seed = train, val, params, seed
+
+    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+        self.rng, self.device = rng, device
+        self.config = videomae_config(self.params)
+        model = VideoMAEForPreTraining(self.config).to(device)
+        self.sampler = WindowSampler(self.train_clips, self.params.num_frames, rng)
+        self.val_set = ValSet.draw(self.val_clips, self.params.val_windows, self.config, self.params.mask_ratio, self.seed + 1)
+        model.train()
+        return model
+
+    def fingerprint(self) -> list:
+        return [[c.shape[0] for c in self.train_clips], [hashlib.sha256(c.tobytes()).hexdigest() for c in self.train_clips]]
+
+    def begin(self, step: int, resumed: bool) -> None:
+        log.info(
+            "VideoMAE: %.2f M parameters, %d train / %d val clips, %d steps of %d clips x %d frames on %s",
+            sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.train_clips), len(self.val_clips),
+            self.params.max_steps, self.params.batch_size, self.params.num_frames, self.device,
+        )  # fmt: skip
+
+    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pixels = to_pixel_values(self.sampler.windows(self.params.batch_size), self.device)  # (B, F, 3, S, S)
+        masks = tube_mask(self.params.batch_size, self.config, self.params.mask_ratio, self.rng).to(self.device)
+        with autocast:
+            loss = self.model(pixels, bool_masked_pos=masks).loss  # (B, N) masks
+        return loss, {"loss": loss}
+
+    def validate(self, step: int) -> dict:
+        val_loss = validation_loss(self.model, self.val_set, self.device)
+        return {"val_loss": round(val_loss, 5), "lr": learning_rate(self.params, step - 1)}
+
+    def finish(self, out_dir: Path, step: int) -> torch.nn.Module:
+        save_videomae(self.model, out_dir)
+        return self.model
 
 
 def pretrain_videomae(
@@ -202,108 +177,11 @@ def pretrain_videomae(
     seed: int,
     stop_after: int | None = None,
 ) -> tuple[VideoMAEForPreTraining, History]:
-    """Pretrain (or resume) and write the transformers folder `out_dir` (see `save_videomae`).
+    """Pretrain (or resume) and write the transformers folder `out_dir` (`synclip.artifacts.save_videomae`).
 
-    `train` / `val`: uint8 clips (F, S, S, 3) at `params.image_size`. A complete checkpoint
-    (`out_dir/checkpoint.pt`) is written every `checkpoint_every` steps; a rerun with the same
-    params, seed and clips continues from it and ends with the same weights as an uninterrupted
-    run. `stop_after` ends the run early after that many steps (for tests).
+    `train` / `val`: uint8 clips (F, S, S, 3) at `params.image_size`.
     """
-    out_dir = Path(out_dir)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    config = videomae_config(params)
-    model = VideoMAEForPreTraining(config).to(device)
-    optimizer = adamw(model.parameters(), device, params.lr, params.weight_decay, betas=ADAM_BETAS)
-    amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    sampler = WindowSampler(train, params.num_frames, rng)
-    val_set = ValSet.draw(val, params.val_windows, config, params.mask_ratio, seed + 1)
-
-    key = fingerprint(params, seed, train)
-    history, step, window_losses = History(rows=[], seconds=0.0), 0, []
-    resumed = load_training_state(
-        out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, rng=rng, fingerprint=key
-    )
-    if resumed is not None:
-        step, extra = resumed
-        history, window_losses = History(**extra["history"]), extra["window_losses"]
-        log.info("resuming VideoMAE pretraining from step %d (%s)", step, out_dir / CHECKPOINT)
-    log.info(
-        "VideoMAE: %.2f M parameters, %d train / %d val clips, %d steps of %d clips x %d frames on %s",
-        sum(p.numel() for p in model.parameters()) / 1e6, len(train), len(val), params.max_steps,
-        params.batch_size, params.num_frames, device,
-    )  # fmt: skip
-    started = time.perf_counter() - history.seconds
-    context = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    model.train()
-    with progress("steps") as bar:
-        task = bar.add_task("pretrain_videomae", total=params.max_steps, completed=step)
-        while step < params.max_steps:
-            lr = learning_rate(params, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            pixels = to_pixel_values(sampler.windows(params.batch_size), device)  # (B, F, 3, S, S)
-            masks = tube_mask(params.batch_size, config, params.mask_ratio, rng).to(device)  # (B, N)
-            with context:
-                loss = model(pixels, bool_masked_pos=masks).loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            window_losses.append(loss.item())
-            bar.advance(task)
-            if step % params.val_every == 0 or step == params.max_steps:
-                val_loss = validation_loss(model, val_set, device)
-                history.rows.append(
-                    {
-                        "step": step,
-                        "train_loss": round(float(np.mean(window_losses)), 5),
-                        "val_loss": round(val_loss, 5),
-                        "lr": lr,
-                        "seconds": round(time.perf_counter() - started, 1),
-                    }
-                )
-                window_losses = []
-                log.info(
-                    "step %d: train loss %.4f, val loss %.4f", step, history.rows[-1]["train_loss"], val_loss
-                )
-            history.seconds = time.perf_counter() - started
-            if step % params.checkpoint_every == 0 or step == params.max_steps:
-                save_training_state(
-                    out_dir / CHECKPOINT, model=model, optimizer=optimizer, scaler=scaler, step=step, rng=rng,
-                    fingerprint=key, extra={"history": dataclasses.asdict(history), "window_losses": window_losses},
-                )  # fmt: skip
-            if stop_after is not None and step >= stop_after:
-                return model, history
-    save_videomae(model, out_dir)
-    return model, history
-
-
-def save_videomae(model: VideoMAEForPreTraining, out_dir: str | Path) -> Path:
-    """`save_pretrained` (config.json + model.safetensors) plus a preprocessor_config.json with the
-    ImageNet mean / std it was trained with, swapped into `out_dir` (its checkpoint.pt is kept)."""
-    transformers_logging.disable_progress_bar()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = model.config.image_size
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        VideoMAEImageProcessor(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_mean=list(IMAGENET_DEFAULT_MEAN),
-            image_std=list(IMAGENET_DEFAULT_STD),
-        ).save_pretrained(tmp)
-        for name in ("model.safetensors", "preprocessor_config.json", "config.json"):  # config last
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Trainer(VideoMAERecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
 
 
 def install_pretrained(source: str | Path, out_dir: str | Path) -> TrepaLoss:
@@ -345,3 +223,36 @@ def trepa_probe(
                 trepa(to_clips(windows[others[i : i + batch]], device), real)
             ) * len(real)
     return {name: total / count for name, total in sums.items()}
+
+
+def videomae_stage(processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device) -> None:
+    """The `pretrain_videomae` stage: pretrain TREPA's VideoMAE on the train split (or install
+    pretrained.videomae), then probe what TREPA says about val windows."""
+    mae = params.videomae
+    manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "pretrain_videomae")
+    clips_dir = processed / "clips"
+    val_rows = manifest[manifest["split"] == "val"]
+    if mae.source == "pretrained":
+        trepa = install_pretrained(params.pretrained.videomae, out).to(device)
+        val = load_clip_frames(val_rows, clips_dir, None, trepa.num_frames, "val clips")  # TREPA resizes them
+        rows: list[dict] = []
+        summary: dict = {"source": "pretrained"}
+    else:
+        train_rows = manifest[manifest["split"] == "train"]
+        train = load_clip_frames(train_rows, clips_dir, mae.image_size, mae.num_frames, "train clips")
+        val = load_clip_frames(val_rows, clips_dir, mae.image_size, mae.num_frames, "val clips")
+        _, trained = pretrain_videomae(train, val, mae, out, device, params.seed)
+        rows = trained.rows
+        summary = {
+            "source": "trained",
+            "steps": rows[-1]["step"],
+            "train_seconds": round(trained.seconds, 1),
+            "val_loss": rows[-1]["val_loss"],
+            "first_val_loss": rows[0]["val_loss"],
+            "zero_prediction_loss": round(zero_prediction_loss(videomae_config(mae)), 5),
+        }
+        trepa = load_trepa(out).to(device)  # what later stages will load
+    probe = trepa_probe(trepa, val, mae.val_windows, params.seed + 2)
+    summary |= {k: float(f"{v:.4g}") for k, v in probe.items()}  # values from 1e-8 up
+    write_json(metrics, summary)
+    write_csv(history, rows, HISTORY_FIELDS)

@@ -5,7 +5,7 @@ DDIM from one Gaussian draw shared by every frame of the video (with η > 0, one
 step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns),
 conditioned on the frame's own unmasked face as the reference (§2.2) and on its audio tokens, with
 audio classifier-free guidance (null audio = zeros). Files, decoding and paste-back live in
-`synclip.lipsync`.
+`synclip.inference.lipsync`, packaged models in `synclip.inference.package`.
 
 Streaming: frames are generated in chunks of F (`num_frames`) frames; consecutive chunks overlap by
 `overlap` frames, which are generated twice and cross-faded linearly (weight of the newer chunk
@@ -23,98 +23,49 @@ frame, D audio width, L Whisper states per token.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-import synclip
 from synclip.artifacts import CheckpointError
-from synclip.errors import UserError
-from synclip.face.mask import load_mask, mask_path
+from synclip.config import ConfigError, InferenceParams, check_sampling, from_dict
+from synclip.constants import NOISE_SCHEDULE
+from synclip.nn.vae import scale_latents, unscale_latents
 
-log = logging.getLogger(__name__)
 
-KIND = "synclip-pipeline"
-PIPELINE_FILE = "pipeline.json"
-UNET_DIR, VAE_DIR, WHISPER_DIR, SCHEDULER_DIR, MASK_FILE = "unet", "vae", "whisper", "scheduler", "mask.png"
-# LatentSync's configs/scheduler_config.json (reference §2.6); "leading" spacing: 20 steps = 951 … 1
+# LatentSync's DDIM (reference §2.6): the training betas, "leading" spacing: 20 steps = 951 … 1
 SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "clip_sample": False,
+    **NOISE_SCHEDULE,
     "set_alpha_to_one": False,
     "steps_offset": 1,
-    "prediction_type": "epsilon",
     "timestep_spacing": "leading",
 }
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """What travels with a packaged model in `pipeline.json`, besides the networks."""
+class PipelineConfig(InferenceParams):
+    """What travels with a packaged model in `pipeline.json`, besides the networks: the sampler's
+    defaults (`InferenceParams`) and R, the side of the aligned face the UNet was trained on."""
 
-    resolution: int  # R, side of the aligned face the UNet was trained on
-    num_frames: int = 16  # F, frames per chunk
-    overlap: int = 4  # frames shared by consecutive chunks (cross-faded)
-    steps: int = 20  # default DDIM steps
-    guidance: float = 1.5  # default audio guidance scale (1.0: no unconditional pass)
-    seed: int = 1247  # default seed of the shared initial noise (LatentSync's)
-    eta: float = 0.0  # DDIM's η: 0 deterministic (LatentSync), 1 ancestral (fresh shared noise each step)
+    resolution: int = field(kw_only=True)
 
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:
+    def validate(self, key: str = "pipeline config") -> None:
         if self.resolution <= 0:
-            raise ValueError(f"resolution must be positive, got {self.resolution}")
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        if not 0 <= self.overlap <= self.num_frames // 2:
-            raise ValueError(
-                f"overlap must be in [0, num_frames // 2 = {self.num_frames // 2}], got {self.overlap}"
-            )
-        check_sampling(self.steps, self.guidance)
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+            raise ConfigError(f"{key}.resolution must be positive, got {self.resolution}")
+        super().validate(key)
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> PipelineConfig:
-        known = {f.name: f.type for f in fields(PipelineConfig)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown pipeline config keys {unknown}")
-        for key, value in data.items():
-            kind = float if known[key] == "float" else int
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or (kind is int and not isinstance(value, int))
-            ):
-                raise ValueError(f"pipeline config {key}: {value!r} is not {known[key]}")
-        return PipelineConfig(**data)
-
-
-def check_sampling(steps: int, guidance: float) -> None:
-    if not isinstance(steps, int) or not 1 <= steps <= SCHEDULER_CONFIG["num_train_timesteps"]:
-        raise UserError(
-            f"steps must be an integer in [1, {SCHEDULER_CONFIG['num_train_timesteps']}], got {steps!r}"
-        )
-    if not guidance >= 1.0:
-        raise UserError(f"guidance must be >= 1.0 (1.0 turns guidance off), got {guidance!r}")
+        """From `pipeline.json` values; unknown keys and wrong types are errors."""
+        return from_dict(PipelineConfig, data, source="pipeline config")
 
 
 class LipSyncPipeline:
@@ -155,68 +106,15 @@ class LipSyncPipeline:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.mask = mask.to(self.device, self.dtype)  # (1, R, R), 1 keep, 0 generate
 
-    # --- loading ---------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, folder: str | Path, device: torch.device | None = None, dtype: torch.dtype = torch.float32
-    ) -> LipSyncPipeline:
-        """A packaged model folder (see `assemble`), loaded strictly onto `device` in `dtype`."""
-        from diffusers import DDIMScheduler
-
-        from synclip.audio.whisper import load_whisper_encoder
-        from synclip.nn.unet import load_unet
-        from synclip.train.vae import load_vae
-
-        folder = Path(folder)
-        device = device or torch.device("cpu")
-        config_path = folder / PIPELINE_FILE
-        if not config_path.is_file():
-            raise UserError(
-                f"{folder}: no {PIPELINE_FILE}; not a packaged synclip model (see `synclip lipsync --model`)"
-            )
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{config_path}: not JSON ({error})") from None
-        if data.pop("kind", None) != KIND:
-            raise CheckpointError(f"{config_path}: kind is not {KIND!r}")
-        data.pop("synclip_version", None)
-        try:
-            config = PipelineConfig.from_dict(data)
-        except (ValueError, TypeError) as error:
-            raise CheckpointError(f"{config_path}: {error}") from None
-        unet = load_unet(folder / UNET_DIR).to(device, dtype)
-        vae = load_vae(folder / VAE_DIR, param=f"{folder / VAE_DIR}").to(device, dtype)
-        encoder = load_whisper_encoder(
-            folder / WHISPER_DIR, param=f"{folder / WHISPER_DIR}", device=device, dtype=dtype
-        )
-        scheduler = DDIMScheduler.from_pretrained(folder / SCHEDULER_DIR, local_files_only=True)
-        mask = load_mask(config.resolution, folder / MASK_FILE)
-        return cls(unet, vae, encoder, mask, config, dict(scheduler.config))
-
-    # --- audio -----------------------------------------------------------------------------------
-
-    def audio_features(self, samples: np.ndarray) -> torch.Tensor:
-        """(N,) 16 kHz mono → (T_w, L, D) Whisper states on the CPU (seamless on long audio)."""
-        from synclip.audio.whisper import whisper_features
-
-        if self.audio_encoder is None:
-            raise ValueError("this pipeline has no audio encoder; pass audio tokens instead")
-        return whisper_features(samples, self.audio_encoder).float().cpu()
-
     # --- sampling --------------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(F, 3, R, R) in [−1, 1] → (F, C, h, w) scaled latents (posterior mean)."""
-        latents = self.vae.encode(images).latent_dist.mode()
-        shift = self.vae.config.shift_factor or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        return scale_latents(self.vae, self.vae.encode(images).latent_dist.mode())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(F, C, h, w) scaled latents → (F, 3, R, R) in [−1, 1]."""
-        shift = self.vae.config.shift_factor or 0.0
-        return self.vae.decode(latents / self.vae.config.scaling_factor + shift).sample.clamp(-1, 1)
+        return self.vae.decode(unscale_latents(self.vae, latents)).sample.clamp(-1, 1)
 
     def noise(self, seed: int, latent_shape: tuple[int, int, int], steps: int = 0) -> torch.Tensor:
         """(1 + steps, C, h, w): the Gaussian draw every frame starts from, then one per DDIM step (η > 0).
@@ -347,51 +245,3 @@ class LipSyncPipeline:
         d = self.unet.config.cross_attention_dim
         if audio.ndim != 3 or audio.shape[0] != faces.shape[0] or audio.shape[2] != d:
             raise ValueError(f"audio tokens must be (F={faces.shape[0]}, S, D={d}), got {tuple(audio.shape)}")
-
-
-# --- packaging -------------------------------------------------------------------------------------
-
-
-def assemble(
-    folder: str | Path,
-    unet: torch.nn.Module,
-    vae: torch.nn.Module,
-    whisper_dir: str | Path,
-    config: PipelineConfig,
-    mask: str | Path | None = None,
-    scheduler_config: Mapping[str, Any] = SCHEDULER_CONFIG,
-) -> Path:
-    """Write a packaged model folder atomically: unet/, vae/, whisper/, scheduler/, mask.png, pipeline.json.
-
-    Everything is written into a temporary sibling and swapped in at the end (the old folder, if
-    any, is removed only after), so a reader never sees half a model.
-    """
-    from diffusers import DDIMScheduler
-
-    from synclip.nn.unet import save_unet
-    from synclip.train.vae import save_vae
-
-    folder = Path(folder)
-    whisper_dir = Path(whisper_dir)
-    if not (whisper_dir / "config.json").is_file():
-        raise UserError(f"{whisper_dir}: not a transformers Whisper folder (no config.json)")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    old = folder.with_name(f".{folder.name}.old")
-    try:
-        save_unet(tmp / UNET_DIR, unet)
-        save_vae(vae, tmp / VAE_DIR)
-        shutil.copytree(whisper_dir, tmp / WHISPER_DIR, ignore=shutil.ignore_patterns(".*"))
-        DDIMScheduler.from_config(dict(scheduler_config)).save_pretrained(tmp / SCHEDULER_DIR)
-        shutil.copyfile(Path(mask) if mask is not None else mask_path(), tmp / MASK_FILE)
-        load_mask(config.resolution, tmp / MASK_FILE)  # fails early on a bad image
-        meta = {"kind": KIND, "synclip_version": synclip.__version__, **asdict(config)}
-        (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder

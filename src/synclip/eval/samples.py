@@ -13,7 +13,7 @@ with the driving audio.
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +22,20 @@ import pandas as pd
 import torch
 
 from synclip.audio.mel import syncnet_mel
+from synclip.audio.tokens import frame_tokens
+from synclip.audio.whisper import whisper_features
+from synclip.config import Params, UNetStageParams
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.eval.sync import score_frames
-from synclip.lipsync import to_image, to_tensor
+from synclip.face.mask import load_mask
+from synclip.images import to_uint8, to_unit
+from synclip.inference.pipeline import LipSyncPipeline, PipelineConfig
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.nn.syncnet import StableSyncNet
-from synclip.pipeline import LipSyncPipeline, PipelineConfig
+from synclip.train.unet import forget_samples, sample_path
 
-SAMPLE_NAME = re.compile(r"step_(\d+)\.mp4")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,17 +66,6 @@ def sample_source(rows: pd.DataFrame, clips_dir: Path, frames: int) -> SampleSou
     samples = read_audio(clips_dir / f"{audio}.mp4")
     count = min(frames, len(faces), len(driving), len(samples) // SAMPLES_PER_FRAME)
     return SampleSource(face, audio, faces[:count], samples[: count * SAMPLES_PER_FRAME], driving[:count])
-
-
-def forget_samples(folder: str | Path, after: int = -1) -> None:
-    """Remove the `step_NNNNNN.mp4` samples in `folder` of steps after `after` (−1: all)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        match = SAMPLE_NAME.fullmatch(path.name)
-        if match and int(match.group(1)) > after:
-            path.unlink()
 
 
 class ValidationSample:
@@ -113,7 +107,7 @@ class ValidationSample:
         return {"offset": score.offset, "lse_c": round(score.lse_c, 6), "lse_d": round(score.lse_d, 6)}
 
     def path(self, step: int) -> Path:
-        return self.out_dir / f"step_{step:06d}.mp4"
+        return sample_path(self.out_dir, step)
 
     def forget_after(self, step: int) -> None:
         """Remove the samples of steps after `step` (all with −1): a rerun writes them again."""
@@ -125,9 +119,9 @@ class ValidationSample:
         `sample_offset`, `sample_lse_c`, `sample_lse_d` (empty without a SyncNet)."""
         was_training = unet.training
         pipeline = LipSyncPipeline(unet, self.vae, None, self.mask, self.config)
-        faces = torch.stack([to_tensor(f) for f in self.source.frames])
+        faces = to_unit(self.source.frames)
         try:
-            out = np.stack([to_image(f) for f in pipeline.stream(zip(faces, self.tokens, strict=True))])
+            out = np.stack([to_uint8(f) for f in pipeline.stream(zip(faces, self.tokens, strict=True))])
         finally:
             unet.train(was_training)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,3 +135,30 @@ class ValidationSample:
         if self.syncnet is None:
             return {}
         return {f"sample_{k}": v for k, v in self.score(out).items()}
+
+
+def validation_sample(
+    params: Params,
+    stage: UNetStageParams,
+    manifest: pd.DataFrame,
+    clips_dir: Path,
+    vae: torch.nn.Module,
+    whisper: torch.nn.Module,
+    judge: StableSyncNet | None,
+    out: Path,
+) -> ValidationSample:
+    """The sample of the first in-sync val clip, sampled as `inference` but for steps and guidance."""
+    val = manifest[manifest["split"] == "val"]
+    in_sync = val[val.get("audio_shift", 0) == 0]
+    source = sample_source(in_sync if len(in_sync) else val, clips_dir, stage.sample_frames)
+    features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
+    inference = params.inference
+    sampler = PipelineConfig(
+        resolution=params.preprocess.resolution, num_frames=inference.num_frames, overlap=inference.overlap,
+        steps=stage.sample_steps, guidance=stage.sample_guidance, seed=inference.seed, eta=inference.eta,
+    )  # fmt: skip
+    log.info("validation samples: %s with the audio of %s (%d frames) → %s", source.face, source.audio,
+             len(source.frames), out)  # fmt: skip
+    tokens = frame_tokens(features, range(len(source.frames)), VIDEO_FPS)
+    mask = load_mask(params.preprocess.resolution)
+    return ValidationSample(source, tokens, vae, mask, sampler, out, judge, params.syncnet.max_offset)

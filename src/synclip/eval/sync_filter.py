@@ -15,9 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synclip.config import SyncNetParams
+from synclip.artifacts import load_syncnet
+from synclip.config import Params, SyncNetParams
 from synclip.data.sync_pairs import Clip, SyncView, load_clip
 from synclip.eval.sync import score_clip
+from synclip.data.manifest import read_manifest
+from synclip.files import write_json
 from synclip.log import track
 from synclip.nn.syncnet import StableSyncNet
 
@@ -29,7 +32,7 @@ def score_manifest(
 ) -> tuple[pd.DataFrame, dict[str, Clip]]:
     """(manifest + sync_offset, sync_confidence, sync_distance columns, the loaded clips by name)."""
     offsets, confidences, distances, clips = [], [], [], {}
-    view = SyncView(crop=model.config.crop, size=model.config.image_size)
+    view = SyncView.of(model.config)
     for row in track(list(manifest.itertuples()), "sync scores", unit="clips"):
         clip = load_clip(clips_dir / f"{row.clip}.mp4", view, row.clip, row.identity)
         score = score_clip(model, clip, params.max_offset, device)
@@ -123,3 +126,29 @@ def distribution(values: list[float] | pd.Series) -> dict:
     quantiles = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
     return {"n": len(values), "mean": round(float(values.mean()), 5),
             **{f"p{int(q * 100):02d}": round(float(v), 5) for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), quantiles, strict=True)}}  # fmt: skip
+
+
+def sync_filter_stage(processed: Path, syncnet: Path, out: Path, metrics: Path, params: Params, device: torch.device) -> None:
+    """The `sync_filter` stage: score every processed clip, keep and correct the good ones (`out`:
+    manifest.parquet and rejects.csv); the metrics say how the offsets agree with the known ones and
+    how confident the SyncNet is on in-sync against mismatched audio."""
+    model = load_syncnet(syncnet).to(device)
+    manifest = read_manifest(processed / "manifest.parquet")
+    scored, clips = score_manifest(manifest, processed / "clips", model, params.syncnet, device)
+    kept, rejects = filter_by_sync(scored, params.syncnet)
+    out.mkdir(parents=True, exist_ok=True)
+    kept.to_parquet(out / "manifest.parquet", index=False)
+    rejects.to_csv(out / "rejects.csv", index=False)
+    test = scored[scored["split"] == "test"]
+    in_sync = test[test["gt_av_offset"].fillna(0) == 0]
+    mismatched = mismatched_confidences([clips[c] for c in in_sync["clip"]], model, params.syncnet, device)
+    write_json(metrics, {
+        "clips_scored": len(scored),
+        "clips_kept": len(kept),
+        "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
+        "offsets_corrected": int((kept["audio_shift"] != 0).sum()),
+        "ground_truth": ground_truth_agreement(scored),
+        "test_lse_c_in_sync": distribution(in_sync["sync_confidence"]),
+        "test_lse_c_mismatched_audio": distribution(mismatched),
+        "test_lse_d_in_sync": distribution(in_sync["sync_distance"]),
+    })
