@@ -28,8 +28,8 @@ drift-check:  ## the drift-check flow: the service's request log against the tra
 plots:  ## dvc plots show as a page that renders offline (dvc_plots/index.html)
 	VENV=$(VENV) bash scripts/plots.sh
 
-lint:  ## ruff lint + format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint:  ## ruff lint + format check + the import contracts
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && PYTHONPATH=.:src $(BIN)/lint-imports --no-cache
 
 format:
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -49,7 +49,7 @@ def main() -> None:
             decoded = list(iter_frames(path))
             timings["decode_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            track = detect_pass(path, pre, model)  # decodes again: subtract one decode below
+            track = detect_pass(path, pre, model).faces  # decodes again: subtract one decode below
             timings["detect_s"] += time.perf_counter() - start
         except MediaError:
             continue

@@ -32,10 +32,28 @@ from synclip.quality.drift import drift_report, input_features, read_features
 def degrade(source: Path, out: Path) -> Path:
     video = "eq=brightness=-0.35:contrast=0.8,scale=iw/2:ih/2,pad=iw*2:ih*2:(ow-iw)/2:(oh-ih)/2"
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(source), "-vf", video,
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-ar", "8000", "-ac", "1", "-c:a", "aac",
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        "-vf",
+        video,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        "20",
+        "-ar",
+        "8000",
+        "-ac",
+        "1",
+        "-c:a",
+        "aac",
         str(out),
-    ]  # fmt: skip
+    ]
     subprocess.run(command, check=True)
     return out
 
@@ -58,8 +76,13 @@ def main() -> None:
     sources = sorted(manifest.loc[manifest["split"] == params.drift.baseline_split, "source"].unique())
     sources = sources[: args.clips]
     reference = read_features(args.reference)
-    result = {"benchmark": "drift", "machine": platform.machine(), "clips": len(sources),
-              "reference_rows": len(reference), "sampled_frames": params.drift.sampled_frames}  # fmt: skip
+    result = {
+        "benchmark": "drift",
+        "machine": platform.machine(),
+        "clips": len(sources),
+        "reference_rows": len(reference),
+        "sampled_frames": params.drift.sampled_frames,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         degraded = [degrade(args.raw / s, Path(tmp) / Path(s).name) for s in sources]
         for name, paths in (("original", [args.raw / s for s in sources]), ("degraded", degraded)):

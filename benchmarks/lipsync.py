@@ -76,7 +76,7 @@ def base_clip(width: int, height: int, seed: int = 0) -> list[np.ndarray]:
 
 def write_video(path: Path, base: list[np.ndarray], seconds: int) -> Path:
     """`seconds` at 25 fps: the base clip forward, backward, forward …"""
-    from synclip.lipsync import ping_pong
+    from synclip.inference.lipsync import ping_pong
     from synclip.media.io import VideoWriter
 
     height, width = base[0].shape[:2]
@@ -120,10 +120,10 @@ def untrained_model(folder: Path, params_path: Path) -> Path:
     from transformers import WhisperConfig
 
     from synclip.config import load_params
-    from synclip.nn.unet import UNet3DConditionModel
-    from synclip.pipeline import PipelineConfig, assemble
-    from synclip.train.unet import unet_config
-    from synclip.train.vae import build_vae
+    from synclip.inference.package import assemble
+    from synclip.inference.pipeline import PipelineConfig
+    from synclip.nn.unet import UNet3DConditionModel, unet_config
+    from synclip.nn.vae import build_vae
 
     params = load_params(params_path)
     whisper = Path(params.pretrained.whisper)
@@ -143,13 +143,13 @@ def child(args: argparse.Namespace) -> None:
     import cv2
     import torch
 
-    from synclip.lipsync import LipSyncOptions, lipsync_file
-    from synclip.pipeline import LipSyncPipeline
+    from synclip.inference.lipsync import LipSyncOptions, lipsync_file
+    from synclip.inference.package import load_pipeline
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     start = time.perf_counter()
-    pipeline = LipSyncPipeline.from_pretrained(args.model)
+    pipeline = load_pipeline(args.model)
     load_s = time.perf_counter() - start
     rss_loaded = vm("VmRSS")
     marks: dict[str, float] = {}
@@ -193,9 +193,22 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(args: argparse.Namespace, model: Path, video: Path, audio: Path, steps: int) -> dict:
     command = [
-        sys.executable, __file__, "--child", "--model", str(model), "--video", str(video), "--audio", str(audio),
-        "--landmarker", str(args.landmarker), "--steps", str(steps), "--threads", str(args.threads),
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        str(model),
+        "--video",
+        str(video),
+        "--audio",
+        str(audio),
+        "--landmarker",
+        str(args.landmarker),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(args.threads),
+    ]
     if args.guidance is not None:
         command += ["--guidance", str(args.guidance)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -205,8 +218,10 @@ def run_child(args: argparse.Namespace, model: Path, video: Path, audio: Path, s
         sys.stderr.write(done.stderr)
         raise SystemExit(f"the run on {video} failed with exit code {done.returncode}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["load_average_1_5_15"] = {"before": [round(x, 2) for x in load_before],
-                                     "after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    result["load_average_1_5_15"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
     return result
 
 
@@ -236,7 +251,7 @@ def main() -> None:
     import torch
 
     from synclip.config import load_params
-    from synclip.pipeline import PIPELINE_FILE
+    from synclip.inference.package import PIPELINE_FILE
 
     params = load_params(args.params)
     args.landmarker = Path(params.pretrained.face_landmarker)
@@ -262,9 +277,16 @@ def main() -> None:
                 write_speech(audio, seconds)
             print(f"{seconds} s at {args.steps} steps …", file=sys.stderr, flush=True)
             result = run_child(args, model, video, audio, args.steps)
-            runs.append({"seconds": seconds, "steps": args.steps,
-                         "guidance": config["guidance"] if args.guidance is None else args.guidance,
-                         "threads": args.threads, "size": args.size, **result})  # fmt: skip
+            runs.append(
+                {
+                    "seconds": seconds,
+                    "steps": args.steps,
+                    "guidance": config["guidance"] if args.guidance is None else args.guidance,
+                    "threads": args.threads,
+                    "size": args.size,
+                    **result,
+                }
+            )
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
 
     def key(run: dict) -> tuple:

@@ -112,10 +112,15 @@ def main() -> None:
                     seconds = time.perf_counter() - begin
                 response.raise_for_status()
                 summary = json.loads(response.headers["x-synclip-summary"])
-                runs.append({
-                    "steps": steps, "seconds": round(seconds, 3), "frames": summary["frames"],
-                    "frames_per_second": round(summary["frames"] / seconds, 2), "bytes_out": len(response.content),
-                })  # fmt: skip
+                runs.append(
+                    {
+                        "steps": steps,
+                        "seconds": round(seconds, 3),
+                        "frames": summary["frames"],
+                        "frames_per_second": round(summary["frames"] / seconds, 2),
+                        "bytes_out": len(response.content),
+                    }
+                )
                 print(json.dumps(runs[-1]))
         peak = peak_mib(server.pid)
     finally:
@@ -123,11 +128,19 @@ def main() -> None:
         server.wait(timeout=60)
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before,
-                    "load_after": os.getloadavg()},
-        "video": str(args.video), "audio": str(args.audio), "model": str(args.model),
-        "ready_seconds": round(ready_s, 2), "server_peak_rss_mib": round(peak, 1), "runs": runs,
-    }  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "video": str(args.video),
+        "audio": str(args.audio),
+        "model": str(args.model),
+        "ready_seconds": round(ready_s, 2),
+        "server_peak_rss_mib": round(peak, 1),
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.out}: ready in {ready_s:.1f} s, server peak {peak:.0f} MiB")

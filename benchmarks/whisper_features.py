@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
-from synclip.audio.whisper import load_whisper_encoder, whisper_features, whisper_windows
+from synclip.artifacts import load_whisper_encoder
+from synclip.audio.whisper import whisper_features, whisper_windows
 from synclip.config import load_params
 from synclip.constants import AUDIO_SAMPLE_RATE, WHISPER_CHUNK_TOKENS, WHISPER_TOKENS_PER_SECOND
 from synclip.data.speech import synthesize_batch

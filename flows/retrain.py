@@ -90,11 +90,16 @@ def retrain(
         ops.write_record(
             record_path,
             {
-                "score": decision.score, "metric": rule.score, "bento": bento, "revision": revision,
+                "score": decision.score,
+                "metric": rule.score,
+                "bento": bento,
+                "revision": revision,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                "metrics": {name: values[name] for name in sorted(values) if not isinstance(values[name], str)},
+                "metrics": {
+                    name: values[name] for name in sorted(values) if not isinstance(values[name], str)
+                },
             },
-        )  # fmt: skip
+        )
         outcome["bento"] = bento
     create_markdown_artifact(
         key="retrain-outcome",
@@ -109,9 +114,14 @@ def _table(decision: ops.Decision, score: str, values: dict, required: tuple[str
     previous = "none" if decision.previous is None else f"{decision.previous:.4g}"
     verdict = "promoted" if decision.promote else "not promoted"
     return "\n".join(
-        [f"**{verdict}**: {decision.reason} (promoted before: {previous})", "", "| metric | value |",
-         "|---|---|", *rows]
-    )  # fmt: skip
+        [
+            f"**{verdict}**: {decision.reason} (promoted before: {previous})",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *rows,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -66,15 +66,26 @@ class LipSync:
     ) -> Annotated[Path, ContentType("video/mp4")]:
         """The video lip-synced to the speech; the X-Synclip-Summary header says what was done."""
         options = LipSyncOptions(
-            steps=steps, guidance=guidance, seed=seed, face_index=face_index, cut=cut, pad=pad,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            face_index=face_index,
+            cut=cut,
+            pad=pad,
             smoothing_frames=self.smoothing_frames,
-        )  # fmt: skip
+        )
         try:
             with self.busy:
                 out, summary = lipsync_request(
-                    self.pipeline, self.landmarker, video, audio, Path(ctx.temp_dir), options, self.limits,
+                    self.pipeline,
+                    self.landmarker,
+                    video,
+                    audio,
+                    Path(ctx.temp_dir),
+                    options,
+                    self.limits,
                     self.request_log,
-                )  # fmt: skip
+                )
         except RequestError as error:
             raise Refused(str(error), error_code=HTTPStatus(error.status)) from None
         ctx.response.headers["X-Synclip-Summary"] = json.dumps({**summary.__dict__, "out": out.name})

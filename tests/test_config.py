@@ -187,10 +187,22 @@ def test_cli_reports_a_bad_key_in_one_line_with_exit_code_2(params_file):
 
 def test_cli_prints_the_resolved_params(params_file):
     result = subprocess.run(
-        [sys.executable, "-m", "synclip", "params", "show", "--params", str(params_file), "--json",
-         "-S", "runtime.threads=2"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "synclip",
+            "params",
+            "show",
+            "--params",
+            str(params_file),
+            "--json",
+            "-S",
+            "runtime.threads=2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     import json
 
     assert json.loads(result.stdout)["runtime"]["threads"] == 2

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from synclip import constants as c
+from synclip.audio.tokens import token_window
 
 
 def test_derived_rates():
@@ -25,9 +28,9 @@ def test_syncnet_mel_window_for_16_frames_is_52():
 
 def test_whisper_window_is_latentsyncs_2i_minus_4_to_2i_plus_6():
     for i in (0, 1, 7, 100):
-        assert c.whisper_token_window(i) == (2 * i - 4, 2 * i + 6)
-    start, stop = c.whisper_token_window(10)
-    assert stop - start == 10
+        assert token_window(i) == range(2 * i - 4, 2 * i + 6)
+    # at another frame rate the window sits around the frame's own token, floor(50 i / fps)
+    assert token_window(3, Fraction(30000, 1001)) == range(5 - 4, 5 + 6)
 
 
 def test_exact_div_refuses_a_remainder():

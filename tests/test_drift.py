@@ -129,8 +129,17 @@ def test_synclip_drift_reads_a_request_log_and_can_fail_on_drift(root, tmp_path)
     log.write_text("".join(json.dumps({"time": "t", "features": row}, default=int) + "\n" for row in rows))
 
     def drift(*args: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "synclip", "drift", *args, "--reference", str(reference),
-                   "--params", str(root / "params.yaml")]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "synclip",
+            "drift",
+            *args,
+            "--reference",
+            str(reference),
+            "--params",
+            str(root / "params.yaml"),
+        ]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
     done = drift(str(log), "--out", str(tmp_path / "report"), "--fail-on-drift")

@@ -48,17 +48,27 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     )
     params["videomae"].update(max_steps=4, val_every=2, checkpoint_every=2, val_windows=4, batch_size=2)
     params["train_unet"]["stage1"].update(
-        max_steps=4, val_every=2, checkpoint_every=2, val_windows=2, max_clips=4, sample_every=4, sample_frames=46,
+        max_steps=4,
+        val_every=2,
+        checkpoint_every=2,
+        val_windows=2,
+        max_clips=4,
+        sample_every=4,
+        sample_frames=46,
         sample_steps=2,
-    )  # fmt: skip
+    )
     params["train_unet"]["stage2"].update(max_steps=2, val_every=2, checkpoint_every=2, sample_every=2)
     # the test corpus has one clean test clip; two identities of the train split make a dubbing pair
     params["evaluate"].update(split="train", clips=2, max_frames=46, steps=2, samples=1, sheet_frames=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": str(repo / "src")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(repo / "src"),
+    }
     dvc = str(Path(bin_dir) / "dvc")
     run(["git", "init", "-q"], repo, env)
     run([dvc, "init", "-q"], repo, env)

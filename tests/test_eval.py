@@ -28,9 +28,9 @@ from synclip.eval.protocol import (
 )
 from synclip.eval.report import contact_sheet, dubbing_plot_table, markdown_table
 from synclip.face.mask import load_mask
-from synclip.nn.syncnet import StableSyncNet
-from synclip.pipeline import LipSyncPipeline, PipelineConfig, assemble
-from synclip.train.syncnet import syncnet_config
+from synclip.inference.package import assemble, load_pipeline
+from synclip.inference.pipeline import PipelineConfig
+from synclip.nn.syncnet import StableSyncNet, syncnet_config
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +78,14 @@ def test_the_closed_mouth_baseline_changes_only_the_generated_region_and_stands_
     mask = load_mask(resolution)  # (1, R, R), 1 keep
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (5, resolution, resolution, 3), dtype=np.uint8)
-    clip = EvalClip("x", "A", frames, np.zeros(5 * 640, np.float32), np.array([0.5, 0.9, 0.02, 0.4, 0.7]),
-                    np.zeros(5, bool))  # fmt: skip
+    clip = EvalClip(
+        "x",
+        "A",
+        frames,
+        np.zeros(5 * 640, np.float32),
+        np.array([0.5, 0.9, 0.02, 0.4, 0.7]),
+        np.zeros(5, bool),
+    )
     out = closed_mouth(clip, mask)
     keep = mask[0].numpy() == 1
     generate = mask[0].numpy() == 0
@@ -97,9 +103,18 @@ def test_pearson_ignores_missing_frames_and_is_undefined_for_constants():
 
 
 def row(protocol, variant, offset, lse_c, lse_d, opening_r, silent_closed, **extra):
-    return {"protocol": protocol, "variant": variant, "clip": "c", "offset": offset, "lse_c": lse_c,
-            "lse_d": lse_d, "opening_r": opening_r, "silent_closed": silent_closed, "landmarks_found": 1.0,
-            **extra}  # fmt: skip
+    return {
+        "protocol": protocol,
+        "variant": variant,
+        "clip": "c",
+        "offset": offset,
+        "lse_c": lse_c,
+        "lse_d": lse_d,
+        "opening_r": opening_r,
+        "silent_closed": silent_closed,
+        "landmarks_found": 1.0,
+        **extra,
+    }
 
 
 def test_the_summary_checks_the_targets_and_every_baseline():
@@ -129,8 +144,12 @@ def test_the_summary_checks_the_targets_and_every_baseline():
     assert targets["reconstruction_ssim_mouth"]["met"]
     # the closed mouth closes every silent frame: the model does not beat it there
     assert summary["beats_baselines"] == {
-        "offset_zero_share": False, "lse_c": True, "lse_d": True, "opening_r": True, "silent_closed": False,
-    }  # fmt: skip
+        "offset_zero_share": False,
+        "lse_c": True,
+        "lse_d": True,
+        "opening_r": True,
+        "silent_closed": False,
+    }
     assert summary["reconstruction"]["truth"]["psnr_mouth"] is None  # inf is not JSON
     assert "| model | 0.5 | 0.085 |" in markdown_table(summary)
 
@@ -154,8 +173,9 @@ def test_the_mouth_instrument_follows_the_true_opening(processed, corpus, pretra
 @pytest.fixture(scope="module")
 def tiny_package(tmp_path_factory, params):
     tmp = tmp_path_factory.mktemp("eval-model")
-    config = PipelineConfig(resolution=params.preprocess.resolution, num_frames=8, overlap=2, steps=2,
-                            guidance=1.5, seed=3)  # fmt: skip
+    config = PipelineConfig(
+        resolution=params.preprocess.resolution, num_frames=8, overlap=2, steps=2, guidance=1.5, seed=3
+    )
     return assemble(tmp / "synclip", tiny_unet(), tiny_vae(), tiny_whisper(tmp / "whisper"), config)
 
 
@@ -169,7 +189,7 @@ def test_both_protocols_score_every_variant(processed, corpus, pretrained_dir, p
     assert rows["identity"].nunique() == 2
     ev = params.evaluate
     clips = [load_eval_clip(item, folder / "clips", corpus[0], ev).cut(50) for item in rows.itertuples()]
-    pipeline = LipSyncPipeline.from_pretrained(tiny_package)
+    pipeline = load_pipeline(tiny_package)
     syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
     scorer = Scorer(
         syncnet, pretrained_dir / "face_landmarker.task", ev, 4, torch.device("cpu"), params.vae.mouth
@@ -192,8 +212,13 @@ def test_both_protocols_score_every_variant(processed, corpus, pretrained_dir, p
     np.testing.assert_array_equal(generated[:, mask], clips[0].frames[:, mask])  # only the mask is generated
 
     summary = summarize(result.rows)
-    assert set(summary["targets"]) == {"offset_zero_share", "lse_c_of_truth", "opening_r", "silent_closed",
-                                       "reconstruction_ssim_mouth"}  # fmt: skip
+    assert set(summary["targets"]) == {
+        "offset_zero_share",
+        "lse_c_of_truth",
+        "opening_r",
+        "silent_closed",
+        "reconstruction_ssim_mouth",
+    }
     assert dubbing_plot_table(table)["clip_index"].tolist() == [0, 1]
     sheet = contact_sheet(result, 4)
     assert sheet.ndim == 3

@@ -48,8 +48,10 @@ def server(tmp_path_factory):
     log = (tmp / "server.log").open("w")
     process = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={**env, "PREFECT_UI_ENABLED": "false"}, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env={**env, "PREFECT_UI_ENABLED": "false"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until_ready(process, f"http://127.0.0.1:{port}/api/health", tmp / "server.log")
         yield env
@@ -130,8 +132,12 @@ def repo(tmp_path):
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"],
-                    [*git, "commit", "-q", "-m", "pipeline"]):  # fmt: skip
+    for command in (
+        ["git", "init", "-q"],
+        [str(BIN / "dvc"), "init", "-q"],
+        ["git", "add", "-A"],
+        [*git, "commit", "-q", "-m", "pipeline"],
+    ):
         subprocess.run(command, cwd=repo, check=True, capture_output=True)
     return repo
 
@@ -190,8 +196,9 @@ def test_drift_check_reports_and_fails_on_drift_when_asked(flows, tmp_path):
     common = {"repo": str(ROOT), "reference": str(tmp_path / "reference.parquet"), "fail_on_drift": True}
     summary = drift_check(**common, current=str(tmp_path / "alike.parquet"), out=str(tmp_path / "alike"))
     assert not summary["dataset_drift"]
-    state = drift_check(**common, current=str(tmp_path / "moved.parquet"), out=str(tmp_path / "moved"),
-                        return_state=True)  # fmt: skip
+    state = drift_check(
+        **common, current=str(tmp_path / "moved.parquet"), out=str(tmp_path / "moved"), return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(Exception, match="face_width_fraction"):
         state.result()
@@ -204,8 +211,9 @@ def test_the_deployments_register_and_a_worker_runs_one(server, tmp_path):
     env = server
 
     def prefect(*args: str, timeout: int = 180) -> str:
-        done = subprocess.run([str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        done = subprocess.run(
+            [str(BIN / "prefect"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return done.stdout
 
@@ -218,19 +226,38 @@ def test_the_deployments_register_and_a_worker_runs_one(server, tmp_path):
 
     table(120, seed=0).to_parquet(tmp_path / "reference.parquet")
     table(40, seed=1).to_parquet(tmp_path / "current.parquet")
-    parameters = {"reference": str(tmp_path / "reference.parquet"),
-                  "current": str(tmp_path / "current.parquet"), "out": str(tmp_path / "report")}  # fmt: skip
+    parameters = {
+        "reference": str(tmp_path / "reference.parquet"),
+        "current": str(tmp_path / "current.parquet"),
+        "out": str(tmp_path / "report"),
+    }
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"], cwd=tmp_path, env=env,
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         done = subprocess.run(
-            [str(BIN / "prefect"), "deployment", "run", "drift-check/drift-daily", "--params",
-             json.dumps(parameters), "--watch", "--watch-timeout", "240"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                "drift-check/drift-daily",
+                "--params",
+                json.dumps(parameters),
+                "--watch",
+                "--watch-timeout",
+                "240",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         stop(worker)
         log.close()

@@ -76,10 +76,23 @@ def test_rotation_metadata_is_applied_like_ffmpeg_does(tmp_path):
     assert probe(path).video.display_size == (48, 64)
     # the independent reference: the ffmpeg binary (autorotate on) decodes the first frame
     raw = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo",
-         "-pix_fmt", "rgb24", "-"],
-        capture_output=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     reference = np.frombuffer(raw, np.uint8).reshape(64, 48, 3)
     assert np.abs(ours.astype(int) - reference).mean() < 2
 

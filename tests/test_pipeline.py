@@ -17,26 +17,21 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from einops import rearrange, repeat
 
 from synclip.artifacts import CheckpointError
-from synclip.audio.whisper import whisper_log_mel
+from synclip.audio.tokens import AudioTokens, frame_tokens
+from synclip.audio.whisper import whisper_features, whisper_log_mel
 from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose
 from synclip.errors import UserError
 from synclip.face.align import invert
+from synclip.face.landmarks import FACE_OVAL
 from synclip.face.mask import load_mask
-from synclip.lipsync import (
-    FACE_OVAL,
-    FaceTrack,
-    LipSyncOptions,
-    feather,
-    lipsync_file,
-    output_frames,
-    ping_pong,
-    synced_frames,
-)
+from synclip.face.paste import Placement, feather
+from synclip.inference.lipsync import LipSyncOptions, lipsync_file, output_frames, ping_pong, synced_frames
+from synclip.inference.package import PIPELINE_FILE, assemble, load_pipeline
+from synclip.inference.pipeline import LipSyncPipeline, PipelineConfig
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import probe
 from synclip.nn.unet import UNet3DConditionModel, UNetConfig
-from synclip.pipeline import PIPELINE_FILE, LipSyncPipeline, PipelineConfig, assemble
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNCLIP = Path(sys.executable).with_name("synclip")
@@ -85,11 +80,22 @@ def tiny_whisper(folder: Path) -> Path:
     from transformers import WhisperConfig, WhisperModel
 
     config = WhisperConfig(
-        vocab_size=64, num_mel_bins=80, d_model=WIDTH, encoder_layers=2, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        max_source_positions=1500, max_target_positions=16, pad_token_id=0, bos_token_id=0,
-        eos_token_id=0, decoder_start_token_id=1,
-    )  # fmt: skip
+        vocab_size=64,
+        num_mel_bins=80,
+        d_model=WIDTH,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
+    )
     torch.manual_seed(2)
     WhisperModel(config).save_pretrained(folder)
     return folder
@@ -104,7 +110,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(model_dir) -> LipSyncPipeline:
-    return LipSyncPipeline.from_pretrained(model_dir)
+    return load_pipeline(model_dir)
 
 
 def inputs(frames: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +194,9 @@ def test_only_the_masked_region_changes(pipe):
     assert not torch.equal(out[:, ~keep], faces[:, ~keep])
 
 
-@pytest.mark.parametrize(("num_frames", "overlap", "eta"), [(4, 1, 0.0), (4, 2, 0.0), (3, 0, 0.0), (2, 1, 0.0), (4, 1, 1.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("num_frames", "overlap", "eta"), [(4, 1, 0.0), (4, 2, 0.0), (3, 0, 0.0), (2, 1, 0.0), (4, 1, 1.0)]
+)
 def test_chunked_equals_one_chunk_when_frames_are_independent(pipe, num_frames, overlap, eta):
     faces, audio = inputs(9)
     whole = with_config(pipe, num_frames=9, overlap=0, eta=eta)(faces, audio)
@@ -237,11 +245,10 @@ def test_bad_shapes_and_settings_are_errors(pipe):
 
 
 def streamed_and_whole(pipe: LipSyncPipeline, samples: np.ndarray, frames: int, fps: Fraction):
-    from synclip.lipsync import AudioTokens, frame_tokens
-
     length = int(np.ceil(Fraction(frames + 1) / fps * 16_000))
-    whole = frame_tokens(pipe.audio_features(np.pad(samples, (0, length - len(samples)))), range(frames), fps)
-    audio = AudioTokens(pipe, samples, fps, length)
+    features = whisper_features(np.pad(samples, (0, length - len(samples))), pipe.audio_encoder)
+    whole = frame_tokens(features, range(frames), fps)
+    audio = AudioTokens(pipe.audio_encoder, samples, fps, length)
     streamed, held = [], []
     for i in range(frames):
         streamed.append(audio.frame(i))
@@ -309,7 +316,7 @@ def test_assemble_replaces_a_folder_whole(tmp_path, model_dir):
 
 def test_not_a_model_folder_and_mismatched_parts_are_errors(tmp_path, pipe):
     with pytest.raises(UserError, match="not a packaged synclip model"):
-        LipSyncPipeline.from_pretrained(tmp_path)
+        load_pipeline(tmp_path)
     wide = UNet3DConditionModel(dataclass_replace(pipe.unet.config, cross_attention_dim=24))
     with pytest.raises(CheckpointError, match="cross_attention_dim"):
         LipSyncPipeline(wide, pipe.vae, pipe.audio_encoder, pipe.mask.cpu(), pipe.config)
@@ -411,7 +418,7 @@ def test_lipsync_keeps_size_rate_and_the_speech_and_loops_the_video(pipe, media,
 
 @pytest.mark.pretrained
 def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir, monkeypatch):
-    from synclip.lipsync import track_face
+    from synclip.inference.lipsync import track_face
 
     # a mask reaching well past the jaw (the lower half, edge to edge), so that what the face outline
     # keeps out of the paste is a large region (the shipped mask's margin beside the jaw is narrow)
@@ -452,7 +459,7 @@ def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir,
 
 def test_a_video_without_any_face_passes_through(pipe, media):
     video, speech = media
-    track = FaceTrack(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
+    track = Placement(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
     counts = {"generated": 0, "without_face": 0}
     out = list(
         synced_frames(pipe, video, read_audio(speech), Fraction(25), track, 20, LipSyncOptions(), counts)
@@ -511,15 +518,15 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, media, tmp_path, model
     assert list(out.parent.iterdir()) == []
 
 
-def fixed_track(frames: int = 20) -> FaceTrack:
+def fixed_track(frames: int = 20) -> Placement:
     """The alignment of a face in the middle of the 192×160 test frames, on every frame."""
     matrix = np.array([[RES / 80, 0, -56 * RES / 80], [0, RES / 80, -30 * RES / 80]])
-    return FaceTrack(np.repeat(matrix[None], frames, axis=0), np.ones(frames, bool), 0)
+    return Placement(np.repeat(matrix[None], frames, axis=0), np.ones(frames, bool), 0)
 
 
 def test_output_keeps_size_rate_and_speech_without_a_landmarker(pipe, media, tmp_path, monkeypatch):
     video, speech = media
-    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: fixed_track())
+    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: fixed_track())
     out = tmp_path / "out.mp4"
     summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True))
     info = probe(out)
@@ -532,11 +539,11 @@ def test_output_keeps_size_rate_and_speech_without_a_landmarker(pipe, media, tmp
 
 
 def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypatch):
-    import synclip.lipsync
+    from synclip.inference import lipsync
 
     video, speech = media
-    monkeypatch.setattr(synclip.lipsync, "track_face", lambda *args: fixed_track())
-    real, calls = synclip.lipsync.paste, []
+    monkeypatch.setattr(lipsync, "track_face", lambda *args: fixed_track())
+    real, calls = lipsync.paste, []
 
     def paste(*args):
         calls.append(1)
@@ -544,7 +551,7 @@ def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypat
             raise RuntimeError("disk on fire")
         return real(*args)
 
-    monkeypatch.setattr(synclip.lipsync, "paste", paste)
+    monkeypatch.setattr(lipsync, "paste", paste)
     out = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError, match="disk on fire"):
         lipsync_file(pipe, video, speech, out, "unused")
@@ -566,7 +573,7 @@ def test_lossless_output_keeps_frames_without_a_face_bit_exact(pipe, media, tmp_
     video, speech = media
     track = fixed_track()
     track.found[list(FACELESS)] = False
-    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: track)
+    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: track)
     out = tmp_path / "out.mp4"
     summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True, lossless=True))
     assert (summary.frames_without_face, summary.frames_generated) == (len(FACELESS), 20 - len(FACELESS))
@@ -587,8 +594,8 @@ def test_lossless_output_keeps_frames_without_a_face_bit_exact(pipe, media, tmp_
 def test_lossy_output_is_not_bit_exact(pipe, media, tmp_path, monkeypatch):
     """The reason for `lossless`: through H.264 yuv420p even untouched frames come back changed."""
     video, speech = media
-    track = FaceTrack(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
-    monkeypatch.setattr("synclip.lipsync.track_face", lambda *args: track)
+    track = Placement(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
+    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: track)
     out = tmp_path / "out.mp4"
     lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True))
     written, source = decoded(out), decoded(video)
@@ -616,7 +623,7 @@ def two_face_video(path: Path, frames: int = 12) -> Path:
 @pytest.mark.pretrained
 @pytest.mark.slow
 def test_face_index_picks_the_larger_or_the_smaller_face(pipe, tmp_path, pretrained_dir):
-    from synclip.lipsync import track_face
+    from synclip.inference.lipsync import track_face
 
     video = two_face_video(tmp_path / "two.mp4")
     speech = speech_wav(tmp_path / "speech.wav", 0.48)

@@ -95,7 +95,7 @@ def test_a_still_head_aligns_to_under_a_pixel(tmp_path, params, pretrained_dir):
     """A talking-free still face: the aligned mouth corners must not wander (128×128 crops)."""
     from synclip.data.preprocess import detect_pass
     from synclip.face.align import apply, track_transforms
-    from synclip.face.landmarks import MOUTH_LEFT, MOUTH_RIGHT
+    from synclip.face.landmarks import LIPS, MOUTH_LEFT, MOUTH_RIGHT
 
     identity = Identity.sample("still", np.random.default_rng(5))
     renderer = FaceRenderer(identity)
@@ -106,11 +106,9 @@ def test_a_still_head_aligns_to_under_a_pixel(tmp_path, params, pretrained_dir):
             image = backdrop.copy()
             renderer.draw(image, Pose(320, 220, 100, 0.05), MouthState(0.0, 0.45, 0.1, 0.0, 0.7), 1.0)
             writer.write_frame(image)
-    track = detect_pass(path, params.preprocess, str(pretrained_dir / "face_landmarker.task"))
-    matrices = track_transforms(track.stable, 128, params.preprocess.smoothing_frames)
-    from synclip.data.preprocess import LIPS
-
-    corners = np.stack([apply(m, p) for m, p in zip(matrices, track.lips, strict=True)])[
+    faces = detect_pass(path, params.preprocess, str(pretrained_dir / "face_landmarker.task")).faces
+    matrices = track_transforms(faces.stable, 128, params.preprocess.smoothing_frames)
+    corners = np.stack([apply(m, p) for m, p in zip(matrices, faces.points["lips"], strict=True)])[
         :, [LIPS.index(MOUTH_LEFT), LIPS.index(MOUTH_RIGHT)]
     ]
     spread = np.linalg.norm(corners - corners.mean(axis=0), axis=-1).max()
@@ -134,9 +132,12 @@ def test_the_aligned_crop_resizes_only_the_part_of_the_frame_it_sees():
         sx, sy = small.shape[1] / frame.shape[1], small.shape[0] / frame.shape[0]
         to_small = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
         full = cv2.warpAffine(
-            small, (np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2], (128, 128),
-            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
-        )  # fmt: skip
+            small,
+            (np.vstack([matrix, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2],
+            (128, 128),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         error = np.abs(warp_face(frame, matrix, 128).astype(float) - full)
         assert error.mean() < 0.5, (scale, error.mean())
         assert error.max() <= 6, (scale, error.max())
@@ -209,10 +210,24 @@ def test_broken_inputs_are_rejected_and_the_stage_still_succeeds(tmp_path, corpu
     before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     out, metrics = tmp_path / "processed", tmp_path / "metrics.json"
     result = subprocess.run(
-        [sys.executable, "-m", "stages.preprocess", "--raw", str(raw), "--out", str(out), "--metrics", str(metrics),
-         "--params", str(root / "params.yaml")],
-        cwd=root, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stages.preprocess",
+            "--raw",
+            str(raw),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+            "--params",
+            str(root / "params.yaml"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     rejects = pd.read_csv(out / "rejects.csv")
     reasons = dict(zip(rejects["source"], rejects["reason"], strict=True))

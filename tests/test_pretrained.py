@@ -96,8 +96,11 @@ def test_fetch_names_an_unknown_artifact(tmp_path):
 def test_setup_installed_weights_verify_and_are_up_to_date(pretrained_dir, root):
     result = subprocess.run(
         [sys.executable, "-m", "synclip", "weights", "verify", "--params", str(root / "params.yaml")],
-        capture_output=True, text=True, check=False, cwd=root,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 2
     for artifact in ARTIFACTS.values():

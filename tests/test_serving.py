@@ -15,9 +15,10 @@ import requests
 from test_pipeline import speech_wav, talking_video, tiny_unet, tiny_vae, tiny_whisper
 
 from synclip.errors import UserError
-from synclip.lipsync import LipSyncOptions
+from synclip.inference.lipsync import LipSyncOptions
+from synclip.inference.package import assemble
+from synclip.inference.pipeline import PipelineConfig
 from synclip.media.probe import probe
-from synclip.pipeline import PipelineConfig, assemble
 from synclip.quality.drift import read_features
 from synclip.serve import RequestError, ServiceLimits, check_request
 

@@ -13,15 +13,23 @@ import pandas as pd
 import pytest
 import torch
 
-from synclip.artifacts import CheckpointError, load_strict, read_latentsync_checkpoint, save_artifact
+from synclip.artifacts import (
+    CheckpointError,
+    load_latentsync_syncnet,
+    load_strict,
+    load_syncnet,
+    read_latentsync_checkpoint,
+    save_artifact,
+)
 from synclip.audio.mel import mel_window, syncnet_mel
 from synclip.config import load_params
-from synclip.data.sync_filter import filter_by_sync
 from synclip.data.sync_pairs import Clip, PairSampler, audio_window, augment_windows, validation_rows
 from synclip.eval.sync import score_clip
-from synclip.nn.syncnet import StableSyncNet, offset_losses, released_config
+from synclip.eval.sync_filter import filter_by_sync
+from synclip.nn.syncnet import StableSyncNet, released_config, syncnet_config
+from synclip.train.losses import offset_losses
 from synclip.train.optim import learning_rate
-from synclip.train.syncnet import load_latentsync_syncnet, load_syncnet, syncnet_config, train_syncnet
+from synclip.train.syncnet import train_syncnet
 
 SYNCLIP = Path(sys.executable).with_name("synclip")
 

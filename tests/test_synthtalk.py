@@ -133,9 +133,12 @@ def test_clean_clips_decode_with_the_written_frames_fps_and_audio(corpus):
 def test_mediapipe_finds_exactly_one_face_in_clean_clips(corpus, pretrained_dir):
     out, _, gts = corpus
     counts = np.concatenate(
-        [face_counts(decode(out / gt["file"])[0], pretrained_dir / "face_landmarker.task") for gt in gts.values()
-         if gt["defect"] is None]
-    )  # fmt: skip
+        [
+            face_counts(decode(out / gt["file"])[0], pretrained_dir / "face_landmarker.task")
+            for gt in gts.values()
+            if gt["defect"] is None
+        ]
+    )
     assert len(counts) > 250
     assert np.mean(counts == 1) >= 0.99
 
@@ -277,10 +280,29 @@ def test_a_second_run_resumes_and_other_params_are_refused(corpus, spec):
 
 def test_cli_generates_with_two_workers(tmp_path, root):
     result = subprocess.run(
-        [sys.executable, "-m", "synclip", "corpus", "synth", "--out", str(tmp_path), "--clips", "2", "--workers", "2",
-         "--params", str(root / "params.yaml"), "-S", "corpus.max_seconds=3.0", "-S", "corpus.min_seconds=2.0"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "synclip",
+            "corpus",
+            "synth",
+            "--out",
+            str(tmp_path),
+            "--clips",
+            "2",
+            "--workers",
+            "2",
+            "--params",
+            str(root / "params.yaml"),
+            "-S",
+            "corpus.max_seconds=3.0",
+            "-S",
+            "corpus.min_seconds=2.0",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["clips"] == 2
     assert len(list(tmp_path.glob("*.mp4"))) == 2

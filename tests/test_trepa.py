@@ -11,16 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from synclip.artifacts import save_videomae
 from synclip.config import ConfigError, VideoMAEParams, load_params
 from synclip.errors import UserError
+from synclip.nn.videomae import videomae_config
+from synclip.train.trainer import CHECKPOINT
 from synclip.train.trepa import TrepaLoss, load_trepa
-from synclip.train.videomae import (
-    CHECKPOINT,
-    pretrain_videomae,
-    save_videomae,
-    tube_mask,
-    videomae_config,
-)
+from synclip.train.videomae import pretrain_videomae, tube_mask
 
 FRAMES = 4
 SIZE = 16
@@ -37,12 +34,31 @@ def one_thread():
 
 def tiny_params(**changes) -> VideoMAEParams:
     params = VideoMAEParams(
-        source="trained", image_size=SIZE, patch_size=4, num_frames=FRAMES, tubelet_size=2, hidden_size=32,
-        num_layers=2, num_heads=2, intermediate_size=64, decoder_hidden_size=16, decoder_num_layers=1,
-        decoder_num_heads=2, decoder_intermediate_size=32, mask_ratio=0.75, batch_size=2, lr=1e-3,
-        warmup_steps=2, final_lr_fraction=0.1, weight_decay=0.05, grad_clip=1.0, max_steps=6, val_every=3,
-        val_windows=2, checkpoint_every=2,
-    )  # fmt: skip
+        source="trained",
+        image_size=SIZE,
+        patch_size=4,
+        num_frames=FRAMES,
+        tubelet_size=2,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=16,
+        decoder_num_layers=1,
+        decoder_num_heads=2,
+        decoder_intermediate_size=32,
+        mask_ratio=0.75,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=2,
+        final_lr_fraction=0.1,
+        weight_decay=0.05,
+        grad_clip=1.0,
+        max_steps=6,
+        val_every=3,
+        val_windows=2,
+        checkpoint_every=2,
+    )
     return dataclasses.replace(params, **changes)
 
 
@@ -178,9 +194,9 @@ def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path, caplog):
     state = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert state["step"] == 2  # killed after step 3: the last checkpoint is step 2's
     assert not (tmp_path / "killed" / "model.safetensors").exists()  # the artifact only when finished
-    with caplog.at_level(logging.INFO, logger="synclip.train.videomae"):
+    with caplog.at_level(logging.INFO, logger="synclip.train"):
         resumed, resumed_history = pretrain_videomae(train, val, params, tmp_path / "killed", device, seed=5)
-    assert "resuming VideoMAE pretraining from step 2" in caplog.text
+    assert "resuming pretrain_videomae from step 2" in caplog.text
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     assert [r["val_loss"] for r in resumed_history.rows] == [r["val_loss"] for r in history.rows]

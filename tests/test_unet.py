@@ -13,17 +13,13 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from einops import rearrange
 
-from synclip.artifacts import CheckpointError
+from synclip.artifacts import CheckpointError, load_latentsync_unet, load_unet, load_unet_state, save_unet
 from synclip.nn.unet import (
     MOTION_MODULES,
     TemporalTransformer,
     UNet3DConditionModel,
     UNetConfig,
     full_config,
-    load_latentsync_unet,
-    load_unet,
-    load_unet_state,
-    save_unet,
     tiny_config,
 )
 
@@ -155,8 +151,13 @@ def test_motion_module_is_animatediff_v1():
     ).eval()
     with torch.no_grad():
         reference.proj_out.weight.normal_(0, 0.1)
-    renames = {"attn1.": "attention_blocks.0.", "attn2.": "attention_blocks.1.", "norm1.": "norms.0.",
-               "norm2.": "norms.1.", "norm3.": "ff_norm."}  # fmt: skip
+    renames = {
+        "attn1.": "attention_blocks.0.",
+        "attn2.": "attention_blocks.1.",
+        "norm1.": "norms.0.",
+        "norm2.": "norms.1.",
+        "norm3.": "ff_norm.",
+    }
     state = {}
     for key, value in reference.state_dict().items():
         if key.endswith("pos_embed.pe"):
@@ -267,11 +268,15 @@ def test_full_geometry_has_latentsyncs_keys_and_parameter_counts():
         "up_blocks.1.resnets.2.conv1.weight": (1280, 1920, 3, 3),
         "up_blocks.3.resnets.0.conv1.weight": (320, 960, 3, 3),
         "up_blocks.0.upsamplers.0.conv.weight": (1280, 1280, 3, 3),
-        "down_blocks.3.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe": (1, 24, 1280),
+        "down_blocks.3.motion_modules.1.temporal_transformer.transformer_blocks.0.attention_blocks.1.pos_encoder.pe": (
+            1,
+            24,
+            1280,
+        ),
         "up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.ff.net.2.weight": (320, 1280),
         "conv_norm_out.weight": (320,),
         "conv_out.weight": (4, 320, 3, 3),
-    }  # fmt: skip
+    }
     assert {k: tuple(state[k].shape) for k in shapes} == shapes
     assert "up_blocks.3.upsamplers.0.conv.weight" not in state
     assert "mid_block.motion_modules.0.temporal_transformer.norm.weight" not in state

@@ -9,30 +9,30 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from synclip.artifacts import load_unet, save_unet
 from synclip.audio.mel import mel_window
-from synclip.audio.whisper import frame_audio_windows
+from synclip.audio.tokens import frame_tokens
 from synclip.config import load_params
 from synclip.constants import SAMPLES_PER_FRAME
-from synclip.data.unet_windows import WindowClip, WindowSampler, audio_tokens
+from synclip.data.unet_windows import WindowClip, WindowSampler
+from synclip.eval.samples import SampleSource, ValidationSample
 from synclip.face.mask import load_mask
+from synclip.inference.pipeline import PipelineConfig
 from synclip.media.decode import iter_frames, read_audio
-from synclip.nn.syncnet import StableSyncNet
-from synclip.nn.unet import UNet3DConditionModel, load_unet, save_unet
-from synclip.pipeline import PipelineConfig
+from synclip.nn.syncnet import StableSyncNet, syncnet_config
+from synclip.nn.unet import UNet3DConditionModel, unet_config
 from synclip.train.diffusion import (
     DiffusionObjective,
     add_noise,
-    load_lpips,
-    load_trepa_term,
     mixed_noise,
     noise_correlation,
     noise_scheduler,
     predict_x0,
 )
+from synclip.train.losses import load_lpips
 from synclip.train.optim import learning_rate
-from synclip.train.samples import SampleSource, ValidationSample
-from synclip.train.syncnet import syncnet_config
-from synclip.train.unet import Validation, initial_unet, judges, select_trainable, train_unet, unet_config
+from synclip.train.trepa import load_trepa_term
+from synclip.train.unet import Validation, initial_unet, judges, select_trainable, train_unet
 
 CPU = torch.device("cpu")
 LATENT, WIDTH, STATES = 8, 8, 1  # h = w, audio width D, Whisper states L (S = 10·L tokens per frame)
@@ -52,8 +52,13 @@ def params(root):
 
 
 def tiny_unet_params(params):
-    return dataclasses.replace(params.unet, block_out_channels=(8, 16, 16), norm_num_groups=4,
-                               num_attention_heads=2, motion_num_attention_heads=2)  # fmt: skip
+    return dataclasses.replace(
+        params.unet,
+        block_out_channels=(8, 16, 16),
+        norm_num_groups=4,
+        num_attention_heads=2,
+        motion_num_attention_heads=2,
+    )
 
 
 def tiny_stage(params, **changes):
@@ -116,9 +121,8 @@ def test_reference_windows_never_overlap_and_audio_follows_the_shift():
     clip = sampler.clips[window.clip]
     batch = sampler.batch([window], sample=False)
     first = window.start + 3  # the audio of frame t is at t + audio_shift
-    expected = frame_audio_windows(clip.features, clip.audio_frames)[first : first + 8]
+    expected = frame_tokens(clip.features, range(clip.audio_frames))[first : first + 8]
     torch.testing.assert_close(batch.audio[0], expected)
-    torch.testing.assert_close(audio_tokens(clip.features, first, 8), expected)
     # frame i's tokens are [2i − 4, 2i + 6): token 2i sits at position 4
     assert batch.audio[0, :, 4, 0].tolist() == [2.0 * (first + i) for i in range(8)]
     torch.testing.assert_close(batch.mel[0, 0], mel_window(clip.mel, first, 8))
@@ -235,9 +239,13 @@ def test_unavailable_terms_are_disabled_with_their_reason():
 def tiny_vae(resolution: int = 64) -> AutoencoderKL:
     torch.manual_seed(0)
     vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=resolution,
-    )  # fmt: skip
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 8, 8],
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=resolution,
+    )
     vae.register_to_config(scaling_factor=0.5)
     return vae.eval().requires_grad_(False)
 
@@ -308,9 +316,13 @@ def test_validation_samples_are_written_scored_and_survive_a_resume(params, tmp_
     objective = DiffusionObjective({"recon": 1.0})
     rng = np.random.default_rng(0)
     frames = 46  # syncnet.num_frames + 2 · max_offset, the least the config allows
-    source = SampleSource("v000", "v001", rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8),
-                          rng.uniform(-0.5, 0.5, frames * SAMPLES_PER_FRAME).astype(np.float32),
-                          rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8))  # fmt: skip
+    source = SampleSource(
+        "v000",
+        "v001",
+        rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8),
+        rng.uniform(-0.5, 0.5, frames * SAMPLES_PER_FRAME).astype(np.float32),
+        rng.integers(0, 255, (frames, 128, 128, 3), dtype=np.uint8),
+    )
     tokens = torch.randn(frames, 10 * STATES, WIDTH, generator=torch.Generator().manual_seed(0))
     syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
     sampler = PipelineConfig(resolution=128, num_frames=16, overlap=4, steps=2, guidance=1.5, seed=1, eta=1.0)

@@ -9,17 +9,16 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from synclip.artifacts import load_vae
 from synclip.config import ConfigError, load_params
+from synclip.data.frames import Faces, spaced
 from synclip.errors import UserError
+from synclip.images import image_metrics
 from synclip.train.vae import (
-    Faces,
-    image_metrics,
     latent_scaling_factor,
-    load_vae,
     reconstruct,
     reconstruction_grid,
     showcase_frames,
-    spaced,
     train_vae,
 )
 
@@ -142,11 +141,19 @@ def test_load_vae_names_the_parameter_when_the_folder_is_missing_or_broken(tmp_p
 
 
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
-    small = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, down_block_types=("DownEncoderBlock2D",),
-                          up_block_types=("UpDecoderBlock2D",))  # fmt: skip
+    small = AutoencoderKL(
+        block_out_channels=(8,),
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
     small.save_pretrained(tmp_path)
-    wider = AutoencoderKL(block_out_channels=(16,), norm_num_groups=4, down_block_types=("DownEncoderBlock2D",),
-                          up_block_types=("UpDecoderBlock2D",))  # fmt: skip
+    wider = AutoencoderKL(
+        block_out_channels=(16,),
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
     wider.save_config(tmp_path)  # the config now describes another network than the weights
     with pytest.raises(UserError, match=r"vae\.source"):
         load_vae(tmp_path, "vae.source")

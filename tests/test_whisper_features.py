@@ -9,13 +9,12 @@ import pytest
 import torch
 from scipy.signal import resample_poly
 
+from synclip.artifacts import load_whisper_encoder
 from synclip.audio import whisper as wf
+from synclip.audio.tokens import frame_tokens
 from synclip.audio.whisper import (
-    WhisperAudioEncoder,
     cached_whisper_features,
     encoder_fingerprint,
-    frame_audio_windows,
-    load_whisper_encoder,
     whisper_features,
     whisper_log_mel,
     whisper_windows,
@@ -105,7 +104,7 @@ def speech(seconds: float, seed: int = 0) -> np.ndarray:
     return audio[: round(seconds * SR)]
 
 
-def plain_whisper_states(folder, encoder: WhisperAudioEncoder, audio: np.ndarray) -> torch.Tensor:
+def plain_whisper_states(folder, encoder: torch.nn.Module, audio: np.ndarray) -> torch.Tensor:
     """Whisper's own path on ≤ 30 s of audio: the folder's feature extractor (pads to 30 s), then the
     encoder's hidden states with the last block's output recomputed before the final layer norm.
     → (1500, L, D)"""
@@ -202,7 +201,7 @@ def test_frame_windows_are_time_major_layer_minor_and_clamped_at_both_ends():
     num_tokens, layers, width = 20, 3, 2
     token, layer = torch.meshgrid(torch.arange(num_tokens), torch.arange(layers), indexing="ij")
     features = torch.stack([token, layer], dim=-1).float()  # (T_w, L, D): (token, layer) in each row
-    windows = frame_audio_windows(features, num_frames=10)
+    windows = frame_tokens(features, range(10))
     assert windows.shape == (10, 10 * layers, width)
 
     def tokens_of(frame):
@@ -214,16 +213,13 @@ def test_frame_windows_are_time_major_layer_minor_and_clamped_at_both_ends():
     assert tokens_of(1) == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
     assert tokens_of(5) == list(range(6, 16))  # [2i − 4, 2i + 6)
     assert tokens_of(9) == [14, 15, 16, 17, 18, 19, 19, 19, 19, 19]  # the last token repeated
-    narrow = frame_audio_windows(features, num_frames=3, context=(1, 0))
-    assert narrow.shape == (3, 4 * layers, width)
-    assert narrow[2, ::layers, 0].long().tolist() == [2, 3, 4, 5]
-    with pytest.raises(ValueError, match="cover only 10 frames"):
-        frame_audio_windows(features, num_frames=11)
+    later = frame_tokens(features, range(8, 10))  # any frames, in any order: the same windows
+    torch.testing.assert_close(later, windows[8:10])
 
 
 def test_a_clip_gives_frames_by_audio_tokens_by_width(tiny):
     audio = noise(1.0)  # 25 frames
-    windows = frame_audio_windows(whisper_features(audio, tiny), num_frames=25)
+    windows = frame_tokens(whisper_features(audio, tiny), range(25))
     assert windows.shape == (25, 10 * 3, 16)
 
 

@@ -15,9 +15,17 @@ SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
 
 
 def tiny_whisper_arrays(
-    seed: int = 0, d: int = 16, heads: int = 2, ffn: int = 32, mels: int = 8, layers: int = 2,
-    source_positions: int = 12, target_positions: int = 10, vocab_size: int = 40, dtype=np.float16,
-) -> dict[str, np.ndarray]:  # fmt: skip
+    seed: int = 0,
+    d: int = 16,
+    heads: int = 2,
+    ffn: int = 32,
+    mels: int = 8,
+    layers: int = 2,
+    source_positions: int = 12,
+    target_positions: int = 10,
+    vocab_size: int = 40,
+    dtype=np.float16,
+) -> dict[str, np.ndarray]:
     """Random WhisperSpec variables in CTranslate2's naming (k biases zero, as CTranslate2 writes them)."""
     rng = np.random.default_rng(seed)
 

@@ -113,7 +113,12 @@ def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:  # what torch raises for non-checkpoints
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as error:  # what torch raises for non-checkpoints
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -138,7 +143,9 @@ def load_unet_state(
     `CheckpointError` that lists them.
     """
     own = model.state_dict()
-    excused = sorted(k for k in own if k not in state and any(fnmatch.fnmatchcase(k, p) for p in allow_missing))
+    excused = sorted(
+        k for k in own if k not in state and any(fnmatch.fnmatchcase(k, p) for p in allow_missing)
+    )
     load_strict(model, state, source, may_be_missing=excused)
     if excused:
         log.info("%s: %d keys absent, kept at initialisation (%s …)", source, len(excused), excused[0])
@@ -208,7 +215,9 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
     """A diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors), offline
     and strictly, in eval mode. `param` names the setting that points here, for the error message."""
     if path is None:
-        raise UserError(f"{param} is not set; point it at a diffusers AutoencoderKL folder (e.g. sd-vae-ft-mse)")
+        raise UserError(
+            f"{param} is not set; point it at a diffusers AutoencoderKL folder (e.g. sd-vae-ft-mse)"
+        )
     folder = Path(path)
     hint = f"(set by {param}; a diffusers AutoencoderKL folder with {DIFFUSERS_CONFIG} + {DIFFUSERS_WEIGHTS})"
     config_path, weights_path = folder / DIFFUSERS_CONFIG, folder / DIFFUSERS_WEIGHTS
@@ -225,7 +234,9 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # JSONDecodeError is a ValueError
         raise UserError(f"{folder}: not a loadable AutoencoderKL {hint}: {error}") from None
     if config.get("_class_name") not in (None, "AutoencoderKL"):
-        raise UserError(f"{config_path}: _class_name {config.get('_class_name')!r}, expected AutoencoderKL {hint}")
+        raise UserError(
+            f"{config_path}: _class_name {config.get('_class_name')!r}, expected AutoencoderKL {hint}"
+        )
     own = set(model.state_dict())
     if stored != own:  # diffusers initialises missing weights with a warning; never run on those
         missing, unexpected = sorted(own - stored), sorted(stored - own)
@@ -262,7 +273,9 @@ def load_whisper_encoder(
     )
     bad = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
     if bad or info.get("error_msgs"):
-        raise PretrainedError(f"{param}: {folder} does not load as a Whisper model: {bad or info['error_msgs']}")
+        raise PretrainedError(
+            f"{param}: {folder} does not load as a Whisper model: {bad or info['error_msgs']}"
+        )
     _check_whisper_preprocessor(folder, model.config.num_mel_bins, param)
     encoder = WhisperAudioEncoder(model.config)
     encoder.encoder.load_state_dict(model.encoder.state_dict(), strict=True)
@@ -277,7 +290,9 @@ def _check_whisper_preprocessor(folder: Path, n_mels: int, param: str) -> None:
     theirs = WhisperFeatureExtractor.from_pretrained(folder, local_files_only=True)
     ours = feature_extractor(n_mels)
     fields = ("feature_size", "sampling_rate", "hop_length", "n_fft", "n_samples", "dither")
-    differ = {f: (getattr(theirs, f), getattr(ours, f)) for f in fields if getattr(theirs, f) != getattr(ours, f)}
+    differ = {
+        f: (getattr(theirs, f), getattr(ours, f)) for f in fields if getattr(theirs, f) != getattr(ours, f)
+    }
     if differ:
         raise PretrainedError(
             f"{param}: {folder / 'preprocessor_config.json'} differs from Whisper's front end "

@@ -46,9 +46,21 @@ Profile = Annotated[str | None, typer.Option("--profile", help="Apply params/<PR
 
 # Packages whose versions `synclip info` reports.
 STACK = (
-    "torch", "torchvision", "diffusers", "transformers", "mediapipe", "pyiqa", "lpips", "prefect", "dvc",
-    "bentoml", "great-expectations", "evidently", "av", "numpy",
-)  # fmt: skip
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "mediapipe",
+    "pyiqa",
+    "lpips",
+    "prefect",
+    "dvc",
+    "bentoml",
+    "great-expectations",
+    "evidently",
+    "av",
+    "numpy",
+)
 
 
 def _version_callback(value: bool) -> None:
@@ -341,17 +353,28 @@ def lipsync(
     torch_device = configure(resolved.runtime)
     landmarker = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
     options = LipSyncOptions(
-        steps=steps, guidance=guidance, seed=seed, face_index=face_index, cut=cut, pad=pad,
-        smoothing_frames=resolved.preprocess.smoothing_frames, lossless=lossless,
-    )  # fmt: skip
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        face_index=face_index,
+        cut=cut,
+        pad=pad,
+        smoothing_frames=resolved.preprocess.smoothing_frames,
+        lossless=lossless,
+    )
     check_inputs(video, audio)  # bad input fails before the model is loaded
     pipeline = load_pipeline(model, torch_device)
     with progress("frames") as bar:
         task = bar.add_task("lipsync", total=None)
         summary = lipsync_file(
-            pipeline, video, audio, out, landmarker, options,
+            pipeline,
+            video,
+            audio,
+            out,
+            landmarker,
+            options,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
+        )
     print(
         f"{summary.out}: {summary.frames} frames at {summary.fps} fps ({summary.width}x{summary.height}), "
         f"{summary.frames_generated} generated, {summary.frames_without_face} without a face, "

@@ -45,8 +45,14 @@ def stage(description: str, job: Callable[..., None], **arguments: str | Arg) ->
         parser = argparse.ArgumentParser(description=description)
         for name, spec in arguments.items():
             arg = spec if isinstance(spec, Arg) else Arg(spec)
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=arg.type, required=arg.required,
-                                choices=arg.choices, help=arg.help)  # fmt: skip
+            parser.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                type=arg.type,
+                required=arg.required,
+                choices=arg.choices,
+                help=arg.help,
+            )
         parser.add_argument("--params", type=Path, default=Path("params.yaml"))
         args = vars(parser.parse_args())
         params = load_params(args.pop("params"))

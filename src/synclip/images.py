@@ -39,7 +39,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def box_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
     """Row and column slices of the (top, bottom, left, right) fractions on an H×W face."""
     top, bottom, left, right = box
-    return slice(round(top * height), round(bottom * height)), slice(round(left * width), round(right * width))
+    return slice(round(top * height), round(bottom * height)), slice(
+        round(left * width), round(right * width)
+    )
 
 
 def crop_resize(frame: np.ndarray, box: Box, size: tuple[int, int]) -> np.ndarray:
@@ -80,7 +82,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1 / mse)
 
 
-def image_metrics(original: np.ndarray, reconstruction: np.ndarray, box: Box, batch: int = 64) -> dict[str, float]:
+def image_metrics(
+    original: np.ndarray, reconstruction: np.ndarray, box: Box, batch: int = 64
+) -> dict[str, float]:
     """Mean per-image PSNR (dB) and SSIM of the whole face and of `box` (named `mouth`).
 
     Both arrays are uint8 (N, H, W, 3). The box's SSIM averages the SSIM map over the window

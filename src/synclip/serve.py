@@ -13,9 +13,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from synclip.errors import UserError
 from synclip.config import check_sampling
-from synclip.inference.lipsync import LipSyncOptions, LipSyncSummary, check_inputs, lipsync_file, output_frames
+from synclip.errors import UserError
+from synclip.inference.lipsync import (
+    LipSyncOptions,
+    LipSyncSummary,
+    check_inputs,
+    lipsync_file,
+    output_frames,
+)
 from synclip.inference.pipeline import LipSyncPipeline
 from synclip.quality.drift import input_features
 

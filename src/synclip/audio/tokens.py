@@ -42,12 +42,16 @@ def token_window(frame: int, fps: Fraction | int = VIDEO_FPS) -> range:
     return range(centre - TOKENS_BEFORE, centre + TOKENS_AFTER)
 
 
-def frame_tokens(features: torch.Tensor, frames: Iterable[int], fps: Fraction | int = VIDEO_FPS) -> torch.Tensor:
+def frame_tokens(
+    features: torch.Tensor, frames: Iterable[int], fps: Fraction | int = VIDEO_FPS
+) -> torch.Tensor:
     """(T_w, L, D) Whisper states → (F, S, D) tokens of `frames` at `fps`, S = 10·L, time-major, layer-minor.
 
     Token indices outside [0, T_w) are clamped to the first or last token, as LatentSync does.
     """
-    index = torch.tensor([list(token_window(i, fps)) for i in frames], dtype=torch.long).reshape(-1, TOKENS_BEFORE + TOKENS_AFTER)
+    index = torch.tensor([list(token_window(i, fps)) for i in frames], dtype=torch.long).reshape(
+        -1, TOKENS_BEFORE + TOKENS_AFTER
+    )
     windows = features[index.clamp(0, features.shape[0] - 1).to(features.device)]  # (F, 10, L, D)
     return rearrange(windows, "f t l d -> f (t l) d")
 

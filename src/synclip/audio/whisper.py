@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from synclip.files import atomic_path
 from synclip.constants import (
     AUDIO_SAMPLE_RATE,
     WHISPER_CHUNK_SAMPLES,
@@ -42,6 +41,7 @@ from synclip.constants import (
     WHISPER_TOKENS_PER_SECOND,
     exact_div,
 )
+from synclip.files import atomic_path
 
 if TYPE_CHECKING:
     from transformers import WhisperFeatureExtractor

@@ -29,7 +29,17 @@ from synclip.constants import NOISE_SCHEDULE
 
 BASE_PROFILE = "tiny"
 PROFILE_DIR = "params"  # profiles live in <dir of params.yaml>/params/<name>.yaml
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 UNET_DOWN_BLOCKS = ("CrossAttnDownBlock3D", "DownBlock3D")
 UNET_UP_BLOCKS = ("CrossAttnUpBlock3D", "UpBlock3D")
 
@@ -142,7 +152,9 @@ class CorpusParams:
             if width % 2 or height % 2 or min(width, height) < 64:
                 raise ConfigError(f"{key}.sizes: {width}x{height} must be even and at least 64 px")
         if not 0.15 <= self.face_width[0] <= self.face_width[1] <= 0.6:
-            raise ConfigError(f"{key}.face_width must satisfy 0.15 <= low <= high <= 0.6, got {self.face_width}")
+            raise ConfigError(
+                f"{key}.face_width must satisfy 0.15 <= low <= high <= 0.6, got {self.face_width}"
+            )
         if not 0 <= self.defect_rate <= 1 or not 0 <= self.stereo_fraction <= 1:
             raise ConfigError(f"{key}.defect_rate and {key}.stereo_fraction must be in [0, 1]")
         if self.workers < 1:
@@ -178,7 +190,9 @@ class PreprocessParams:
                 f"{key}.max_segment_seconds ({self.max_segment_seconds})"
             )
         if not 0 < self.min_one_face_fraction <= 1:
-            raise ConfigError(f"{key}.min_one_face_fraction must be in (0, 1], got {self.min_one_face_fraction}")
+            raise ConfigError(
+                f"{key}.min_one_face_fraction must be in (0, 1], got {self.min_one_face_fraction}"
+            )
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
             raise ConfigError(f"{key}.val_fraction and test_fraction must be >= 0 and sum to less than 1")
         if self.workers < 1:
@@ -230,7 +244,9 @@ class TowerParams:
 
     def validate(self, key: str) -> None:
         if not len(self.block_out_channels) == len(self.downsample_factors) == len(self.attn_blocks):
-            raise ConfigError(f"{key}: block_out_channels, downsample_factors and attn_blocks differ in length")
+            raise ConfigError(
+                f"{key}: block_out_channels, downsample_factors and attn_blocks differ in length"
+            )
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError(f"{key}.block_out_channels must be multiples of norm_num_groups")
 
@@ -241,7 +257,9 @@ class SyncNetParams(OptimParams):
 
     source: Literal["trained", "pretrained"]  # pretrained: load pretrained.latentsync_syncnet instead
     num_frames: int  # frames per window
-    crop: tuple[float, float, float, float]  # (top, bottom, left, right) of the aligned face; lower half: 0.5 1 0 1
+    crop: tuple[
+        float, float, float, float
+    ]  # (top, bottom, left, right) of the aligned face; lower half: 0.5 1 0 1
     image_size: tuple[int, int]  # (H, W) the crop is resized to
     subtract_window_mean: bool  # visual tower sees frames minus the window's mean frame (synclip option)
     visual: TowerParams
@@ -249,7 +267,9 @@ class SyncNetParams(OptimParams):
     val_pairs: int  # balanced pairs from held-out identities, fixed across evaluations
     small_offset_fraction: float  # share of negatives shifted by only 1–3 frames
     contrastive_weight: float  # multi-offset matching term (0 = LatentSync's single-pair BCE recipe)
-    contrastive_offsets: tuple[int, ...]  # shifted audio windows (± each) every video window is matched against
+    contrastive_offsets: tuple[
+        int, ...
+    ]  # shifted audio windows (± each) every video window is matched against
     contrastive_temperature: float
     flip_fraction: float  # training windows mirrored left-right (the mouth's sync does not change)
     brightness: float  # training windows get a uniform ±brightness offset (of the [−1, 1] range)
@@ -268,7 +288,9 @@ class SyncNetParams(OptimParams):
         self.audio.validate(f"{key}.audio")
         check_box(f"{key}.crop", self.crop)
         if not 0 <= self.small_offset_fraction <= 1:
-            raise ConfigError(f"{key}.small_offset_fraction must be in [0, 1], got {self.small_offset_fraction}")
+            raise ConfigError(
+                f"{key}.small_offset_fraction must be in [0, 1], got {self.small_offset_fraction}"
+            )
         at_least_one(key, self, ("val_pairs",))
         if self.windows_per_clip < 1 or self.batch_size % self.windows_per_clip:
             raise ConfigError(
@@ -322,8 +344,19 @@ class VaeParams(OptimParams):
                 f"{key}.norm_num_groups ({self.norm_num_groups})"
             )
         check_box(f"{key}.mouth", self.mouth)
-        at_least_one(key, self, ("layers_per_block", "latent_channels", "frame_stride", "val_frames",
-                                 "scale_frames", "test_stride", "grid_identities"))  # fmt: skip
+        at_least_one(
+            key,
+            self,
+            (
+                "layers_per_block",
+                "latent_channels",
+                "frame_stride",
+                "val_frames",
+                "scale_frames",
+                "test_stride",
+                "grid_identities",
+            ),
+        )
         for name in ("l1_weight", "mouth_weight", "edge_weight", "ssim_weight", "kl_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
@@ -352,10 +385,25 @@ class VideoMAEParams(OptimParams):
 
     def validate(self, key: str = "videomae") -> None:
         super().validate(key)
-        at_least_one(key, self, ("image_size", "patch_size", "num_frames", "tubelet_size", "hidden_size",
-                                 "num_layers", "num_heads", "intermediate_size", "decoder_hidden_size",
-                                 "decoder_num_layers", "decoder_num_heads", "decoder_intermediate_size",
-                                 "val_windows"))  # fmt: skip
+        at_least_one(
+            key,
+            self,
+            (
+                "image_size",
+                "patch_size",
+                "num_frames",
+                "tubelet_size",
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "intermediate_size",
+                "decoder_hidden_size",
+                "decoder_num_layers",
+                "decoder_num_heads",
+                "decoder_intermediate_size",
+                "val_windows",
+            ),
+        )
         if self.image_size % self.patch_size or self.num_frames % self.tubelet_size:
             raise ConfigError(
                 f"{key}.image_size ({self.image_size}) must be a multiple of {key}.patch_size "
@@ -401,7 +449,10 @@ class UNetParams:
                 f"{key}: block_out_channels {self.block_out_channels}, down_block_types "
                 f"{self.down_block_types} and up_block_types {self.up_block_types} need one entry per level"
             )
-        for kinds, allowed in ((self.down_block_types, UNET_DOWN_BLOCKS), (self.up_block_types, UNET_UP_BLOCKS)):
+        for kinds, allowed in (
+            (self.down_block_types, UNET_DOWN_BLOCKS),
+            (self.up_block_types, UNET_UP_BLOCKS),
+        ):
             unknown = [k for k in kinds if k not in allowed]
             if unknown:
                 raise ConfigError(f"{key}: unknown block types {unknown}; expected one of {allowed}")
@@ -467,7 +518,9 @@ class UNetStageParams(OptimParams):
                 f"{key}: sample_every ({self.sample_every}) must be 0 or a multiple of val_every ({self.val_every})"
             )
         if not self.sample_guidance >= 1:
-            raise ConfigError(f"{key}.sample_guidance must be >= 1 (1: no guidance), got {self.sample_guidance}")
+            raise ConfigError(
+                f"{key}.sample_guidance must be >= 1 (1: no guidance), got {self.sample_guidance}"
+            )
         if self.motion_modules and self.num_frames < 2:
             raise ConfigError(f"{key}: motion modules need num_frames >= 2, got {self.num_frames}")
         check_box(f"{key}.pixel_region", self.pixel_region)

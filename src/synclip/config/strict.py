@@ -41,7 +41,9 @@ def from_dict(cls: type, data: Any, source: str = "params", prefix: str = "", de
     for name, field in fields.items():
         key = join(prefix, name)
         if name not in data:
-            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+            has_default = (
+                field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+            )
             if defaults and has_default:
                 continue
             raise ConfigError(f"{source}: missing key '{key}'")

@@ -288,7 +288,7 @@ def _process_segment(
     with VideoWriter(
         clips_dir / f"{clip_id}.mp4", resolution, resolution, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE,
         crf=params.crf, threads=1,
-    ) as writer:  # fmt: skip
+    ) as writer:
         if track.frames is not None:
             source = iter(track.frames[part])
         else:
@@ -354,7 +354,7 @@ def align_video(path: str | Path, out: str | Path, params: PreprocessParams, mod
     audio = read_audio(path) if info.audio else None
     per_frame = AUDIO_SAMPLE_RATE // VIDEO_FPS
     with VideoWriter(out, params.resolution, params.resolution, VIDEO_FPS, crf=params.crf,
-                     audio_rate=AUDIO_SAMPLE_RATE if audio is not None else None) as writer:  # fmt: skip
+                     audio_rate=AUDIO_SAMPLE_RATE if audio is not None else None) as writer:
         for index, frame in enumerate(iter_frames(path)):
             writer.write_frame(warp_face(frame, matrices[index], params.resolution))
             if audio is not None:
@@ -555,7 +555,7 @@ _MANIFEST_COLUMNS = [
     "clip", "source", "segment", "start", "end", "fps", "frames", "resolution", "face_width_px", "face_width_min_px",
     "one_face_fraction", "eye_jitter_px", "mouth_jitter_px", "quality_piqe", "audio_peak_dbfs", "identity", "split",
     "gt_av_offset",
-]  # fmt: skip
+]
 
 
 def _prune(out_dir: Path, keep: set[str]) -> None:
@@ -576,7 +576,7 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
         "no_face": "no_face", "two_faces": "several_faces", "tiny_face": "face_too_small",
         "silent_audio": "silent_audio", "no_audio": "no_audio", "truncated": "truncated",
         "not_a_video": "unreadable",
-    }  # fmt: skip
+    }
     raw_dir = Path(raw_dir)
     kept_sources = set(manifest["source"])
     per_kind: dict[str, dict[str, int]] = {}

@@ -78,7 +78,7 @@ def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
         log.info(
             "validating without %d val clip(s) whose audio is shifted by their ground truth: %s",
             int(shifted.sum()), ", ".join(val.loc[shifted, "clip"]),
-        )  # fmt: skip
+        )
     return val[~shifted]
 
 

@@ -56,7 +56,7 @@ DEFECTS = (
 VOICES = (
     "en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-us+m1", "en+m3", "en-us+m7",
     "en-us+f1", "en+f4", "en-us+f4", "en-us+linda",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -439,7 +439,7 @@ def _box(outline: np.ndarray, plan: ClipPlan) -> list[float]:
     x0, y0 = outline.min(axis=0)
     x1, y1 = outline.max(axis=0)
     return [round(float(max(x0, 0)), 2), round(float(max(y0, 0)), 2), round(float(min(x1, plan.width)), 2),
-            round(float(min(y1, plan.height)), 2)]  # fmt: skip
+            round(float(min(y1, plan.height)), 2)]
 
 
 def _defect_info(plan: ClipPlan, shift: int, cut: int, hidden: np.ndarray, fps: Fraction) -> dict | None:
@@ -502,7 +502,7 @@ def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | No
             rows[plan.name] = _row_from_sidecar(out_dir / f"{plan.name}.json")
     workers = workers or spec.workers
     log.info("SynthTalk: %d clips (%d to make) from %d identities, %d worker(s) -> %s",
-             len(plans), len(todo), len(splits), workers, out_dir)  # fmt: skip
+             len(plans), len(todo), len(splits), workers, out_dir)
     jobs = [(plan, spec, str(out_dir)) for plan in todo]
     with progress("clips") as bar:
         task = bar.add_task("SynthTalk", total=len(todo))
@@ -520,7 +520,7 @@ def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | No
     for name, split in sorted(splits.items()):
         identity = identity_of(name, spec.seed)
         identities.append({"identity": name, "split": split, "hair_style": identity.hair_style,
-                           "glasses": identity.glasses, "skin": [round(c) for c in identity.skin]})  # fmt: skip
+                           "glasses": identity.glasses, "skin": [round(c) for c in identity.skin]})
     manifest = {
         "schema": CORPUS_SCHEMA,
         "params": to_dict(spec),

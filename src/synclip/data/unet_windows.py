@@ -161,7 +161,7 @@ class WindowSampler:
         self.skipped = [c.name for c in clips if not len(target_starts(c, num_frames, gap))]
         if self.skipped:
             log.info("%d clips too short for %d-frame target + reference windows %d frames apart: %s",
-                     len(self.skipped), num_frames, max(num_frames, gap), ", ".join(self.skipped[:5]))  # fmt: skip
+                     len(self.skipped), num_frames, max(num_frames, gap), ", ".join(self.skipped[:5]))
         if not self.clips:
             raise ValueError(
                 f"no clip holds two {num_frames}-frame windows {max(num_frames, gap)} frames apart"

@@ -67,8 +67,14 @@ class EvalClip:
     silent: np.ndarray  # (N,) bool: the frame lies inside a pause, `silent_margin_frames` from its ends
 
     def cut(self, frames: int) -> EvalClip:
-        return EvalClip(self.name, self.identity, self.frames[:frames], self.samples[: frames * SAMPLES_PER_FRAME],
-                        self.opening[:frames], self.silent[:frames])  # fmt: skip
+        return EvalClip(
+            self.name,
+            self.identity,
+            self.frames[:frames],
+            self.samples[: frames * SAMPLES_PER_FRAME],
+            self.opening[:frames],
+            self.silent[:frames],
+        )
 
 
 def select_clips(manifest: pd.DataFrame, raw_dir: Path, split: str, count: int) -> pd.DataFrame:
@@ -179,9 +185,16 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 class Scorer:
     """Sync, mouth-opening and image scores of (frames, driving clip) pairs."""
 
-    def __init__(self, syncnet: StableSyncNet, landmarker: str | Path, params: EvaluateParams, max_offset: int,
-                 device: torch.device, mouth_box: tuple[float, float, float, float],
-                 lpips: torch.nn.Module | None = None):  # fmt: skip
+    def __init__(
+        self,
+        syncnet: StableSyncNet,
+        landmarker: str | Path,
+        params: EvaluateParams,
+        max_offset: int,
+        device: torch.device,
+        mouth_box: tuple[float, float, float, float],
+        lpips: torch.nn.Module | None = None,
+    ):
         self.syncnet, self.landmarker, self.params = syncnet, landmarker, params
         self.max_offset, self.device, self.lpips, self.mouth_box = max_offset, device, lpips, mouth_box
 
@@ -203,8 +216,12 @@ class Scorer:
     def image(self, frames: np.ndarray, original: np.ndarray) -> dict:
         mouth = image_metrics(original, frames, self.mouth_box)
         lower = image_metrics(original, frames, LOWER_HALF)
-        scores = {"ssim_mouth": mouth["ssim_mouth"], "psnr_mouth": mouth["psnr_mouth"],
-                  "ssim_lower": lower["ssim_mouth"], "psnr_lower": lower["psnr_mouth"]}  # fmt: skip
+        scores = {
+            "ssim_mouth": mouth["ssim_mouth"],
+            "psnr_mouth": mouth["psnr_mouth"],
+            "ssim_lower": lower["ssim_mouth"],
+            "psnr_lower": lower["psnr_mouth"],
+        }
         if self.lpips is not None:
             half = frames.shape[1] // 2
             a = to_unit(frames[:, half:], self.device).contiguous()
@@ -248,16 +265,28 @@ def evaluate(
             ("truth", a.frames),
         ):
             mouth, _ = scorer.mouth(frames, a)
-            rows.append({**base, "variant": variant, "frames": len(frames), **scorer.sync(frames, a.samples),
-                         **mouth, **scorer.image(frames, a.frames)})  # fmt: skip
+            rows.append(
+                {
+                    **base,
+                    "variant": variant,
+                    "frames": len(frames),
+                    **scorer.sync(frames, a.samples),
+                    **mouth,
+                    **scorer.image(frames, a.frames),
+                }
+            )
         # dubbing: A's face with B's audio, over the frames both have
         n = min(len(a.frames), len(b.frames))
         a_n, b_n = a.cut(n), b.cut(n)
         dubbed = generate(pipeline, a_n.frames, b_n.samples, steps, seed)
         base = {"protocol": "dubbing", "clip": a.name, "identity": a.identity, "audio_of": b.name}
         series = {"truth_opening": b_n.opening, "silent": b_n.silent.astype(float)}
-        for variant, frames in (("model", dubbed), ("input", a_n.frames), ("closed", closed_mouth(a_n, pipeline.mask)),
-                                ("truth", b_n.frames)):  # fmt: skip
+        for variant, frames in (
+            ("model", dubbed),
+            ("input", a_n.frames),
+            ("closed", closed_mouth(a_n, pipeline.mask)),
+            ("truth", b_n.frames),
+        ):
             mouth, ratios = scorer.mouth(frames, b_n)
             series[f"{variant}_ratio"] = ratios
             rows.append(

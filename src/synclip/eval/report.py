@@ -16,7 +16,15 @@ from synclip.config import Params
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.manifest import read_manifest
 from synclip.errors import UserError
-from synclip.eval.protocol import VARIANTS, EvalResult, Scorer, evaluate, load_eval_clip, select_clips, summarize
+from synclip.eval.protocol import (
+    VARIANTS,
+    EvalResult,
+    Scorer,
+    evaluate,
+    load_eval_clip,
+    select_clips,
+    summarize,
+)
 from synclip.files import write_json
 from synclip.inference.package import load_pipeline
 from synclip.log import progress
@@ -76,8 +84,16 @@ def contact_sheet(result: EvalResult, frames_per_clip: int) -> np.ndarray:
         width = videos["a"].shape[2]
         for k, i in enumerate(picks):
             x = LABEL_WIDTH + k * width + 4
-            cv2.putText(caption, f"o={opening[i]:.2f}", (x, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (60, 60, 60), 1,
-                        cv2.LINE_AA)  # fmt: skip
+            cv2.putText(
+                caption,
+                f"o={opening[i]:.2f}",
+                (x, 13),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.35,
+                (60, 60, 60),
+                1,
+                cv2.LINE_AA,
+            )
         blocks.append(np.concatenate([caption, *rows], axis=0))
     width = max(b.shape[1] for b in blocks)
     padded = [np.pad(b, ((0, 4), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
@@ -113,13 +129,31 @@ def markdown_table(summary: dict) -> str:
     ]
     for variant in VARIANTS:
         d, r = dub.get(variant, {}), rec.get(variant, {})
-        cells = [d.get("offset_zero_share"), d.get("lse_c"), d.get("lse_d"), d.get("opening_r"),
-                 d.get("silent_closed"), r.get("ssim_mouth"), r.get("psnr_mouth")]  # fmt: skip
+        cells = [
+            d.get("offset_zero_share"),
+            d.get("lse_c"),
+            d.get("lse_d"),
+            d.get("opening_r"),
+            d.get("silent_closed"),
+            r.get("ssim_mouth"),
+            r.get("psnr_mouth"),
+        ]
         lines.append(f"| {variant} | " + " | ".join("–" if c is None else f"{c:g}" for c in cells) + " |")
     return "\n".join(lines)
 
 
-def evaluate_stage(processed: Path, raw: Path, model: Path, syncnet: Path, out: Path, params: Params, device: torch.device) -> None:
+def results_markdown(summary: dict) -> str:
+    """The README's results: `markdown_table`, then each target with its value and whether it is met."""
+    lines = [markdown_table(summary), "", "| target | value | bar | met |", "|---|---|---|---|"]
+    for name, target in summary["targets"].items():
+        value = "–" if target["value"] is None else f"{target['value']:g}"
+        lines.append(f"| {name} | {value} | {target['target']:g} | {'yes' if target['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def evaluate_stage(
+    processed: Path, raw: Path, model: Path, syncnet: Path, out: Path, params: Params, device: torch.device
+) -> None:
     """The `evaluate` stage: both protocols on held-out clips with the packaged model, baselines and
     ceiling; `out` gets metrics.json, the per-clip tables, the contact sheet, samples and summary.md."""
     ev = params.evaluate
@@ -129,8 +163,15 @@ def evaluate_stage(processed: Path, raw: Path, model: Path, syncnet: Path, out: 
     judge = load_syncnet(syncnet).to(device)
     landmarker = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
     lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg)
-    scorer = Scorer(judge, landmarker, ev, params.syncnet.max_offset, device, params.vae.mouth,
-                    lpips.to(device) if lpips is not None else None)  # fmt: skip
+    scorer = Scorer(
+        judge,
+        landmarker,
+        ev,
+        params.syncnet.max_offset,
+        device,
+        params.vae.mouth,
+        lpips.to(device) if lpips is not None else None,
+    )
     rows = select_clips(read_manifest(processed / "manifest.parquet"), raw, ev.split, ev.clips)
     if rows["identity"].nunique() < 2:
         raise UserError(
@@ -138,20 +179,37 @@ def evaluate_stage(processed: Path, raw: Path, model: Path, syncnet: Path, out: 
             "dubbing needs two identities at least"
         )
     clips = [load_eval_clip(row, processed / "clips", raw, ev) for row in rows.itertuples()]
-    log.info("evaluating %d %s clips of %d identities, DDIM %d steps, guidance %g",
-             len(clips), ev.split, rows["identity"].nunique(), ev.steps, pipeline.config.guidance)  # fmt: skip
+    log.info(
+        "evaluating %d %s clips of %d identities, DDIM %d steps, guidance %g",
+        len(clips),
+        ev.split,
+        rows["identity"].nunique(),
+        ev.steps,
+        pipeline.config.guidance,
+    )
     with progress("clips") as bar:
         task = bar.add_task("evaluate", total=len(clips))
-        result = evaluate(pipeline, clips, scorer, ev.steps, pipeline.config.seed,
-                          on_clip=lambda done, _: bar.update(task, completed=done))  # fmt: skip
+        result = evaluate(
+            pipeline,
+            clips,
+            scorer,
+            ev.steps,
+            pipeline.config.seed,
+            on_clip=lambda done, _: bar.update(task, completed=done),
+        )
 
     summary = summarize(result.rows)
     summary["protocol"] = {
-        "split": ev.split, "clips": len(clips), "identities": int(rows["identity"].nunique()), "frames_per_clip_max": ev.max_frames,
-        "steps": ev.steps, "guidance": pipeline.config.guidance, "eta": pipeline.config.eta,
+        "split": ev.split,
+        "clips": len(clips),
+        "identities": int(rows["identity"].nunique()),
+        "frames_per_clip_max": ev.max_frames,
+        "steps": ev.steps,
+        "guidance": pipeline.config.guidance,
+        "eta": pipeline.config.eta,
         "seed": pipeline.config.seed,
         "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",
-    }  # fmt: skip
+    }
     if out.exists():
         shutil.rmtree(out)  # an earlier report (checked above): replaced whole
     (out / "samples").mkdir(parents=True)
@@ -160,7 +218,10 @@ def evaluate_stage(processed: Path, raw: Path, model: Path, syncnet: Path, out: 
     table.to_csv(out / "clips.csv", index=False, float_format="%.5g")
     dubbing_plot_table(table).to_csv(out / "dubbing_clips.csv", index=False, float_format="%.5g")
     opening_trace(result, clips[0].name).to_csv(out / "opening.csv", index=False)
-    cv2.imwrite(str(out / "contact_sheet.png"), cv2.cvtColor(contact_sheet(result, ev.sheet_frames), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(
+        str(out / "contact_sheet.png"),
+        cv2.cvtColor(contact_sheet(result, ev.sheet_frames), cv2.COLOR_RGB2BGR),
+    )
     for clip in list(result.videos)[: ev.samples]:
         write_sample(result, clip, out / "samples" / f"{clip}.mp4")
     (out / "summary.md").write_text(markdown_table(summary) + "\n")

@@ -154,11 +154,21 @@ def validation_sample(
     features = whisper_features(np.pad(source.samples, (0, SAMPLES_PER_FRAME)), whisper).float().cpu()
     inference = params.inference
     sampler = PipelineConfig(
-        resolution=params.preprocess.resolution, num_frames=inference.num_frames, overlap=inference.overlap,
-        steps=stage.sample_steps, guidance=stage.sample_guidance, seed=inference.seed, eta=inference.eta,
-    )  # fmt: skip
-    log.info("validation samples: %s with the audio of %s (%d frames) → %s", source.face, source.audio,
-             len(source.frames), out)  # fmt: skip
+        resolution=params.preprocess.resolution,
+        num_frames=inference.num_frames,
+        overlap=inference.overlap,
+        steps=stage.sample_steps,
+        guidance=stage.sample_guidance,
+        seed=inference.seed,
+        eta=inference.eta,
+    )
+    log.info(
+        "validation samples: %s with the audio of %s (%d frames) → %s",
+        source.face,
+        source.audio,
+        len(source.frames),
+        out,
+    )
     tokens = frame_tokens(features, range(len(source.frames)), VIDEO_FPS)
     mask = load_mask(params.preprocess.resolution)
     return ValidationSample(source, tokens, vae, mask, sampler, out, judge, params.syncnet.max_offset)

@@ -18,12 +18,12 @@ import torch
 from synclip.audio.mel import syncnet_mel
 from synclip.config import PreprocessParams
 from synclip.constants import VIDEO_FPS
+from synclip.data.sync_pairs import Clip, audio_window, visual_window
 from synclip.face.align import warp_face
 from synclip.face.track import track_faces
 from synclip.images import crop_resize
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.probe import MediaError, probe, require_video
-from synclip.data.sync_pairs import Clip, audio_window, visual_window
 from synclip.nn.syncnet import StableSyncNet
 
 
@@ -36,8 +36,12 @@ class SyncScore:
     distances: list[float]  # mean distance per offset
 
     def as_dict(self) -> dict:
-        return {"offset": self.offset, "lse_c": round(self.lse_c, 5), "lse_d": round(self.lse_d, 5),
-                "distances": dict(zip(self.offsets, [round(d, 5) for d in self.distances], strict=True))}  # fmt: skip
+        return {
+            "offset": self.offset,
+            "lse_c": round(self.lse_c, 5),
+            "lse_d": round(self.lse_d, 5),
+            "distances": dict(zip(self.offsets, [round(d, 5) for d in self.distances], strict=True)),
+        }
 
 
 @torch.no_grad()

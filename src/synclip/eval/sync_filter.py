@@ -17,9 +17,9 @@ import torch
 
 from synclip.artifacts import load_syncnet
 from synclip.config import Params, SyncNetParams
+from synclip.data.manifest import read_manifest
 from synclip.data.sync_pairs import Clip, SyncView, load_clip
 from synclip.eval.sync import score_clip
-from synclip.data.manifest import read_manifest
 from synclip.files import write_json
 from synclip.log import track
 from synclip.nn.syncnet import StableSyncNet
@@ -124,11 +124,19 @@ def distribution(values: list[float] | pd.Series) -> dict:
     if not len(values):
         return {"n": 0}
     quantiles = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"n": len(values), "mean": round(float(values.mean()), 5),
-            **{f"p{int(q * 100):02d}": round(float(v), 5) for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), quantiles, strict=True)}}  # fmt: skip
+    return {
+        "n": len(values),
+        "mean": round(float(values.mean()), 5),
+        **{
+            f"p{int(q * 100):02d}": round(float(v), 5)
+            for q, v in zip((0.05, 0.25, 0.5, 0.75, 0.95), quantiles, strict=True)
+        },
+    }
 
 
-def sync_filter_stage(processed: Path, syncnet: Path, out: Path, metrics: Path, params: Params, device: torch.device) -> None:
+def sync_filter_stage(
+    processed: Path, syncnet: Path, out: Path, metrics: Path, params: Params, device: torch.device
+) -> None:
     """The `sync_filter` stage: score every processed clip, keep and correct the good ones (`out`:
     manifest.parquet and rejects.csv); the metrics say how the offsets agree with the known ones and
     how confident the SyncNet is on in-sync against mismatched audio."""
@@ -142,13 +150,16 @@ def sync_filter_stage(processed: Path, syncnet: Path, out: Path, metrics: Path, 
     test = scored[scored["split"] == "test"]
     in_sync = test[test["gt_av_offset"].fillna(0) == 0]
     mismatched = mismatched_confidences([clips[c] for c in in_sync["clip"]], model, params.syncnet, device)
-    write_json(metrics, {
-        "clips_scored": len(scored),
-        "clips_kept": len(kept),
-        "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
-        "offsets_corrected": int((kept["audio_shift"] != 0).sum()),
-        "ground_truth": ground_truth_agreement(scored),
-        "test_lse_c_in_sync": distribution(in_sync["sync_confidence"]),
-        "test_lse_c_mismatched_audio": distribution(mismatched),
-        "test_lse_d_in_sync": distribution(in_sync["sync_distance"]),
-    })
+    write_json(
+        metrics,
+        {
+            "clips_scored": len(scored),
+            "clips_kept": len(kept),
+            "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
+            "offsets_corrected": int((kept["audio_shift"] != 0).sum()),
+            "ground_truth": ground_truth_agreement(scored),
+            "test_lse_c_in_sync": distribution(in_sync["sync_confidence"]),
+            "test_lse_c_mismatched_audio": distribution(mismatched),
+            "test_lse_d_in_sync": distribution(in_sync["sync_distance"]),
+        },
+    )

@@ -48,7 +48,15 @@ def paste(frame: np.ndarray, crop: np.ndarray, alpha: np.ndarray, matrix: np.nda
     ys, xs = np.nonzero(alpha > 0)
     if not len(xs):
         return frame
-    corners = np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.min()], [xs.min(), ys.max() + 1], [xs.max() + 1, ys.max() + 1]], np.float64)  # fmt: skip
+    corners = np.array(
+        [
+            [xs.min(), ys.min()],
+            [xs.max() + 1, ys.min()],
+            [xs.min(), ys.max() + 1],
+            [xs.max() + 1, ys.max() + 1],
+        ],
+        np.float64,
+    )
     mapped = corners @ back[:, :2].T + back[:, 2]
     x0, y0 = np.floor(mapped.min(axis=0)).astype(int) - 1
     x1, y1 = np.ceil(mapped.max(axis=0)).astype(int) + 2
@@ -73,7 +81,9 @@ class Placement:
     matrices: np.ndarray  # (N, 2, 3) source → crop, per source frame
     found: np.ndarray  # (N,) bool: the chosen face is on the frame
     several: int  # frames with more faces than one
-    outlines: np.ndarray | None = None  # (N, K, 2) FACE_OVAL points in source pixels; None: the whole mask region
+    outlines: np.ndarray | None = (
+        None  # (N, K, 2) FACE_OVAL points in source pixels; None: the whole mask region
+    )
 
     @staticmethod
     def of(track: FaceTrack, resolution: int, smoothing_frames: float) -> Placement:

@@ -26,7 +26,9 @@ class FaceTrack:
     counts: np.ndarray  # (N,) faces found
     widths: np.ndarray  # (N,) width of the largest face, NaN without one
     stable: np.ndarray  # (N, 4, 2) stable points of the chosen face, NaN where it is absent
-    points: dict[str, np.ndarray] = field(default_factory=dict)  # name → (N, K, 2) landmarks of the chosen face
+    points: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # name → (N, K, 2) landmarks of the chosen face
 
     @property
     def found(self) -> np.ndarray:
@@ -88,7 +90,10 @@ class FaceTracker:
             np.array(self.counts, int),
             np.array(self.widths, dtype=np.float64),
             np.array(self.stable, dtype=np.float64).reshape(-1, 4, 2),
-            {name: np.array(points).reshape(-1, len(self.keep[name]), 2) for name, points in self.points.items()},
+            {
+                name: np.array(points).reshape(-1, len(self.keep[name]), 2)
+                for name, points in self.points.items()
+            },
         )
 
     def __enter__(self) -> FaceTracker:
@@ -98,7 +103,9 @@ class FaceTracker:
         self.detector.close()
 
 
-def track_faces(frames: Iterable[np.ndarray], landmarker: str | Path, fps: Fraction | float, **options) -> FaceTrack:
+def track_faces(
+    frames: Iterable[np.ndarray], landmarker: str | Path, fps: Fraction | float, **options
+) -> FaceTrack:
     """`FaceTracker(landmarker, fps, **options)` over every frame of `frames`."""
     with FaceTracker(landmarker, fps, **options) as tracker:
         for index, frame in enumerate(frames):

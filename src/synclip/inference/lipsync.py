@@ -222,8 +222,15 @@ def lipsync_file(
     del first
     counts = {"generated": 0, "without_face": 0}
     writer = VideoWriter(
-        out, width, height, fps, audio_from=audio, audio_seconds=float(Fraction(frames) / fps),
-        crf=options.crf, preset=options.preset, lossless=options.lossless,
+        out,
+        width,
+        height,
+        fps,
+        audio_from=audio,
+        audio_seconds=float(Fraction(frames) / fps),
+        crf=options.crf,
+        preset=options.preset,
+        lossless=options.lossless,
     )
     try:
         output = synced_frames(pipeline, video, samples, fps, track, frames, options, counts)

@@ -78,7 +78,9 @@ def load_pipeline(
     device = device or torch.device("cpu")
     config_path = folder / PIPELINE_FILE
     if not config_path.is_file():
-        raise UserError(f"{folder}: no {PIPELINE_FILE}; not a packaged synclip model (see `synclip lipsync --model`)")
+        raise UserError(
+            f"{folder}: no {PIPELINE_FILE}; not a packaged synclip model (see `synclip lipsync --model`)"
+        )
     try:
         data = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
@@ -92,7 +94,9 @@ def load_pipeline(
         raise CheckpointError(f"{config_path}: {error}") from None
     unet = load_unet(folder / UNET_DIR).to(device, dtype)
     vae = load_vae(folder / VAE_DIR, param=f"{folder / VAE_DIR}").to(device, dtype)
-    encoder = load_whisper_encoder(folder / WHISPER_DIR, param=f"{folder / WHISPER_DIR}", device=device, dtype=dtype)
+    encoder = load_whisper_encoder(
+        folder / WHISPER_DIR, param=f"{folder / WHISPER_DIR}", device=device, dtype=dtype
+    )
     scheduler = DDIMScheduler.from_pretrained(folder / SCHEDULER_DIR, local_files_only=True)
     mask = load_mask(config.resolution, folder / MASK_FILE)
     return LipSyncPipeline(unet, vae, encoder, mask, config, dict(scheduler.config))
@@ -102,6 +106,8 @@ def assemble_stage(unet: Path, vae: Path, out: Path, params: Params, whisper: Pa
     """The `assemble` stage: the stage-2 UNet, the VAE, the Whisper encoder (pretrained.whisper unless
     given), DDIM and the mask → a packaged model in `out`, then loaded strictly as a user will load it."""
     config = PipelineConfig(resolution=params.preprocess.resolution, **dataclasses.asdict(params.inference))
-    folder = assemble(out, load_unet(unet), load_vae(vae, param="--vae"), whisper or Path(params.pretrained.whisper), config)
+    folder = assemble(
+        out, load_unet(unet), load_vae(vae, param="--vae"), whisper or Path(params.pretrained.whisper), config
+    )
     load_pipeline(folder)
     log.info("packaged %s: %s", folder, json.dumps(dataclasses.asdict(config)))

@@ -37,7 +37,6 @@ from synclip.config import ConfigError, InferenceParams, check_sampling, from_di
 from synclip.constants import NOISE_SCHEDULE
 from synclip.nn.vae import scale_latents, unscale_latents
 
-
 # LatentSync's DDIM (reference §2.6): the training betas, "leading" spacing: 20 steps = 951 … 1
 SCHEDULER_CONFIG: dict[str, Any] = {
     **NOISE_SCHEDULE,

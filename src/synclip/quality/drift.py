@@ -36,10 +36,23 @@ log = logging.getLogger(__name__)
 # Numbers from a small set (a camera's frame rate, a recorder's sample rate) drift as categories.
 CATEGORICAL = ("fps", "audio_sample_rate", "audio_channels")
 NUMERICAL = (
-    "width", "height", "video_seconds", "luma_mean", "luma_std", "sharpness", "face_found_fraction",
-    "several_faces_fraction", "face_width_fraction", "face_luma", "audio_seconds", "audio_rms_dbfs",
-    "audio_peak_dbfs", "speech_fraction", "spectral_centroid_hz", "audio_to_video",
-)  # fmt: skip
+    "width",
+    "height",
+    "video_seconds",
+    "luma_mean",
+    "luma_std",
+    "sharpness",
+    "face_found_fraction",
+    "several_faces_fraction",
+    "face_width_fraction",
+    "face_luma",
+    "audio_seconds",
+    "audio_rms_dbfs",
+    "audio_peak_dbfs",
+    "speech_fraction",
+    "spectral_centroid_hz",
+    "audio_to_video",
+)
 FEATURES = NUMERICAL + CATEGORICAL
 SAMPLED_FRAMES = 8
 SPEECH_WINDOW = 320  # 20 ms at 16 kHz
@@ -111,9 +124,12 @@ def _speech_features(samples: np.ndarray) -> dict:
     windows = samples[: len(samples) // SPEECH_WINDOW * SPEECH_WINDOW].reshape(-1, SPEECH_WINDOW)
     if not len(windows):
         return {
-            "audio_seconds": seconds, "audio_rms_dbfs": SILENCE_DBFS, "audio_peak_dbfs": SILENCE_DBFS,
-            "speech_fraction": 0.0, "spectral_centroid_hz": math.nan,
-        }  # fmt: skip
+            "audio_seconds": seconds,
+            "audio_rms_dbfs": SILENCE_DBFS,
+            "audio_peak_dbfs": SILENCE_DBFS,
+            "speech_fraction": 0.0,
+            "spectral_centroid_hz": math.nan,
+        }
     rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
     level = 20 * np.log10(np.maximum(rms, 1e-6))
     # speech: within 30 dB of the loud windows (their 95th percentile), and above the floor of silence
@@ -258,7 +274,9 @@ def _column_results(metrics: list[dict]) -> dict:
     return columns
 
 
-def reference_stage(manifest: Path, raw: Path, reference: Path, baseline: Path, metrics: Path, params: Params) -> None:
+def reference_stage(
+    manifest: Path, raw: Path, reference: Path, baseline: Path, metrics: Path, params: Params
+) -> None:
     """The `drift_reference` stage: the drift features of the sources the model learned from.
 
     The reference (the training split's sources) is what `synclip drift` compares the service's

@@ -17,10 +17,24 @@ from synclip.errors import UserError
 log = logging.getLogger(__name__)
 
 REQUIRED = (
-    "clip", "source", "segment", "start", "end", "fps", "frames", "resolution", "face_width_px",
-    "face_width_min_px", "one_face_fraction", "eye_jitter_px", "mouth_jitter_px", "quality_piqe",
-    "audio_peak_dbfs", "identity", "split",
-)  # fmt: skip
+    "clip",
+    "source",
+    "segment",
+    "start",
+    "end",
+    "fps",
+    "frames",
+    "resolution",
+    "face_width_px",
+    "face_width_min_px",
+    "one_face_fraction",
+    "eye_jitter_px",
+    "mouth_jitter_px",
+    "quality_piqe",
+    "audio_peak_dbfs",
+    "identity",
+    "split",
+)
 SPLITS = ("train", "val", "test")
 
 

@@ -173,9 +173,10 @@ class DiffusionObjective:
         rows, cols = region_pixels(self.pixel_region, latent_size, factor)
         top, bottom, left, right = self.syncnet.config.crop  # `crop_resize`'s rounding, in region coordinates
         crop = region[
-            ..., round(top * size[0]) - rows.start : round(bottom * size[0]) - rows.start,
+            ...,
+            round(top * size[0]) - rows.start : round(bottom * size[0]) - rows.start,
             round(left * size[1]) - cols.start : round(right * size[1]) - cols.start,
-        ]  # fmt: skip
+        ]
         frames = rearrange(crop, "b c f h w -> (b f) c h w")
         frames = F.interpolate(frames, size=tuple(self.syncnet.config.image_size), mode="area")
         return rearrange(frames, "(b f) c h w -> b (f c) h w", b=region.shape[0])

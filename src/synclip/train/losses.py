@@ -18,7 +18,6 @@ from torch import nn
 from synclip.config import VaeParams
 from synclip.images import SSIM_RADIUS, box_slices, ssim_map
 
-
 # --- SyncNet -------------------------------------------------------------------------------------
 
 
@@ -107,7 +106,12 @@ def vae_losses(
         "ssim": weighted(1 - ssim, inner),
         "kl": posterior.kl().mean() / posterior.mean[0].numel(),  # per latent element
     }
-    weights = {"l1": params.l1_weight, "edge": params.edge_weight, "ssim": params.ssim_weight, "kl": params.kl_weight}
+    weights = {
+        "l1": params.l1_weight,
+        "edge": params.edge_weight,
+        "ssim": params.ssim_weight,
+        "kl": params.kl_weight,
+    }
     terms["total"] = sum(weights[name] * term for name, term in terms.items())
     return terms
 

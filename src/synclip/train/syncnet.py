@@ -15,8 +15,16 @@ import torch
 
 from synclip.artifacts import load_latentsync_syncnet, save_syncnet
 from synclip.config import Params, SyncNetParams
-from synclip.data.sync_pairs import Clip, Pair, PairSampler, SyncView, augment_windows, load_clips, validation_rows
 from synclip.data.manifest import read_manifest
+from synclip.data.sync_pairs import (
+    Clip,
+    Pair,
+    PairSampler,
+    SyncView,
+    augment_windows,
+    load_clips,
+    validation_rows,
+)
 from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet, syncnet_config
 from synclip.runtime import channels_last
@@ -64,7 +72,9 @@ class SyncNetRecipe(Recipe):
     def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
         self.rng, self.device = rng, device
         model = channels_last(StableSyncNet(syncnet_config(self.params)).to(device))
-        self.sampler = PairSampler(self.train_clips, self.params.num_frames, self.params.small_offset_fraction, rng)
+        self.sampler = PairSampler(
+            self.train_clips, self.params.num_frames, self.params.small_offset_fraction, rng
+        )
         self.val_sampler, self.val_pairs = validation_pairs(self.val_clips, self.params, self.seed + 1)
         model.train()
         return model
@@ -75,11 +85,17 @@ class SyncNetRecipe(Recipe):
     def begin(self, step: int, resumed: bool) -> None:
         log.info(
             "SyncNet: %.2f M parameters, %d train / %d val clips, %d steps of %d pairs on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.sampler.clips),
-            len(self.val_sampler.clips), self.params.max_steps, self.params.batch_size, self.device,
-        )  # fmt: skip
+            sum(p.numel() for p in self.model.parameters()) / 1e6,
+            len(self.sampler.clips),
+            len(self.val_sampler.clips),
+            self.params.max_steps,
+            self.params.batch_size,
+            self.device,
+        )
 
-    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, step: int, autocast: AbstractContextManager
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         params, model = self.params, self.model
         if params.contrastive_weight > 0:
             deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
@@ -93,7 +109,11 @@ class SyncNetRecipe(Recipe):
             loss = bce + params.contrastive_weight * match
         else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
             frames, mel, labels = self.sampler.batch(params.batch_size)
-            frames, mel, labels = self.augment(frames).to(self.device), mel.to(self.device), labels.to(self.device)
+            frames, mel, labels = (
+                self.augment(frames).to(self.device),
+                mel.to(self.device),
+                labels.to(self.device),
+            )
             with autocast:
                 visual, audio = model(frames, mel)
             bce = loss = sync_loss(visual.float(), audio.float(), labels)
@@ -103,7 +123,9 @@ class SyncNetRecipe(Recipe):
         return loss, {"loss": loss}
 
     def augment(self, frames: torch.Tensor) -> torch.Tensor:
-        return augment_windows(frames, self.rng, self.params.flip_fraction, self.params.brightness, self.params.contrast)
+        return augment_windows(
+            frames, self.rng, self.params.flip_fraction, self.params.brightness, self.params.contrast
+        )
 
     def validate(self, step: int) -> dict:
         val_loss, val_accuracy = evaluate(self.model, self.val_sampler, self.val_pairs, self.device)
@@ -137,7 +159,9 @@ def train_syncnet(
     return Trainer(SyncNetRecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
 
 
-def syncnet_stage(processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device) -> None:
+def syncnet_stage(
+    processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device
+) -> None:
     """The `train_syncnet` stage: train on the train split (or load the published weights), validate
     on held-out identities; the artifact in `out`, the summary in `metrics`, the curve in `history`."""
     sync = params.syncnet
@@ -169,4 +193,3 @@ def syncnet_stage(processed: Path, out: Path, metrics: Path, history: Path, para
         }
     write_json(metrics, summary)
     write_csv(history, rows, HISTORY_FIELDS)
-

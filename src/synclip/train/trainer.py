@@ -61,7 +61,9 @@ class Recipe:
         """JSON-able values a checkpoint must share with this run to be resumed (its data, mostly)."""
         return []
 
-    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, step: int, autocast: AbstractContextManager
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One batch: (the loss to minimise, the named terms to log), forward passes under `autocast`."""
         raise NotImplementedError
 
@@ -152,8 +154,10 @@ class Trainer:
                 bar.advance(task)
                 if step % params.val_every == 0 or step == params.max_steps:
                     row = {"step": step}
-                    row |= {f"train_{name}": round(float(np.mean([w[name] for w in window])), recipe.digits)
-                            for name in window[0]}  # fmt: skip
+                    row |= {
+                        f"train_{name}": round(float(np.mean([w[name] for w in window])), recipe.digits)
+                        for name in window[0]
+                    }
                     row |= recipe.validate(step)
                     row["seconds"] = round(time.perf_counter() - started, 1)
                     history.rows.append(row)
@@ -162,9 +166,21 @@ class Trainer:
                 history.seconds = time.perf_counter() - started
                 history.notes = recipe.notes()
                 if step % params.checkpoint_every == 0 or step == params.max_steps:
-                    extra = {"history": dataclasses.asdict(history), "window": window, "recipe": recipe.state()}
-                    save_training_state(checkpoint, model=model, optimizer=optimizer, scaler=scaler, step=step,
-                                        rng=rng, fingerprint=key, extra=extra)  # fmt: skip
+                    extra = {
+                        "history": dataclasses.asdict(history),
+                        "window": window,
+                        "recipe": recipe.state(),
+                    }
+                    save_training_state(
+                        checkpoint,
+                        model=model,
+                        optimizer=optimizer,
+                        scaler=scaler,
+                        step=step,
+                        rng=rng,
+                        fingerprint=key,
+                        extra=extra,
+                    )
                 if stop_after is not None and step >= stop_after:
                     return recipe.result(), history
         history.notes = recipe.notes()
@@ -176,9 +192,17 @@ class Trainer:
         objective a finished checkpoint would otherwise be "resumed" at max_steps, never retrained)."""
         code = hashlib.sha256(Path(__file__).read_bytes())
         code.update(Path(inspect.getfile(type(self.recipe))).read_bytes())
-        payload = [self.recipe.name, to_dict(self.recipe.params), self.seed, self.recipe.fingerprint(), code.hexdigest()]
+        payload = [
+            self.recipe.name,
+            to_dict(self.recipe.params),
+            self.seed,
+            self.recipe.fingerprint(),
+            code.hexdigest(),
+        ]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _shown(row: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if "_" in k)
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if "_" in k
+    )

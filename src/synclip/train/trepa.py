@@ -162,10 +162,19 @@ def load_trepa(folder: str | Path | None) -> TrepaLoss:
         trepa.fc_norm.load_state_dict({k.removeprefix("fc_norm."): v for k, v in fc_norm.items()})
     skipped = [k for k in unexpected if not k.startswith("fc_norm.")]
     if skipped:
-        log.info("TREPA: %d weights of %s not used (%s)", len(skipped), folder,
-                 ", ".join(sorted({k.split(".")[0] for k in skipped})))  # fmt: skip
-    log.info("TREPA: VideoMAE %s, %d frames of %s px, %.1f M parameters", folder, trepa.num_frames,
-             "×".join(map(str, trepa.image_size)), sum(p.numel() for p in trepa.parameters()) / 1e6)  # fmt: skip
+        log.info(
+            "TREPA: %d weights of %s not used (%s)",
+            len(skipped),
+            folder,
+            ", ".join(sorted({k.split(".")[0] for k in skipped})),
+        )
+    log.info(
+        "TREPA: VideoMAE %s, %d frames of %s px, %.1f M parameters",
+        folder,
+        trepa.num_frames,
+        "×".join(map(str, trepa.image_size)),
+        sum(p.numel() for p in trepa.parameters()) / 1e6,
+    )
     return trepa
 
 

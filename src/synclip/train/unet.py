@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from synclip.artifacts import load_syncnet, load_unet_state, load_vae, load_whisper_encoder, read_weights, save_unet
+from synclip.artifacts import (
+    load_syncnet,
+    load_unet_state,
+    load_vae,
+    load_whisper_encoder,
+    read_weights,
+    save_unet,
+)
 from synclip.config import Params, UNetStageParams
 from synclip.data.manifest import read_manifest
 from synclip.data.unet_windows import Window, WindowClip, WindowSampler, load_window_clips, training_rows
@@ -192,9 +199,14 @@ class UNetRecipe(Recipe):
         stage, self.device = self.params, device
         self.sampler = WindowSampler(self.train_clips, stage.num_frames, rng, stage.reference_gap)
         self.validation = Validation(
-            WindowSampler(self.val_clips, stage.num_frames, np.random.default_rng(self.seed + 1), stage.reference_gap),
-            stage.val_windows, stage.mixed_noise_alpha, self.seed + 2, stage.batch_size,
-        )  # fmt: skip
+            WindowSampler(
+                self.val_clips, stage.num_frames, np.random.default_rng(self.seed + 1), stage.reference_gap
+            ),
+            stage.val_windows,
+            stage.mixed_noise_alpha,
+            self.seed + 2,
+            stage.batch_size,
+        )
         model, self.fresh = initial_unet(self.config, self.init)
         self.trainable = select_trainable(model, stage.trainable)
         model.to(device).train()
@@ -226,10 +238,18 @@ class UNetRecipe(Recipe):
         log.info(
             "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
             "clips, %d steps of %d × %d frames on %s; terms %s, disabled %s",
-            total / 1e6, trainable / 1e6, len(self.fresh), len(self.sampler.clips),
-            len(self.validation.sampler.clips), self.params.max_steps, self.params.batch_size,
-            self.params.num_frames, self.device, self.objective.weights, self.objective.disabled,
-        )  # fmt: skip
+            total / 1e6,
+            trainable / 1e6,
+            len(self.fresh),
+            len(self.sampler.clips),
+            len(self.validation.sampler.clips),
+            self.params.max_steps,
+            self.params.batch_size,
+            self.params.num_frames,
+            self.device,
+            self.objective.weights,
+            self.objective.disabled,
+        )
 
     def opening_row(self) -> dict | None:
         """A fine-tune's history opens with its starting point's scores."""
@@ -238,7 +258,9 @@ class UNetRecipe(Recipe):
         start = self.validation(self.ema.module, self.objective, self.device)
         return {f"val_{k}": round(v, 6) for k, v in start.items()} | self.sampled(0)
 
-    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, step: int, autocast: AbstractContextManager
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         stage = self.params
         batch = self.sampler.batch([self.sampler.draw() for _ in range(stage.batch_size)])
         dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
@@ -263,7 +285,12 @@ class UNetRecipe(Recipe):
         if self.sample is None or not every or (step % every and step != last):
             return {}
         scores = self.sample(self.ema.module, step)
-        log.info("step %d: sample %s (%s)", step, self.sample.path(step), ", ".join(f"{k} {v}" for k, v in scores.items()))
+        log.info(
+            "step %d: sample %s (%s)",
+            step,
+            self.sample.path(step),
+            ", ".join(f"{k} {v}" for k, v in scores.items()),
+        )
         return scores
 
     def state(self) -> dict:
@@ -373,8 +400,13 @@ def unet_stage(
     train_rows, val_rows = training_rows(table, stage_params)
     whisper = load_whisper_encoder(params.pretrained.whisper)
     region = stage_params.pixel_region if objective.needs_pixels else None
-    common = dict(vae=autoencoder, whisper=whisper, whisper_cache=whisper_cache, latent_cache=latent_cache,
-                  pixel_region=region)  # fmt: skip
+    common = dict(
+        vae=autoencoder,
+        whisper=whisper,
+        whisper_cache=whisper_cache,
+        latent_cache=latent_cache,
+        pixel_region=region,
+    )
     train = load_window_clips(train_rows, clips, description="train clips", **common)
     val = load_window_clips(val_rows, clips, description="val clips", **common)
     sample = None
@@ -386,9 +418,18 @@ def unet_stage(
             forget_samples(samples)  # none of an earlier run's samples are this run's
     config = unet_config(params.unet, stage_params, audio_width=whisper.width)
     _, trained = train_unet(
-        train, val, objective, config, stage_params, out, device, params.seed, init=init,
-        info={"stage": number, "manifest": str(manifest)}, sample=sample,
-    )  # fmt: skip
+        train,
+        val,
+        objective,
+        config,
+        stage_params,
+        out,
+        device,
+        params.seed,
+        init=init,
+        info={"stage": number, "manifest": str(manifest)},
+        sample=sample,
+    )
     rows, last = trained.rows, trained.rows[-1]
     summary = {
         "stage": number,
@@ -403,10 +444,13 @@ def unet_stage(
         "best_val_total": min(r["val_total"] for r in rows if r["step"] > 0),
     }
     if sample is not None:
-        summary["sample"] = {"face": sample.source.face, "audio": sample.source.audio,
-                             "frames": len(sample.source.frames), **sample.baselines}  # fmt: skip
+        summary["sample"] = {
+            "face": sample.source.face,
+            "audio": sample.source.audio,
+            "frames": len(sample.source.frames),
+            **sample.baselines,
+        }
     if rows[0]["step"] == 0:  # stage 2: the stage-1 UNet's scores under this stage's terms
         summary["init"] = {k: v for k, v in rows[0].items() if k.startswith(("val_", "sample_"))}
     write_json(metrics, summary)
     write_csv(history, rows)  # step 0 has no train_ columns
-

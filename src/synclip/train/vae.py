@@ -140,11 +140,18 @@ class VaeRecipe(Recipe):
     def begin(self, step: int, resumed: bool) -> None:
         log.info(
             "VAE: %.2f M parameters, %d train / %d val frames at %d px, %d steps of %d on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.train_faces.frames),
-            len(self.val_frames), self.resolution, self.params.max_steps, self.params.batch_size, self.device,
-        )  # fmt: skip
+            sum(p.numel() for p in self.model.parameters()) / 1e6,
+            len(self.train_faces.frames),
+            len(self.val_frames),
+            self.resolution,
+            self.params.max_steps,
+            self.params.batch_size,
+            self.device,
+        )
 
-    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, step: int, autocast: AbstractContextManager
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         frames = self.train_faces.frames
         images = to_unit(frames[self.rng.integers(0, len(frames), self.params.batch_size)], self.device)
         with autocast:

@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.95)  # VideoMAE's pretraining optimizer
 # files of a transformers VideoMAE folder that `install_pretrained` copies
-FOLDER_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json")
+FOLDER_FILES = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "preprocessor_config.json",
+)
 HISTORY_FIELDS = ["step", "train_loss", "val_loss", "lr", "seconds"]
 
 
@@ -130,7 +135,9 @@ class VideoMAERecipe(Recipe):
     name = "pretrain_videomae"
     adam_betas = ADAM_BETAS
 
-    def __init__(self, train: list[np.ndarray], val: list[np.ndarray], params: VideoMAEParams, seed: int) -> None:
+    def __init__(
+        self, train: list[np.ndarray], val: list[np.ndarray], params: VideoMAEParams, seed: int
+    ) -> None:
         self.train_clips, self.val_clips, self.params, self.seed = train, val, params, seed
 
     def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
@@ -138,23 +145,37 @@ class VideoMAERecipe(Recipe):
         self.config = videomae_config(self.params)
         model = VideoMAEForPreTraining(self.config).to(device)
         self.sampler = WindowSampler(self.train_clips, self.params.num_frames, rng)
-        self.val_set = ValSet.draw(self.val_clips, self.params.val_windows, self.config, self.params.mask_ratio, self.seed + 1)
+        self.val_set = ValSet.draw(
+            self.val_clips, self.params.val_windows, self.config, self.params.mask_ratio, self.seed + 1
+        )
         model.train()
         return model
 
     def fingerprint(self) -> list:
-        return [[c.shape[0] for c in self.train_clips], [hashlib.sha256(c.tobytes()).hexdigest() for c in self.train_clips]]
+        return [
+            [c.shape[0] for c in self.train_clips],
+            [hashlib.sha256(c.tobytes()).hexdigest() for c in self.train_clips],
+        ]
 
     def begin(self, step: int, resumed: bool) -> None:
         log.info(
             "VideoMAE: %.2f M parameters, %d train / %d val clips, %d steps of %d clips x %d frames on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6, len(self.train_clips), len(self.val_clips),
-            self.params.max_steps, self.params.batch_size, self.params.num_frames, self.device,
-        )  # fmt: skip
+            sum(p.numel() for p in self.model.parameters()) / 1e6,
+            len(self.train_clips),
+            len(self.val_clips),
+            self.params.max_steps,
+            self.params.batch_size,
+            self.params.num_frames,
+            self.device,
+        )
 
-    def loss(self, step: int, autocast: AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, step: int, autocast: AbstractContextManager
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pixels = to_pixel_values(self.sampler.windows(self.params.batch_size), self.device)  # (B, F, 3, S, S)
-        masks = tube_mask(self.params.batch_size, self.config, self.params.mask_ratio, self.rng).to(self.device)
+        masks = tube_mask(self.params.batch_size, self.config, self.params.mask_ratio, self.rng).to(
+            self.device
+        )
         with autocast:
             loss = self.model(pixels, bool_masked_pos=masks).loss  # (B, N) masks
         return loss, {"loss": loss}
@@ -225,7 +246,9 @@ def trepa_probe(
     return {name: total / count for name, total in sums.items()}
 
 
-def videomae_stage(processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device) -> None:
+def videomae_stage(
+    processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device
+) -> None:
     """The `pretrain_videomae` stage: pretrain TREPA's VideoMAE on the train split (or install
     pretrained.videomae), then probe what TREPA says about val windows."""
     mae = params.videomae
