@@ -1,4 +1,4 @@
-"""Shared fixtures: the repository root, the real params file, and the fetched pretrained weights."""
+"""Shared fixtures: the repository root, the pretrained weights, a small corpus, one torch thread, a tiny Whisper."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from synclip.config import load_params
 from synclip.data.synthtalk import synthesize_corpus
@@ -65,3 +66,40 @@ def processed(corpus, pretrained_dir, tmp_path_factory):
     params = load_params(ROOT / "params.yaml").preprocess
     manifest, rejects = preprocess_corpus(raw, out, params, pretrained_dir / "face_landmarker.task")
     return out, manifest, rejects
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: as fast, and it does not fight other jobs for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_whisper_folder(folder: Path, seed: int = 0) -> Path:
+    """A random transformers Whisper (d_model 16, 2 encoder layers, real 30 s geometry) saved to `folder`."""
+    from transformers import WhisperConfig, WhisperModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    config = WhisperConfig(
+        vocab_size=64,
+        num_mel_bins=80,
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_source_positions=1500,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=1,
+    )
+    torch.manual_seed(seed)
+    WhisperModel(config).save_pretrained(folder)
+    return folder

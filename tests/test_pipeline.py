@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_whisper_folder
 from diffusers import AutoencoderKL, DDIMScheduler
 from einops import rearrange, repeat
 
@@ -38,12 +39,7 @@ SYNCLIP = Path(sys.executable).with_name("synclip")
 RES, WIDTH, TOKENS = 32, 16, 30  # face size, audio width D, S = 10 tokens × 3 Whisper states
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(joint: bool = False, seed: int = 0) -> UNet3DConditionModel:
@@ -77,28 +73,7 @@ def tiny_vae() -> AutoencoderKL:
 
 
 def tiny_whisper(folder: Path) -> Path:
-    from transformers import WhisperConfig, WhisperModel
-
-    config = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=80,
-        d_model=WIDTH,
-        encoder_layers=2,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_source_positions=1500,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-        decoder_start_token_id=1,
-    )
-    torch.manual_seed(2)
-    WhisperModel(config).save_pretrained(folder)
-    return folder
+    return tiny_whisper_folder(folder, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ from synclip.eval.sync_filter import filter_by_sync
 from synclip.nn.syncnet import StableSyncNet, released_config, syncnet_config
 from synclip.train.losses import offset_losses
 from synclip.train.optim import learning_rate
-from synclip.train.syncnet import train_syncnet
+from synclip.train.syncnet import SyncNetRecipe
+from synclip.train.trainer import Trainer
 
 SYNCLIP = Path(sys.executable).with_name("synclip")
 
@@ -121,16 +122,20 @@ def tiny_params(root):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tiny_params, tmp_path):
     train, val = synthetic_clips(4, 60, 0), synthetic_clips(2, 60, 1)
-    straight, history = train_syncnet(train, val, tiny_params, tmp_path / "a", torch.device("cpu"), seed=3)
-    train_syncnet(train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3, stop_after=3)
+
+    def fit(folder, stop_after=None):
+        return Trainer(
+            SyncNetRecipe(train, val, tiny_params), tmp_path / folder, torch.device("cpu"), seed=3
+        ).fit(stop_after)
+
+    straight, history = fit("a")
+    fit("b", stop_after=3)
     assert not (tmp_path / "b" / "model.safetensors").exists()  # killed before the end
     state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     decayed = state["optimizer"]["param_groups"][0]["lr"]  # set for the 3rd step (index 2) of 6
     assert decayed == pytest.approx(learning_rate(tiny_params, 2))
     assert tiny_params.lr * tiny_params.final_lr_fraction < decayed < tiny_params.lr
-    resumed, resumed_history = train_syncnet(
-        train, val, tiny_params, tmp_path / "b", torch.device("cpu"), seed=3
-    )
+    resumed, resumed_history = fit("b")
     torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)
     assert [r["val_loss"] for r in resumed_history.rows] == [r["val_loss"] for r in history.rows]
     reloaded = load_syncnet(tmp_path / "b")

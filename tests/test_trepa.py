@@ -15,21 +15,15 @@ from synclip.artifacts import save_videomae
 from synclip.config import ConfigError, VideoMAEParams, load_params
 from synclip.errors import UserError
 from synclip.nn.videomae import videomae_config
-from synclip.train.trainer import CHECKPOINT
+from synclip.train.trainer import CHECKPOINT, Trainer
 from synclip.train.trepa import TrepaLoss, load_trepa
-from synclip.train.videomae import pretrain_videomae, tube_mask
+from synclip.train.videomae import VideoMAERecipe, tube_mask
 
 FRAMES = 4
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny transformers gain nothing from threads, and on a busy shared CPU two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_params(**changes) -> VideoMAEParams:
@@ -186,16 +180,21 @@ def synthetic_clips(seed: int, count: int) -> list[np.ndarray]:
 def test_a_killed_pretraining_resumes_to_the_same_weights(tmp_path, caplog):
     params = tiny_params()
     train, val = synthetic_clips(0, 3), synthetic_clips(1, 2)
-    device = torch.device("cpu")
-    whole, history = pretrain_videomae(train, val, params, tmp_path / "whole", device, seed=5)
+
+    def fit(folder, stop_after=None):
+        return Trainer(
+            VideoMAERecipe(train, val, params), tmp_path / folder, torch.device("cpu"), seed=5
+        ).fit(stop_after)
+
+    whole, history = fit("whole")
     assert [row["step"] for row in history.rows] == [3, 6]
     assert all(np.isfinite(row["val_loss"]) for row in history.rows)
-    pretrain_videomae(train, val, params, tmp_path / "killed", device, seed=5, stop_after=3)
+    fit("killed", stop_after=3)
     state = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert state["step"] == 2  # killed after step 3: the last checkpoint is step 2's
     assert not (tmp_path / "killed" / "model.safetensors").exists()  # the artifact only when finished
     with caplog.at_level(logging.INFO, logger="synclip.train"):
-        resumed, resumed_history = pretrain_videomae(train, val, params, tmp_path / "killed", device, seed=5)
+        resumed, resumed_history = fit("killed")
     assert "resuming pretrain_videomae from step 2" in caplog.text
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor, rtol=0, atol=0, msg=name)

@@ -26,13 +26,7 @@ from synclip.nn.unet import (
 BATCH, FRAMES, LATENT, TOKENS, WIDTH = 2, 4, 16, 50, 384
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a busy shared CPU two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(seed: int = 0, **changes) -> UNet3DConditionModel:

@@ -31,19 +31,15 @@ from synclip.train.diffusion import (
 )
 from synclip.train.losses import load_lpips
 from synclip.train.optim import learning_rate
+from synclip.train.trainer import Trainer
 from synclip.train.trepa import load_trepa_term
-from synclip.train.unet import Validation, initial_unet, judges, select_trainable, train_unet
+from synclip.train.unet import UNetRecipe, Validation, initial_unet, judges, select_trainable
 
 CPU = torch.device("cpu")
 LATENT, WIDTH, STATES = 8, 8, 1  # h = w, audio width D, Whisper states L (S = 10·L tokens per frame)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -295,8 +291,10 @@ def test_a_killed_run_resumes_to_the_same_weights(params, tmp_path):
     val = [synthetic_clip("v000", 24, seed=9)]
     objective = DiffusionObjective({"recon": 1.0})
 
-    def fit(folder, **kwargs):
-        return train_unet(train, val, objective, config, stage, tmp_path / folder, CPU, seed=5, **kwargs)
+    def fit(folder, stop_after=None):
+        return Trainer(UNetRecipe(train, val, objective, config, stage), tmp_path / folder, CPU, seed=5).fit(
+            stop_after
+        )
 
     straight, history = fit("a")
     fit("b", stop_after=3)
@@ -327,12 +325,11 @@ def test_validation_samples_are_written_scored_and_survive_a_resume(params, tmp_
     syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
     sampler = PipelineConfig(resolution=128, num_frames=16, overlap=4, steps=2, guidance=1.5, seed=1, eta=1.0)
 
-    def fit(folder, samples=True, **kwargs):
+    def fit(folder, samples=True, stop_after=None):
         vae, mask, out = tiny_vae(128), load_mask(128), tmp_path / f"{folder}_samples"
         sample = ValidationSample(source, tokens, vae, mask, sampler, out, syncnet) if samples else None
-        return train_unet(
-            train, val, objective, config, stage, tmp_path / folder, CPU, seed=5, sample=sample, **kwargs
-        )
+        recipe = UNetRecipe(train, val, objective, config, stage, sample=sample)
+        return Trainer(recipe, tmp_path / folder, CPU, seed=5).fit(stop_after)
 
     straight, history = fit("a")
     plain, _ = fit("plain", samples=False)  # sampling draws nothing from the training RNGs:
@@ -366,9 +363,8 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor(params, tmp_path):
     config = unet_config(tiny_unet_params(params), stage, audio_width=WIDTH)
     train = [synthetic_clip(f"t{i:03d}", 24, seed=i) for i in range(2)]
     val = [synthetic_clip("v000", 24, seed=9)]
-    train_unet(
-        train, val, DiffusionObjective({"recon": 1.0}), config, stage, tmp_path, CPU, seed=5, stop_after=4
-    )
+    recipe = UNetRecipe(train, val, DiffusionObjective({"recon": 1.0}), config, stage)
+    Trainer(recipe, tmp_path, CPU, seed=5).fit(stop_after=4)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     last_lr = state["optimizer"]["param_groups"][0]["lr"]  # set for the 4th step (step index 3)
     assert last_lr == pytest.approx(learning_rate(stage, 3))

@@ -14,12 +14,13 @@ from synclip.config import ConfigError, load_params
 from synclip.data.frames import Faces, spaced
 from synclip.errors import UserError
 from synclip.images import image_metrics
+from synclip.train.trainer import Trainer
 from synclip.train.vae import (
+    VaeRecipe,
     latent_scaling_factor,
     reconstruct,
     reconstruction_grid,
     showcase_frames,
-    train_vae,
 )
 
 CPU = torch.device("cpu")
@@ -65,7 +66,7 @@ def params(root):
 @pytest.fixture(scope="module")
 def trained(params, tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")
-    model, history = train_vae(faces(24, 0), faces(6, 1), params, out, CPU, seed=3)
+    model, history = Trainer(VaeRecipe(faces(24, 0), faces(6, 1), params), out, CPU, seed=3).fit()
     return out, model, history
 
 
@@ -108,10 +109,14 @@ def test_scaling_factor_is_measured_on_training_frames_and_stored_in_the_config(
 
 def test_a_killed_run_resumes_to_the_same_weights(trained, params, tmp_path):
     _, uninterrupted, history = trained
-    _, partial = train_vae(faces(24, 0), faces(6, 1), params, tmp_path, CPU, seed=3, stop_after=3)
+    _, partial = Trainer(VaeRecipe(faces(24, 0), faces(6, 1), params), tmp_path, CPU, seed=3).fit(
+        stop_after=3
+    )
     assert [row["step"] for row in partial.rows] == [3]
     assert not (tmp_path / "config.json").exists()  # no artifact before the run has finished
-    resumed, resumed_history = train_vae(faces(24, 0), faces(6, 1), params, tmp_path, CPU, seed=3)
+    resumed, resumed_history = Trainer(
+        VaeRecipe(faces(24, 0), faces(6, 1), params), tmp_path, CPU, seed=3
+    ).fit()
     torch.testing.assert_close(resumed.state_dict(), uninterrupted.state_dict(), rtol=0, atol=0)
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history.rows] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in history.rows
@@ -122,7 +127,7 @@ def test_a_killed_run_resumes_to_the_same_weights(trained, params, tmp_path):
 def test_training_reduces_the_reconstruction_error(params, tmp_path):
     data = faces(24, 0)
     longer = dataclasses.replace(params, max_steps=40, val_every=40, checkpoint_every=40)
-    model, _ = train_vae(data, faces(6, 1), longer, tmp_path, CPU, seed=3)
+    model, _ = Trainer(VaeRecipe(data, faces(6, 1), longer), tmp_path, CPU, seed=3).fit()
     untrained = AutoencoderKL(**{k: v for k, v in model.config.items() if not k.startswith("_")})
     before = image_metrics(data.frames, reconstruct(untrained, data.frames, CPU), MOUTH)
     after = image_metrics(data.frames, reconstruct(model, data.frames, CPU), MOUTH)

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_whisper_folder
 from scipy.signal import resample_poly
 
 from synclip.artifacts import load_whisper_encoder
@@ -28,41 +29,7 @@ SR = AUDIO_SAMPLE_RATE
 SEAM_TOLERANCE = 0.01
 
 
-def tiny_whisper_folder(folder, seed: int = 0):
-    """A random transformers Whisper (d_model 16, 2 encoder layers, real 30 s geometry) saved to `folder`."""
-    from transformers import WhisperConfig, WhisperModel
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    config = WhisperConfig(
-        vocab_size=64,
-        num_mel_bins=80,
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_source_positions=1500,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-        decoder_start_token_id=1,
-    )
-    torch.manual_seed(seed)
-    WhisperModel(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small matmuls: one torch thread is as fast and does not fight other jobs for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

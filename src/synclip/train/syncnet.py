@@ -29,7 +29,7 @@ from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet, syncnet_config
 from synclip.runtime import channels_last
 from synclip.train.losses import offset_losses, sync_loss, sync_probability
-from synclip.train.trainer import History, Recipe, Trainer
+from synclip.train.trainer import Recipe, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,17 @@ class SyncNetRecipe(Recipe):
 
     name = "train_syncnet"
 
-    def __init__(self, train: list[Clip], val: list[Clip], params: SyncNetParams, seed: int) -> None:
-        self.train_clips, self.val_clips, self.params, self.seed = train, val, params, seed
+    def __init__(self, train: list[Clip], val: list[Clip], params: SyncNetParams) -> None:
+        self.train_clips, self.val_clips, self.params = train, val, params
         self.smoothed, self.left_chance_step = CHANCE, None
 
-    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+    def setup(self, seed: int, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
         self.rng, self.device = rng, device
         model = channels_last(StableSyncNet(syncnet_config(self.params)).to(device))
         self.sampler = PairSampler(
             self.train_clips, self.params.num_frames, self.params.small_offset_fraction, rng
         )
-        self.val_sampler, self.val_pairs = validation_pairs(self.val_clips, self.params, self.seed + 1)
+        self.val_sampler, self.val_pairs = validation_pairs(self.val_clips, self.params, seed + 1)
         model.train()
         return model
 
@@ -146,19 +146,6 @@ class SyncNetRecipe(Recipe):
         return self.model
 
 
-def train_syncnet(
-    train: list[Clip],
-    val: list[Clip],
-    params: SyncNetParams,
-    out_dir: str | Path,
-    device: torch.device,
-    seed: int,
-    stop_after: int | None = None,
-) -> tuple[StableSyncNet, History]:
-    """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}`."""
-    return Trainer(SyncNetRecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
-
-
 def syncnet_stage(
     processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device
 ) -> None:
@@ -180,7 +167,7 @@ def syncnet_stage(
         rows, summary = [], {"source": "pretrained", "val_loss": loss, "val_accuracy": accuracy}
     else:
         train = load_clips(manifest[manifest["split"] == "train"], processed / "clips", view, "train clips")
-        _, trained = train_syncnet(train, val, sync, out, device, params.seed)
+        _, trained = Trainer(SyncNetRecipe(train, val, sync), out, device, params.seed).fit()
         rows, last = trained.rows, trained.rows[-1]
         summary = {
             "source": "trained",

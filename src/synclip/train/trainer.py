@@ -53,8 +53,9 @@ class Recipe:
     adam_betas: tuple[float, float] | None = None  # None: AdamW's default
     digits = 5  # history rounding of the training terms
 
-    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
-        """Build the network (and data samplers) after the seeding; returns the network to optimise."""
+    def setup(self, seed: int, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+        """Build the network (and data samplers) after the seeding with `seed` (which also seeds `rng`);
+        returns the network to optimise."""
         raise NotImplementedError
 
     def fingerprint(self) -> list:
@@ -112,7 +113,7 @@ class Trainer:
         recipe, params, device = self.recipe, self.recipe.params, self.device
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        model = recipe.setup(rng, device)
+        model = recipe.setup(self.seed, rng, device)
         recipe.model = model
         trainable = [p for p in model.parameters() if p.requires_grad]
         betas = {} if recipe.adam_betas is None else {"betas": recipe.adam_betas}

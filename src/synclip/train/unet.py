@@ -39,7 +39,7 @@ from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, unet_config
 from synclip.train.diffusion import DiffusionObjective, mixed_noise
 from synclip.train.losses import load_lpips
-from synclip.train.trainer import History, Recipe, Trainer
+from synclip.train.trainer import Recipe, Trainer
 from synclip.train.trepa import load_trepa_term
 
 log = logging.getLogger(__name__)
@@ -187,24 +187,26 @@ class UNetRecipe(Recipe):
         objective: DiffusionObjective,
         config: UNetConfig,
         stage: UNetStageParams,
-        seed: int,
         init: str | Path | None = None,
         info: dict | None = None,
         sample: Sample | None = None,
     ) -> None:
+        """`init`: the artifact a fine-tune starts from (stage 1's), `info`: what the artifact's config
+        records besides; with a `sample`, every `sample_every`-th validation (and the last, and a
+        fine-tune's step 0) writes a sample video of the EMA weights and adds its scores to the row."""
         self.train_clips, self.val_clips, self.objective, self.config = train, val, objective, config
-        self.params, self.seed, self.init, self.info, self.sample = stage, seed, init, info or {}, sample
+        self.params, self.init, self.info, self.sample = stage, init, info or {}, sample
 
-    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+    def setup(self, seed: int, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
         stage, self.device = self.params, device
         self.sampler = WindowSampler(self.train_clips, stage.num_frames, rng, stage.reference_gap)
         self.validation = Validation(
             WindowSampler(
-                self.val_clips, stage.num_frames, np.random.default_rng(self.seed + 1), stage.reference_gap
+                self.val_clips, stage.num_frames, np.random.default_rng(seed + 1), stage.reference_gap
             ),
             stage.val_windows,
             stage.mixed_noise_alpha,
-            self.seed + 2,
+            seed + 2,
             stage.batch_size,
         )
         model, self.fresh = initial_unet(self.config, self.init)
@@ -315,31 +317,6 @@ class UNetRecipe(Recipe):
         return self.ema.module
 
 
-def train_unet(
-    train: list[WindowClip],
-    val: list[WindowClip],
-    objective: DiffusionObjective,
-    config: UNetConfig,
-    stage: UNetStageParams,
-    out_dir: str | Path,
-    device: torch.device,
-    seed: int,
-    *,
-    init: str | Path | None = None,
-    info: dict | None = None,
-    sample: Sample | None = None,
-    stop_after: int | None = None,
-) -> tuple[UNet3DConditionModel, History]:
-    """Train (or resume) and write the artifact `out_dir/{config.json, model.safetensors}` (EMA weights).
-
-    With a `sample`, every `sample_every`-th validation (and the last, and a fine-tune's step 0) also
-    writes a sample video of the EMA weights and adds its sync score to the history row; samples of
-    steps not reached by the checkpoint being resumed are removed first.
-    """
-    recipe = UNetRecipe(train, val, objective, config, stage, seed, init, info, sample)
-    return Trainer(recipe, out_dir, device, seed).fit(stop_after)
-
-
 def build_objective(
     params: Params,
     stage: UNetStageParams,
@@ -417,19 +394,9 @@ def unet_stage(
         else:
             forget_samples(samples)  # none of an earlier run's samples are this run's
     config = unet_config(params.unet, stage_params, audio_width=whisper.width)
-    _, trained = train_unet(
-        train,
-        val,
-        objective,
-        config,
-        stage_params,
-        out,
-        device,
-        params.seed,
-        init=init,
-        info={"stage": number, "manifest": str(manifest)},
-        sample=sample,
-    )
+    info = {"stage": number, "manifest": str(manifest)}
+    recipe = UNetRecipe(train, val, objective, config, stage_params, init, info, sample)
+    _, trained = Trainer(recipe, out, device, params.seed).fit()
     rows, last = trained.rows, trained.rows[-1]
     summary = {
         "stage": number,

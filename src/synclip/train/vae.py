@@ -28,7 +28,7 @@ from synclip.images import box_slices, image_metrics, to_uint8, to_unit
 from synclip.nn.vae import build_vae
 from synclip.runtime import channels_last
 from synclip.train.losses import vae_losses
-from synclip.train.trainer import History, Recipe, Trainer
+from synclip.train.trainer import Recipe, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,12 @@ class VaeRecipe(Recipe):
 
     name = "train_vae"
 
-    def __init__(self, train: Faces, val: Faces, params: VaeParams, seed: int) -> None:
-        self.train_faces, self.params, self.seed = train, params, seed
+    def __init__(self, train: Faces, val: Faces, params: VaeParams) -> None:
+        self.train_faces, self.params = train, params
         self.val_frames = val.frames[spaced(params.val_frames, len(val.frames))]
 
-    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
-        self.rng, self.device = rng, device
+    def setup(self, seed: int, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+        self.seed, self.rng, self.device = seed, rng, device
         self.resolution = self.train_faces.frames.shape[1]
         return channels_last(build_vae(self.params, self.resolution).to(device).train())
 
@@ -172,19 +172,6 @@ class VaeRecipe(Recipe):
         return self.model
 
 
-def train_vae(
-    train: Faces,
-    val: Faces,
-    params: VaeParams,
-    out_dir: str | Path,
-    device: torch.device,
-    seed: int,
-    stop_after: int | None = None,
-) -> tuple[AutoencoderKL, History]:
-    """Train (or resume) the AutoencoderKL and write it to `out_dir` as a diffusers folder."""
-    return Trainer(VaeRecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
-
-
 def vae_stage(
     processed: Path, out: Path, metrics: Path, history: Path, grid: Path, params: Params, device: torch.device
 ) -> None:
@@ -201,7 +188,7 @@ def vae_stage(
     else:
         train = load_faces(manifest[manifest["split"] == "train"], clips, vae.frame_stride, "train clips")
         val = load_faces(manifest[manifest["split"] == "val"], clips, vae.frame_stride, "val clips")
-        model, trained = train_vae(train, val, vae, out, device, params.seed)
+        model, trained = Trainer(VaeRecipe(train, val, vae), out, device, params.seed).fit()
         rows = trained.rows
         summary = {"source": "trained", "steps": rows[-1]["step"], "train_seconds": round(trained.seconds, 1)}
     test = load_faces(manifest[manifest["split"] == "test"], clips, vae.test_stride, "test clips")

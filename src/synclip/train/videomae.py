@@ -28,7 +28,7 @@ from synclip.files import write_csv, write_json
 from synclip.images import to_unit
 from synclip.nn.videomae import videomae_config
 from synclip.train.optim import learning_rate
-from synclip.train.trainer import History, Recipe, Trainer
+from synclip.train.trainer import Recipe, Trainer
 from synclip.train.trepa import TrepaLoss, load_trepa
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,17 @@ class VideoMAERecipe(Recipe):
     name = "pretrain_videomae"
     adam_betas = ADAM_BETAS
 
-    def __init__(
-        self, train: list[np.ndarray], val: list[np.ndarray], params: VideoMAEParams, seed: int
-    ) -> None:
-        self.train_clips, self.val_clips, self.params, self.seed = train, val, params, seed
+    def __init__(self, train: list[np.ndarray], val: list[np.ndarray], params: VideoMAEParams) -> None:
+        """`train` / `val`: uint8 clips (F, S, S, 3) at `params.image_size`."""
+        self.train_clips, self.val_clips, self.params = train, val, params
 
-    def setup(self, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
+    def setup(self, seed: int, rng: np.random.Generator, device: torch.device) -> torch.nn.Module:
         self.rng, self.device = rng, device
         self.config = videomae_config(self.params)
         model = VideoMAEForPreTraining(self.config).to(device)
         self.sampler = WindowSampler(self.train_clips, self.params.num_frames, rng)
         self.val_set = ValSet.draw(
-            self.val_clips, self.params.val_windows, self.config, self.params.mask_ratio, self.seed + 1
+            self.val_clips, self.params.val_windows, self.config, self.params.mask_ratio, seed + 1
         )
         model.train()
         return model
@@ -187,22 +186,6 @@ class VideoMAERecipe(Recipe):
     def finish(self, out_dir: Path, step: int) -> torch.nn.Module:
         save_videomae(self.model, out_dir)
         return self.model
-
-
-def pretrain_videomae(
-    train: list[np.ndarray],
-    val: list[np.ndarray],
-    params: VideoMAEParams,
-    out_dir: str | Path,
-    device: torch.device,
-    seed: int,
-    stop_after: int | None = None,
-) -> tuple[VideoMAEForPreTraining, History]:
-    """Pretrain (or resume) and write the transformers folder `out_dir` (`synclip.artifacts.save_videomae`).
-
-    `train` / `val`: uint8 clips (F, S, S, 3) at `params.image_size`.
-    """
-    return Trainer(VideoMAERecipe(train, val, params, seed), out_dir, device, seed).fit(stop_after)
 
 
 def install_pretrained(source: str | Path, out_dir: str | Path) -> TrepaLoss:
@@ -264,7 +247,7 @@ def videomae_stage(
         train_rows = manifest[manifest["split"] == "train"]
         train = load_clip_frames(train_rows, clips_dir, mae.image_size, mae.num_frames, "train clips")
         val = load_clip_frames(val_rows, clips_dir, mae.image_size, mae.num_frames, "val clips")
-        _, trained = pretrain_videomae(train, val, mae, out, device, params.seed)
+        _, trained = Trainer(VideoMAERecipe(train, val, mae), out, device, params.seed).fit()
         rows = trained.rows
         summary = {
             "source": "trained",
