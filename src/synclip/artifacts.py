@@ -1,12 +1,5 @@
-"""Every network synclip trains or loads, to and from disk, strictly.
-
-synclip's own artifacts are a folder of `config.json` (the network's config and `kind`) +
-`model.safetensors`, rebuilt from their own config when loaded. The VAE and the VideoMAE are stored
-in their library's format (diffusers, transformers) so those libraries read them too; the Whisper
-encoder is read from a transformers folder. Published LatentSync `.pt` files are read with
-`torch.load(weights_only=True)`: no pickled code ever runs. A weight that does not fit is an
-error naming it, never silently skipped.
-"""
+"""Every network synclip trains or loads, to and from disk, strictly: a weight that does not fit is an
+error naming it, never silently skipped."""
 
 from __future__ import annotations
 
@@ -48,6 +41,10 @@ class CheckpointError(UserError):
 
 
 # --- synclip's artifact format -------------------------------------------------------------------
+# synclip's own artifacts are a folder of `config.json` (the network's config and `kind`) +
+# `model.safetensors`, rebuilt from their own config when loaded. The VAE and the VideoMAE are stored
+# in their library's format (diffusers, transformers) so those libraries read them too; the Whisper
+# encoder is read from a transformers folder.
 
 
 def save_artifact(folder: str | Path, config: Mapping, model: nn.Module, kind: str) -> Path:
@@ -107,7 +104,8 @@ def load_strict(
 
 
 def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a published LatentSync `.pt` (a dict with `state_dict`), weights only."""
+    """The state dict of a published LatentSync `.pt` (a dict with `state_dict`), weights only:
+    read with `torch.load(weights_only=True)`, so no pickled code ever runs."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

@@ -1,9 +1,4 @@
-"""The clocks and scales synclip runs on, named once; everything else is derived exactly.
-
-Four base rates (whisper's `audio.py` habit): the video clock, the audio sample rate, the
-Whisper token rate and the SyncNet mel rate. Every other number is derived from them with
-exact division or `fractions.Fraction`, so a change that breaks the arithmetic fails at import.
-"""
+"""The clocks and scales synclip runs on, named once; everything else is derived exactly."""
 
 from __future__ import annotations
 
@@ -19,6 +14,9 @@ def exact_div(numerator: int, denominator: int) -> int:
 
 
 # --- base rates ----------------------------------------------------------------------------
+# Four base rates (whisper's `audio.py` habit): the video clock, the audio sample rate, the
+# Whisper token rate and the SyncNet mel rate. Every other number is derived from them with
+# exact division or `fractions.Fraction`, so a change that breaks the arithmetic fails at import.
 VIDEO_FPS = 25  # frames per second of every processed clip and of the model's clock
 AUDIO_SAMPLE_RATE = 16_000  # Hz, mono, what every audio model sees
 WHISPER_TOKENS_PER_SECOND = 50  # Whisper encoder output rate (20 ms per token)

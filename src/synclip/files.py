@@ -1,7 +1,5 @@
 """Files written whole or not at all: a temporary sibling, renamed into place when the writing succeeded.
-
-A crash or an error never leaves a partial file (or a config without its weights) under the final
-name, and a reader never sees one half written.
+A crash or an error never leaves a partial file (or a config without its weights) under the final name.
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ def sibling(path: Path, suffix: str = "") -> Path:
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """A fresh temporary path beside `path` to write to; renamed onto `path` when the block ends
-    without an error, removed otherwise. `suffix` (default: `path`'s) lets writers that go by it see it."""
+    without an error, removed otherwise. `suffix` (default: `path`'s) lets writers that go by it see it.
+    A reader never sees the file half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = sibling(path, path.suffix if suffix is None else suffix)

@@ -1,5 +1,4 @@
 """Pictures as numbers: uint8 frames ↔ [−1, 1] tensors, regions of a face, and SSIM / PSNR.
-
 Glossary: N images, H/W pixels, C channels; a box is (top, bottom, left, right) fractions of a face.
 """
 
@@ -89,7 +88,8 @@ def image_metrics(
 
     Both arrays are uint8 (N, H, W, 3). The box's SSIM averages the SSIM map over the window
     centres inside the box (its windows see a few pixels of context around it). Identical images
-    give PSNR inf and SSIM 1. SSIM is computed in float32 (within 1e-4 of float64, 10x faster).
+    give PSNR inf and SSIM 1. SSIM is computed in float32: as good as float64 for these scores, and
+    much faster (docs/benchmarks.md).
     """
     if original.shape != reconstruction.shape:
         raise ValueError(f"shapes differ: {original.shape} vs {reconstruction.shape}")

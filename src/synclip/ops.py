@@ -1,7 +1,5 @@
 """What the Prefect flows do, without Prefect: run DVC stages, read their metrics, decide on promotion.
-
-Every path stays in dvc.yaml: a stage is named, never its files, and metrics come from
-`dvc metrics show`. The flows in flows/ wrap these functions as tasks.
+Every path stays in dvc.yaml (a stage is named, never its files); the flows in flows/ wrap these as tasks.
 """
 
 from __future__ import annotations

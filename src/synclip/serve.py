@@ -1,8 +1,5 @@
-"""The HTTP service's request handling, apart from BentoML: limits, input checks and one lip-sync job.
-
-serving/service.py wraps this in a BentoML service; everything here runs without a server, so the
-limits and the error mapping are testable on their own.
-"""
+"""The HTTP service's request handling, apart from BentoML (serving/service.py wraps it): limits, input
+checks and one lip-sync job, all runnable without a server, so they are testable on their own."""
 
 from __future__ import annotations
 

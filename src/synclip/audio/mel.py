@@ -1,9 +1,4 @@
-"""The SyncNet mel spectrogram (Wav2Lip's `audio.py`, as LatentSync's `configs/audio.yaml` sets it).
-
-16 kHz, pre-emphasis 0.97, n_fft = window = 800, hop 200 (80 mel frames per second), 80 slaney
-mel bands over 55–7600 Hz, amplitude in dB minus a 20 dB reference, then mapped from
-[−100, 0] dB onto [−4, 4] and clipped. Frame k covers samples centred on k · 200.
-"""
+"""The SyncNet mel spectrogram (Wav2Lip's `audio.py`, as LatentSync's `configs/audio.yaml` sets it)."""
 
 from __future__ import annotations
 
@@ -39,7 +34,12 @@ def _mel_basis() -> torch.Tensor:
 
 
 def syncnet_mel(samples: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N,) float 16 kHz mono → (80, 1 + N // 200) normalised log-mel in [−4, 4]."""
+    """(N,) float 16 kHz mono → (80, 1 + N // 200) normalised log-mel in [−4, 4].
+
+    16 kHz, pre-emphasis 0.97, n_fft = window = 800, hop 200 (80 mel frames per second), 80 slaney
+    mel bands over 55–7600 Hz, amplitude in dB minus a 20 dB reference, then mapped from
+    [−100, 0] dB onto [−4, 4] and clipped. Frame k covers samples centred on k · 200.
+    """
     audio = torch.as_tensor(np.asarray(samples, dtype=np.float32))
     if audio.ndim != 1:
         raise ValueError(f"expected mono samples (N,), got shape {tuple(audio.shape)}")

@@ -1,10 +1,5 @@
 """The audio tokens of a video frame: LatentSync's window of Whisper states around the frame's own token.
-
-One definition (`token_window`) serves training, evaluation and inference; `frame_tokens` reads it
-out of precomputed states, `AudioTokens` streams it from a speech signal of any length.
-
-Glossary: F video frames, T_w Whisper tokens (50 per second), L states per token, D audio width,
-S = 10·L audio tokens per frame.
+Glossary: F video frames, T_w Whisper tokens (50/s), L states per token, D width, S = 10·L tokens per frame.
 """
 
 from __future__ import annotations
@@ -37,7 +32,11 @@ TOKENS_AFTER = WHISPER_TOKENS_PER_FRAME * (FRAME_CONTEXT[1] + 1)  # 6 tokens, to
 
 def token_window(frame: int, fps: Fraction | int = VIDEO_FPS) -> range:
     """Whisper tokens [c − 4, c + 6) of video frame `frame` at `fps`, c = floor(50 · frame / fps) its own
-    token (2 · frame at 25 fps). Callers clamp at the ends of the audio."""
+    token (2 · frame at 25 fps). Callers clamp at the ends of the audio.
+
+    This one definition serves training, evaluation and inference; `frame_tokens` reads it out of
+    precomputed states, `AudioTokens` streams it from a speech signal of any length.
+    """
     centre = math.floor(Fraction(WHISPER_TOKENS_PER_SECOND) * frame / Fraction(fps))
     return range(centre - TOKENS_BEFORE, centre + TOKENS_AFTER)
 
@@ -63,8 +62,8 @@ class AudioTokens:
     of `whisper_features` on the whole signal, so the tokens are `frame_tokens` of those features (bit
     for bit up to 30 s; to float rounding of the floor beyond). But a window is encoded when a frame
     first needs it and dropped once the frames have passed it, so at most two windows' states are held:
-    the whole signal's (T_w, L, D) float32 states are 50 · L · D · 4 bytes a second (110 MiB for 300 s
-    with tiny.en, L = 5, D = 384), and encoding them at once peaked 316 MiB above a 10 s signal's.
+    the whole signal's (T_w, L, D) float32 states are 50 · L · D · 4 bytes a second, and encoding them
+    at once raises the peak memory with the signal's length (measurements: docs/benchmarks.md).
     """
 
     MARGIN = 2  # mel frames cut past each end of a window, so its frames get the whole signal's STFT context

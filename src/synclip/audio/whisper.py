@@ -1,20 +1,5 @@
 """Whisper encoder features for the UNet's audio cross-attention (LatentSync §2.3), seamless on long audio.
-
-LatentSync encodes audio in independent 30 s windows and keeps, per token, the stem output and every
-encoder block's output, all before the final layer norm: (T_w, L, D) at 50 tokens per second. Its
-tokens next to 30 s, 60 s, … sit at a window edge with no audio on one side. Here the same states come
-from overlapping windows whose central parts are stitched, so every token has at least 5 s of real
-audio on both sides (except at the ends of the audio); then every video frame takes its 10 tokens × L
-states (S = 10·L tokens of width D).
-
-Whisper's states also depend on where a token sits in its window (the positional embedding is added
-to the stem), so no stitching makes them shift-invariant: at a stitch boundary the window offset jumps
-by the hop. Measured on eSpeak speech with tiny.en (benchmarks/whisper_features.py), the step between
-the two tokens at a join is 1.2–2× the median token-to-token step in the blocks' states (3.4× in the
-stem state, all position), against 3–4.8× in every state at LatentSync's 30 s seams.
-
-Glossary: F video frames, T_w Whisper tokens (50 per second), L states per token (encoder layers + 1),
-D audio width (d_model), S = 10·L audio tokens per frame.
+Glossary: T_w Whisper tokens (50/s), L states per token (encoder layers + 1), D audio width (d_model).
 """
 
 from __future__ import annotations
@@ -135,6 +120,19 @@ def whisper_features(
     Runs on the encoder's device and dtype (the caller places it; wrap in autocast for mixed
     precision). Audio longer than 30 s is encoded in overlapping 30 s windows (`whisper_windows`)
     cut from one log-mel of the whole signal; audio up to 30 s is one zero-padded window, as Whisper.
+
+    LatentSync encodes audio in independent 30 s windows and keeps, per token, the stem output and every
+    encoder block's output, all before the final layer norm: (T_w, L, D) at 50 tokens per second. Its
+    tokens next to 30 s, 60 s, … sit at a window edge with no audio on one side. Here the same states
+    come from overlapping windows whose central parts are stitched, so every token has at least 5 s of
+    real audio on both sides (except at the ends of the audio); then every video frame takes its
+    10 tokens × L states (S = 10·L tokens of width D, `synclip.audio.tokens`).
+
+    Whisper's states also depend on where a token sits in its window (the positional embedding is added
+    to the stem), so no stitching makes them shift-invariant: at a stitch boundary the window offset
+    jumps by the hop. Still, the step between the two tokens at a join stays well below the step at
+    LatentSync's 30 s seams in the blocks' states, though above the median token-to-token step; in the
+    stem state, all position, it is about as large (benchmarks/whisper_features.py; docs/benchmarks.md).
     """
     audio = _mono(samples)
     num_tokens = num_whisper_tokens(len(audio))

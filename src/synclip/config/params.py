@@ -1,10 +1,4 @@
-"""params.yaml as frozen, strict dataclasses: one per section, each checking its own rules.
-
-params.yaml is the `tiny` profile and lists every key. Another profile is a file of overrides
-next to it (`params/<name>.yaml`, e.g. `params/full.yaml`), applied when `profile: <name>` is set
-(in params.yaml, by `-S profile=full`, or by the caller). Overrides never add keys: an unknown
-key, a missing key or a value of the wrong type is a `ConfigError` that names the key.
-"""
+"""params.yaml as frozen, strict dataclasses: one per section, each checking its own rules."""
 
 from __future__ import annotations
 
@@ -705,6 +699,11 @@ def load_params(
     profile: str | None = None,
 ) -> Params:
     """Read params.yaml, apply a profile and `key=value` overrides, check types and rules.
+
+    params.yaml is the `tiny` profile and lists every key. Another profile is a file of overrides
+    next to it (`params/<name>.yaml`, e.g. `params/full.yaml`), applied when `profile: <name>` is set
+    (in params.yaml, by `-S profile=full`, or by the caller). Overrides never add keys: an unknown
+    key, a missing key or a value of the wrong type is a `ConfigError` that names the key.
 
     Order: params.yaml, then the profile's file, then `overrides` (so `-S` wins). A `profile=`
     override or the `profile` argument selects the profile before its file is applied.

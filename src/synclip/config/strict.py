@@ -1,9 +1,5 @@
-"""The one strict parser from plain data (YAML, JSON) to frozen dataclasses, and back.
-
-Unknown keys, missing keys and values of the wrong type are `ConfigError`s that name the key.
-params.yaml sections must list every field; a network's stored config may leave out fields that
-have defaults (older artifacts keep loading when a field with a default is added).
-"""
+"""The one strict parser from plain data (YAML, JSON) to frozen dataclasses, and back: unknown keys,
+missing keys and values of the wrong type are `ConfigError`s that name the key."""
 
 from __future__ import annotations
 
@@ -27,7 +23,11 @@ class ConfigError(UserError):
 
 def from_dict(cls: type, data: Any, source: str = "params", prefix: str = "", defaults: bool = True) -> Any:
     """Build the dataclass `cls` from a mapping, strictly: no unknown or mistyped keys, and no missing
-    key unless `defaults` lets a field with a default be left out."""
+    key unless `defaults` lets a field with a default be left out.
+
+    params.yaml sections must list every field (`defaults=False`); a network's stored config may leave
+    out fields that have defaults (older artifacts keep loading when a field with a default is added).
+    """
     if not isinstance(data, Mapping):
         where = f"'{prefix}'" if prefix else "the top level"
         raise ConfigError(f"{source}: {where} must be a mapping, got {type(data).__name__}")

@@ -1,11 +1,4 @@
-"""Procedurally drawn talking faces that MediaPipe detects: identities, head motion, mouth shapes.
-
-A face is a set of polygons in face coordinates (origin at the face centre, x right, y down,
-one unit = the face's half-width; the chin is at y = +aspect). Each frame maps them into the
-image with a similarity transform (head translation, in-plane rotation, scale) and fills them
-with anti-aliased OpenCV polygons. The mouth is rebuilt every frame from the five mouth
-parameters of `visemes.MOUTH_PARAMS`; the jaw and chin drop with the mouth opening.
-"""
+"""Procedurally drawn talking faces that MediaPipe detects: identities, head motion, mouth shapes."""
 
 from __future__ import annotations
 
@@ -170,7 +163,14 @@ def _shade(colour, factor: float) -> tuple[float, float, float]:
 
 
 class FaceRenderer:
-    """Draws one identity; stateless across frames, so frames can be drawn in any order."""
+    """Draws one identity; stateless across frames, so frames can be drawn in any order.
+
+    A face is a set of polygons in face coordinates (origin at the face centre, x right, y down,
+    one unit = the face's half-width; the chin is at y = +aspect). Each frame maps them into the
+    image with a similarity transform (head translation, in-plane rotation, scale) and fills them
+    with anti-aliased OpenCV polygons. The mouth is rebuilt every frame from the five mouth
+    parameters of `visemes.MOUTH_PARAMS`; the jaw and chin drop with the mouth opening.
+    """
 
     def __init__(self, identity: Identity) -> None:
         self.id = identity

@@ -1,12 +1,4 @@
-"""Raw talking-head videos -> aligned 25 fps face clips, a manifest and the rejects with reasons.
-
-Per source file: probe, check the audio, find shots (PySceneDetect), cut them into segments,
-then per segment detect faces and landmarks on every 25 fps frame, filter (exactly one face,
-face size, image quality, silence), align to the face template with smoothed similarity
-transforms and write the aligned clip with its 16 kHz mono audio. Nothing in the raw folder is
-ever modified. A bad file or segment becomes a row of `rejects.csv` and the run goes on.
-Finished sources are remembered in `<out>/.work/`, so a rerun (or a killed run) resumes.
-"""
+"""Raw talking-head videos -> aligned 25 fps face clips, a manifest and the rejects with reasons."""
 
 from __future__ import annotations
 
@@ -200,7 +192,13 @@ def detect_pass(path: Path, params: PreprocessParams, model_path: str, keep_fram
 
 
 def process_source(job: Job) -> tuple[list[dict], list[dict]]:
-    """Manifest rows and reject rows for one source file."""
+    """Manifest rows and reject rows for one source file.
+
+    Probe, check the audio, find shots (PySceneDetect), cut them into segments, then per segment
+    detect faces and landmarks on every 25 fps frame, filter (exactly one face, face size, image
+    quality, silence), align to the face template with smoothed similarity transforms and write the
+    aligned clip with its 16 kHz mono audio. A bad file or segment becomes a reject row.
+    """
     path = Path(job.path)
     params = job.params
     try:
@@ -511,7 +509,9 @@ def preprocess_corpus(
     """Process every source under `raw_dir` into `out_dir`; returns (manifest, rejects).
 
     Writes `clips/`, `manifest.parquet` and `rejects.csv`; removes clips that no longer belong to
-    the manifest (from an earlier run with other parameters).
+    the manifest (from an earlier run with other parameters). Nothing in the raw folder is ever
+    modified. A bad file or segment becomes a row of `rejects.csv` and the run goes on. Finished
+    sources are remembered in `<out>/.work/`, so a rerun (or a killed run) resumes.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     sources = list_sources(raw_dir)

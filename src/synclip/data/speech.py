@@ -1,12 +1,4 @@
-"""Speech with exact phoneme timing from eSpeak NG, loaded from the `espeakng-loader` wheel via ctypes.
-
-eSpeak NG reports PHONEME events (type 7) with the sample at which each phoneme starts, through
-the same synth callback that delivers the waveform. The library keeps global state that changes
-what it synthesises next (the same text twice in one process gives two different waveforms, and
-`espeak_Terminate` + `espeak_Initialize` do not reset it), so every call runs in a forked child
-of a process that never touched eSpeak itself: the same texts and voice always give the same
-samples, whatever ran before.
-"""
+"""Speech with exact phoneme timing from eSpeak NG, loaded from the `espeakng-loader` wheel via ctypes."""
 
 from __future__ import annotations
 
@@ -96,7 +88,11 @@ class Utterance:
 
 
 class _Engine:
-    """An eSpeak NG instance; only ever created in a forked child (see the module docstring)."""
+    """An eSpeak NG instance; only ever created in a forked child (see `synthesize_batch`).
+
+    eSpeak NG reports PHONEME events (type 7) with the sample at which each phoneme starts, through
+    the same synth callback that delivers the waveform.
+    """
 
     def __init__(self) -> None:
         import espeakng_loader
@@ -182,6 +178,11 @@ def synthesize_batch(texts: list[str], voice: Voice | None = None) -> list[Utter
 
     Returns one Utterance per text: the waveform at eSpeak's native rate (22 050 Hz) and the
     phoneme and word timings.
+
+    The library keeps global state that changes what it synthesises next (the same text twice in one
+    process gives two different waveforms, and `espeak_Terminate` + `espeak_Initialize` do not reset
+    it), so every call runs in a forked child of a process that never touched eSpeak itself: the same
+    texts and voice always give the same samples, whatever ran before.
     """
     voice = voice or Voice()
     for text in texts:

@@ -1,9 +1,4 @@
-"""SyncNet data: the lower halves of processed clips with their mel, and in/out-of-sync pairs.
-
-A positive pairs frames [s, s + F) with the mel window of the same frames; a negative pairs them
-with the window of [s + Δ, s + Δ + F), Δ ≠ 0 — a share of negatives uses |Δ| ≤ 3, so the expert
-learns that a small slip is already out of sync (LatentSync draws any other start of the clip).
-"""
+"""SyncNet data: the lower halves of processed clips with their mel, and in/out-of-sync pairs."""
 
 from __future__ import annotations
 
@@ -131,6 +126,10 @@ class Pair:
 
 class PairSampler:
     """Balanced in-sync / out-of-sync pairs from a list of clips, drawn from one numpy Generator.
+
+    A positive pairs frames [s, s + F) with the mel window of the same frames; a negative pairs them
+    with the window of [s + Δ, s + Δ + F), Δ ≠ 0 — a share of negatives uses |Δ| ≤ 3, so the expert
+    learns that a small slip is already out of sync (LatentSync draws any other start of the clip).
 
     Only windows whose audio is voiced for at least `min_voiced` of their frames are used: two
     silent windows with closed mouths are the same picture whether or not they are in sync, and

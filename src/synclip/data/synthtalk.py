@@ -1,12 +1,4 @@
-"""SynthTalk: the built-in talking-face corpus, with ground truth.
-
-Each clip is a real mp4 (H.264 + AAC at one of several frame rates, sizes and audio rates) of a
-procedurally drawn person saying random sentences with eSpeak NG, and a JSON sidecar with the
-ground truth: text, phoneme timings, per-frame mouth parameters, face boxes and key points, the
-true audio/video offset, identity, split and defect. Identities are split train / val / test,
-and a share of clips is deliberately defective, each labelled. The same seed and parameters give
-byte-identical files (each clip draws from its own seed, so worker count does not matter).
-"""
+"""SynthTalk: the built-in talking-face corpus, with ground truth."""
 
 from __future__ import annotations
 
@@ -279,7 +271,13 @@ def _eyes(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
 
 
 def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str]) -> dict:
-    """Write `<name>.mp4` and `<name>.json` into `out_dir`; returns the manifest row."""
+    """Write `<name>.mp4` and `<name>.json` into `out_dir`; returns the manifest row.
+
+    The clip is a real mp4 (H.264 + AAC at one of several frame rates, sizes and audio rates) of a
+    procedurally drawn person saying random sentences with eSpeak NG, and the JSON sidecar holds the
+    ground truth: text, phoneme timings, per-frame mouth parameters, face boxes and key points, the
+    true audio/video offset, identity, split and defect.
+    """
     reproducible_encoding()
     rng = np.random.default_rng(plan.seed)
     video_path = out_dir / f"{plan.name}.mp4"
@@ -482,7 +480,10 @@ def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | No
     """Generate (or complete) the corpus under `out_dir`; returns the corpus manifest.
 
     Clips whose sidecar already exists are kept unless `force`. The manifest `synthtalk.json`
-    is written last, so its presence means the corpus is complete.
+    is written last, so its presence means the corpus is complete. Identities are split train /
+    val / test, and a share of clips is deliberately defective, each labelled. The same seed and
+    parameters give byte-identical files (each clip draws from its own seed, so worker count does
+    not matter).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

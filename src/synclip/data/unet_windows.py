@@ -1,18 +1,4 @@
-"""UNet training windows: F-frame target windows of processed clips with their VAE latents, the masked
-latents, a reference window of the same clip at least G ≥ F frames away (G = `reference_gap`; F = G is
-LatentSync's non-overlapping window), and audio aligned to the frames.
-
-The gap matters when F is small: stage 1 of the tiny profile trains on single frames, and a
-reference one frame away shows nearly the mouth to be generated, which the UNet then copies
-instead of reading the audio.
-
-The VAE is frozen, so every frame is encoded once (frame and frame × mask) and the posterior's mean
-and std are kept: a training batch draws `mean + std·ε` — what LatentSync's per-step
-`latent_dist.sample()` gives, without running the encoder per step; validation uses the means. The
-posteriors are cached on disk per clip, keyed by the VAE's weights, the mask and the clip's bytes, so
-stage 2 reuses stage 1's encodings. Audio: Whisper tokens (`cached_whisper_features`) and the SyncNet
-mel, both read at frame t + `audio_shift` (the sync_filter correction).
-
+"""UNet training windows of processed clips: target and reference VAE latents, masked latents, aligned audio.
 Shapes: latents (T, 4, h, w) per clip; a batch as `UNetBatch`.
 """
 
@@ -149,7 +135,14 @@ def reference_starts(clip: WindowClip, start: int, num_frames: int, gap: int = 0
 
 
 class WindowSampler:
-    """Random windows of `clips` (target, reference ≥ max(F, `gap`) frames away) and their batches."""
+    """Random windows of `clips` (target, reference ≥ max(F, `gap`) frames away) and their batches.
+
+    A target is F frames of a clip with their VAE latents and masked latents; its reference is a window
+    of the same clip at least G ≥ F frames away (G = `reference_gap`; F = G is LatentSync's
+    non-overlapping window). The gap matters when F is small: stage 1 of the tiny profile trains on
+    single frames, and a reference one frame away shows nearly the mouth to be generated, which the
+    UNet then copies instead of reading the audio.
+    """
 
     def __init__(
         self, clips: list[WindowClip], num_frames: int, rng: np.random.Generator, gap: int = 0
@@ -255,7 +248,14 @@ def encode_posteriors(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -
 def cached_posteriors(
     path: Path, vae: AutoencoderKL, cache_dir: Path | None, fingerprint: str
 ) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
-    """(POSTERIORS of every frame of the clip at `path`, the frames if they were decoded, else None)."""
+    """(POSTERIORS of every frame of the clip at `path`, the frames if they were decoded, else None).
+
+    The VAE is frozen, so every frame is encoded once (frame and frame × mask) and the posterior's mean
+    and std are kept: a training batch draws `mean + std·ε` — what LatentSync's per-step
+    `latent_dist.sample()` gives, without running the encoder per step; validation uses the means. The
+    posteriors are cached on disk per clip, keyed by the VAE's weights, the mask and the clip's bytes,
+    so stage 2 reuses stage 1's encodings.
+    """
     from safetensors.torch import load_file, save_file
 
     key = None
@@ -292,6 +292,8 @@ def load_window_clips(
     """Every clip of `manifest` (rows with clip, identity and optionally audio_shift) in memory.
 
     `pixel_region` keeps that part of each frame (snapped to latent cells) for pixel losses; None keeps none.
+    Latents come from `cached_posteriors`. Audio: Whisper tokens (`cached_whisper_features`) and the
+    SyncNet mel, both read at frame t + `audio_shift` (the sync_filter correction).
     """
     clips_dir = Path(clips_dir)
     latent_cache = Path(latent_cache) if latent_cache is not None else None

@@ -1,12 +1,4 @@
-"""Phonemes -> visemes -> mouth parameters over time, with coarticulation.
-
-eSpeak NG's Kirshenbaum phoneme mnemonics map to ten viseme classes; each class has a target in
-the five mouth parameters below and a dominance (how firmly the mouth reaches it). The track at
-any time is the dominance-weighted mean of all targets, where a phoneme's dominance is full
-inside its own interval and decays exponentially outside it: the coarticulation model of Cohen
-and Massaro (1993), simplified. Silence is a class of its own, so pauses close the mouth.
-Diphthongs get two targets, one per half of their interval.
-"""
+"""Phonemes -> visemes -> mouth parameters over time, with coarticulation."""
 
 from __future__ import annotations
 
@@ -18,6 +10,9 @@ import numpy as np
 
 MOUTH_PARAMS = ("opening", "width", "roundness", "teeth", "lip_contact")
 
+# eSpeak NG's Kirshenbaum phoneme mnemonics map to ten viseme classes; each class has a target in
+# the five mouth parameters above and a dominance (how firmly the mouth reaches it). Silence is a
+# class of its own, so pauses close the mouth. Diphthongs get two targets, one per half of their interval.
 
 class Viseme(StrEnum):
     REST = "rest"  # silence: lips together, relaxed
@@ -153,7 +148,10 @@ def segments(phonemes: Sequence[tuple[str, float, float]], duration: float) -> l
 def mouth_track(segs: Sequence[Segment], times: np.ndarray, articulation: float = 1.0) -> np.ndarray:
     """Mouth parameters at `times` (seconds): (T, 5) in MOUTH_PARAMS order, values in [0, 1].
 
-    `articulation` scales how far a speaker opens the mouth (a per-speaker trait).
+    The track at any time is the dominance-weighted mean of all targets, where a phoneme's dominance
+    is full inside its own interval and decays exponentially outside it: the coarticulation model of
+    Cohen and Massaro (1993), simplified. `articulation` scales how far a speaker opens the mouth (a
+    per-speaker trait).
     """
     times = np.asarray(times, dtype=np.float64)
     numerator = np.zeros((len(times), len(MOUTH_PARAMS)))

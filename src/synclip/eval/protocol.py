@@ -1,18 +1,4 @@
 """The evaluation protocol: reconstruction and dubbing of held-out identities, with baselines and a ceiling.
-
-Everything runs on the aligned 25 fps clips of the processed corpus (tensors through
-`LipSyncPipeline`, no paste-back), so the numbers measure the model, not the face tracker:
-
-- reconstruction: clip A driven by its own audio. Lower-face SSIM / PSNR against A (mouth box and
-  the lower half), LPIPS when `pretrained.lpips_vgg` is set, sync scores.
-- dubbing: A driven by the audio of clip B (another test identity). Sync scores against B's audio,
-  and the generated mouth opening, measured by MediaPipe's landmarks on the output frames (inner-lip
-  gap / mouth width), against B's ground-truth opening (SynthTalk's `mouth_25fps`): Pearson r, and
-  the share of B's silent frames (inside a pause of B's viseme track) that come out closed.
-
-Scored beside the model, on the same frames and audio: `input` (A unchanged), `closed` (A with the
-masked region of its most closed frame pasted into every frame: a static closed mouth) and `truth`
-(in dubbing, B's own frames with B's audio; in reconstruction, A itself), the ceiling.
 Glossary: N frames, R aligned face size.
 """
 
@@ -250,7 +236,22 @@ def evaluate(
     seed: int,
     on_clip=None,
 ) -> EvalResult:
-    """Both protocols on every clip; clip i is dubbed with the audio of clip i + 1 (another identity)."""
+    """Both protocols on every clip; clip i is dubbed with the audio of clip i + 1 (another identity).
+
+    Everything runs on the aligned 25 fps clips of the processed corpus (tensors through
+    `LipSyncPipeline`, no paste-back), so the numbers measure the model, not the face tracker:
+
+    - reconstruction: clip A driven by its own audio. Lower-face SSIM / PSNR against A (mouth box and
+      the lower half), LPIPS when `pretrained.lpips_vgg` is set, sync scores.
+    - dubbing: A driven by the audio of clip B (another test identity). Sync scores against B's audio,
+      and the generated mouth opening, measured by MediaPipe's landmarks on the output frames (inner-lip
+      gap / mouth width), against B's ground-truth opening (SynthTalk's `mouth_25fps`): Pearson r, and
+      the share of B's silent frames (inside a pause of B's viseme track) that come out closed.
+
+    Scored beside the model, on the same frames and audio: `input` (A unchanged), `closed` (A with the
+    masked region of its most closed frame pasted into every frame: a static closed mouth) and `truth`
+    (in dubbing, B's own frames with B's audio; in reconstruction, A itself), the ceiling.
+    """
     if len(clips) < 2:
         raise ValueError(f"dubbing needs at least two test clips, got {len(clips)}")
     rows, traces, videos, audio = [], {}, {}, {}

@@ -1,4 +1,4 @@
-"""What the `evaluate` stage writes besides its metrics: per-clip tables, plot data, a contact sheet, samples."""
+"""What the `evaluate` stage writes: metrics, per-clip tables, plot data, a contact sheet, samples."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
 """Validation samples of UNet training: a held-out dubbing, generated the way inference generates it,
-written as an mp4 and scored by the SyncNet.
-
-The loss terms of `synclip.train.unet.Validation` say how well one denoising step does; a sample
-says what a user would get: the faces of one val identity, driven by the audio of a clip of another
-identity, through the packaged sampler (`LipSyncPipeline.stream`: DDIM, audio guidance, chunks
-cross-faded). Its sync score against that audio goes into the training history next to the losses;
-the two fixed baselines (the unchanged faces, and the audio's own video) go into the stage's metrics.
-
-Files: `step_NNNNNN.mp4` in the samples folder, generated faces | the unchanged faces side by side,
-with the driving audio.
-"""
+written as an mp4 and scored by the SyncNet."""
 
 from __future__ import annotations
 
@@ -69,7 +59,16 @@ def sample_source(rows: pd.DataFrame, clips_dir: Path, frames: int) -> SampleSou
 
 
 class ValidationSample:
-    """Generate, write and score the sample of a UNet (see the module docstring).
+    """Generate, write and score the sample of a UNet.
+
+    The loss terms of `synclip.train.unet.Validation` say how well one denoising step does; a sample
+    says what a user would get: the faces of one val identity, driven by the audio of a clip of another
+    identity, through the packaged sampler (`LipSyncPipeline.stream`: DDIM, audio guidance, chunks
+    cross-faded). Its sync score against that audio goes into the training history next to the losses;
+    the two fixed baselines (the unchanged faces, and the audio's own video) go into the stage's metrics.
+
+    Files: `step_NNNNNN.mp4` in the samples folder, generated faces | the unchanged faces side by side,
+    with the driving audio.
 
     `tokens` are the per-frame audio tokens of `source.samples` (N, S, D), computed once by the
     caller with the UNet's audio encoder. Without a SyncNet the videos are written unscored.

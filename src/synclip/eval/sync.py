@@ -1,11 +1,4 @@
-"""Sync scores with a SyncNet: per-offset distances, LSE-D, LSE-C and the detected AV offset.
-
-As syncnet_python does it (Chung & Zisserman's "Out of time" protocol, ±15 frames), with synclip's
-SyncNet: every window of F video frames is compared with the audio windows shifted by k frames,
-k ∈ [−K, K]; distances are Euclidean between the unit embeddings (so they lie in [0, √2], not on
-the original SyncNet's scale). LSE-D = min over k of the mean distance, LSE-C = median − min, and
-the offset is the k at the minimum: k > 0 means the audio is late by k frames.
-"""
+"""Sync scores with a SyncNet: per-offset distances, LSE-D, LSE-C and the detected AV offset."""
 
 from __future__ import annotations
 
@@ -61,7 +54,14 @@ def score_clip(
     device: torch.device | None = None,
     batch: int = 64,
 ) -> SyncScore:
-    """Score one clip (lower-half frames + mel); needs at least F frames."""
+    """Score one clip (lower-half frames + mel); needs at least F frames.
+
+    As syncnet_python does it (Chung & Zisserman's "Out of time" protocol, ±15 frames), with synclip's
+    SyncNet: every window of F video frames is compared with the audio windows shifted by k frames,
+    k ∈ [−K, K] (K = `max_offset`); distances are Euclidean between the unit embeddings (so they lie in
+    [0, √2], not on the original SyncNet's scale). LSE-D = min over k of the mean distance, LSE-C =
+    median − min, and the offset is the k at the minimum: k > 0 means the audio is late by k frames.
+    """
     device = device or torch.device("cpu")
     frames = model.config.num_frames
     starts = range(len(clip.frames) - frames + 1)

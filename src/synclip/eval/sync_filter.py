@@ -1,10 +1,4 @@
-"""Scoring every processed clip with the SyncNet: drop what is badly out of sync, correct the rest.
-
-LatentSync keeps a clip when the original SyncNet's confidence is ≥ 3 and |offset| ≤ 6 frames and
-shifts its audio by the offset. synclip does the same with its own SyncNet (on its own confidence
-scale, see `synclip.eval.sync`); the correction is recorded as `audio_shift` (frames) in the
-manifest the UNet trains on, and applied when the audio windows are read.
-"""
+"""Scoring every processed clip with the SyncNet: drop what is badly out of sync, correct the rest."""
 
 from __future__ import annotations
 
@@ -49,6 +43,11 @@ def score_manifest(
 
 def filter_by_sync(scored: pd.DataFrame, params: SyncNetParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept rows with `audio_shift` = detected offset, rejected rows with a reason).
+
+    LatentSync keeps a clip when the original SyncNet's confidence is ≥ 3 and |offset| ≤ 6 frames and
+    shifts its audio by the offset. synclip does the same with its own SyncNet (on its own confidence
+    scale, see `synclip.eval.sync`); the correction is recorded as `audio_shift` (frames) in the
+    manifest the UNet trains on, and applied when the audio windows are read.
 
     Offsets smaller than `min_correction` frames are not corrected: a SyncNet places in-sync clips
     within a frame or so of zero, and shifting by its noise would only misalign good clips.

@@ -1,12 +1,4 @@
-"""Affine alignment of faces to a fixed template, temporal smoothing, and the way back.
-
-The similarity transform (rotation, uniform scale, translation) is fitted to points that do not
-move when the person speaks: the two eye centres, the nose bridge and the nose tip. The mouth
-and jaw are deliberately left out, so an opening mouth never moves the crop. The template puts
-the eyes at 32 % of the height, the mouth near 65 % and the chin near 86 % (measured on MediaPipe
-landmarks), leaving room for a dropping jaw. LatentSync's anisotropic 210×280 → square resize is
-not copied: faces keep their proportions.
-"""
+"""Affine alignment of faces to a fixed template, temporal smoothing, and the way back."""
 
 from __future__ import annotations
 
@@ -17,11 +9,19 @@ from scipy.ndimage import gaussian_filter1d
 from synclip.face.landmarks import LEFT_EYE, NOSE_BRIDGE, NOSE_TIP, RIGHT_EYE, Face
 
 # Template in units of the crop size: image-left eye centre, image-right eye centre, nose bridge, nose tip.
+# It puts the eyes at 32 % of the height, the mouth near 65 % and the chin near 86 % (measured on
+# MediaPipe landmarks), leaving room for a dropping jaw. LatentSync's anisotropic 210×280 → square
+# resize is not copied: faces keep their proportions.
 TEMPLATE = np.array([[0.35, 0.32], [0.65, 0.32], [0.50, 0.298], [0.50, 0.47]], dtype=np.float64)
 
 
 def stable_points(face: Face) -> np.ndarray:
-    """(4, 2) pixels: eye centres, nose bridge, nose tip (the points TEMPLATE lists)."""
+    """(4, 2) pixels: eye centres, nose bridge, nose tip (the points TEMPLATE lists).
+
+    The similarity transform (rotation, uniform scale, translation) is fitted to these points because
+    they do not move when the person speaks. The mouth and jaw are deliberately left out, so an
+    opening mouth never moves the crop.
+    """
     points = face.points.astype(np.float64)
     return np.stack(
         [

@@ -1,8 +1,4 @@
-"""Face detection + 478-point landmarks with MediaPipe's FaceLandmarker (Tasks API, local model).
-
-The model file comes from `pretrained.face_landmarker` (see models/README.md); it is checked by
-`synclip.pretrained.require` before use. Landmarks are returned in pixels of the given frame.
-"""
+"""Face detection + 478-point landmarks with MediaPipe's FaceLandmarker (Tasks API, local model)."""
 
 from __future__ import annotations
 
@@ -154,7 +150,9 @@ class Face:
 class FaceLandmarker:
     """MediaPipe FaceLandmarker over a sequence of frames (VIDEO mode: it tracks between frames).
 
-    Use as a context manager; `detect(frame, index)` needs strictly increasing indices.
+    Use as a context manager; `detect(frame, index)` needs strictly increasing indices. The model
+    file comes from `pretrained.face_landmarker` (see models/README.md); it is checked by
+    `synclip.pretrained.require` before use. Landmarks are returned in pixels of the given frame.
     """
 
     def __init__(

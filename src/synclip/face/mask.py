@@ -1,14 +1,4 @@
-"""The inpainting mask: which part of the aligned face the UNet regenerates (0) and keeps (1).
-
-One fixed image for every frame and every person, as LatentSync's `mask.png`, drawn on synclip's
-face template (`synclip.face.align.TEMPLATE`: eyes at 32 % of the height, nose tip at 47 %, mouth near
-65 %, chin near 86 %). The region to generate starts just below the nose tip and follows the jaw, a
-margin outside it, down to the bottom of the crop, as LatentSync's U-shaped mask does: an opening
-mouth and a dropping chin lie inside it; the eyes, nose and cheeks above it and the background
-beside the jaw stay visible to the model and are kept as they are. `assets/mask.png` (256×256,
-255 = keep) is the shipped file; `draw_mask` is how it was made (`python -m synclip.face.mask`
-rewrites it).
-"""
+"""The inpainting mask: which part of the aligned face the UNet regenerates (0) and keeps (1)."""
 
 from __future__ import annotations
 
@@ -27,15 +17,24 @@ MASK_SIZE = 256
 NOSE_MARGIN = 0.05
 SIDES = (0.12, 0.88)  # columns of the generated region's top edge, left and right
 # The left half of the jaw-shaped lower edge, (x, y) in units of the crop, mirrored for the right:
-# about 0.05 outside MediaPipe's face oval (its 2nd percentile per row band, measured on 728 aligned
-# frames of the train identities: x 0.18 at rows 0.62-0.66, 0.26 at 0.74-0.78, 0.34 at 0.82-0.86,
-# 0.40 at 0.90-0.94; chin y 0.85 median, 0.94 at the 99th percentile), then straight down under the
-# chin, so a dropping jaw stays inside while the background beside it is kept.
+# about 0.05 outside MediaPipe's face oval (its 2nd percentile per row band on aligned frames of the
+# train identities; the measurement is in docs/experiments/2026-12-02-mask-face-oval.md), then
+# straight down under the chin, so a dropping jaw stays inside while the background beside it is kept.
 JAW = ((0.12, 0.62), (0.14, 0.68), (0.19, 0.75), (0.25, 0.82), (0.31, 0.89), (0.35, 0.95), (0.36, 1.0))
 
 
 def draw_mask(size: int = MASK_SIZE) -> np.ndarray:
-    """(size, size) uint8: 255 keep, 0 generate."""
+    """(size, size) uint8: 255 keep, 0 generate.
+
+    One fixed image for every frame and every person, as LatentSync's `mask.png`, drawn on synclip's
+    face template (`synclip.face.align.TEMPLATE`: eyes at 32 % of the height, nose tip at 47 %, mouth
+    near 65 %, chin near 86 %). The region to generate starts just below the nose tip and follows the
+    jaw, a margin outside it, down to the bottom of the crop, as LatentSync's U-shaped mask does: an
+    opening mouth and a dropping chin lie inside it; the eyes, nose and cheeks above it and the
+    background beside the jaw stay visible to the model and are kept as they are. `assets/mask.png`
+    (256×256, 255 = keep) is the shipped file; this is how it was made (`python -m synclip.face.mask`
+    rewrites it).
+    """
     top = TEMPLATE[3, 1] + NOSE_MARGIN
     left, right = SIDES
     outline = [(left, top), *JAW, *[(1 - x, y) for x, y in reversed(JAW)], (right, top)]

@@ -1,9 +1,4 @@
-"""Putting a generated face back: the region to paste (feathered, inside the face's outline) and the
-blend through the inverse alignment.
-
-Only the generated region (mask = 0) inside the face's outline (MediaPipe's face oval, widened by
-`OUTLINE_MARGIN` so a dropping jaw fits) is pasted, feathered, so the background and neck that the
-mask's margin around the jaw also covers stay the input's, as does every pixel outside the mask.
+"""Putting a generated face back: the region to paste (feathered, inside the face's outline), the blend.
 Glossary: R aligned face size, H/W frame pixels, K outline points.
 """
 
@@ -23,7 +18,12 @@ OUTLINE_MARGIN = 1 / 12  # the outline is widened by this share of the crop (abo
 
 def feather(mask: torch.Tensor, outline: np.ndarray | None = None) -> np.ndarray:
     """(R, R) float32 alpha of the generated region: (1 − mask), within the widened convex hull of
-    `outline` ((K, 2) crop pixels) when given, blurred so the paste has no hard edge."""
+    `outline` ((K, 2) crop pixels) when given, blurred so the paste has no hard edge.
+
+    Only the generated region (mask = 0) inside the face's outline (MediaPipe's face oval, widened by
+    `OUTLINE_MARGIN` so a dropping jaw fits) is pasted, feathered, so the background and neck that the
+    mask's margin around the jaw also covers stay the input's, as does every pixel outside the mask.
+    """
     region = (1 - mask[0].cpu().numpy()).astype(np.float32)
     size = region.shape[0]
     if outline is not None:

@@ -1,8 +1,4 @@
 """The one face tracker: MediaPipe's landmarks on every frame of a video, reduced to the chosen face.
-
-Preprocessing keeps a frame's face only when it is the frame's only one (`only_single`); lip sync
-follows the `face_index`-th largest face and keeps its outline for the paste-back. Both smooth the
-stable points into alignments with `synclip.face.align.track_transforms`.
 Glossary: N frames, K landmarks of a named subset.
 """
 
@@ -53,6 +49,10 @@ class FaceTracker:
     The chosen face is the `face_index`-th largest (0: the largest); with `only_single` a frame's
     face counts only when it is the frame's one face. `keep` names landmark subsets of the chosen
     face to record, e.g. {"lips": LIPS}.
+
+    Preprocessing keeps a frame's face only when it is the frame's only one (`only_single`); lip sync
+    follows the `face_index`-th largest face and keeps its outline for the paste-back. Both smooth the
+    stable points into alignments with `synclip.face.align.track_transforms` (`FaceTrack.alignments`).
     """
 
     def __init__(

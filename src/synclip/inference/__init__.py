@@ -1,1 +1,1 @@
-"""Inference: the sampler on tensors (`pipeline`), the file adapter (`lipsync`), packaged models (`package`)."""
+"""Inference: the sampler on tensors (`pipeline`), the file adapter (`lipsync`), packaged models."""

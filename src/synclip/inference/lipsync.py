@@ -1,16 +1,4 @@
-"""The file adapter of LipSyncPipeline: a video and a speech file in, a lip-synced video file out.
-
-Two streaming decodes of the video: the first tracks the face on every frame (`FaceTracker`: the
-largest, or the `face_index`-th largest) and fits smoothed alignments as preprocessing does; the second
-aligns, generates and pastes back (`synclip.face.paste`). Frames without the face pass through
-unchanged, and each run of frames with a face is its own pipeline stream (so a long cut-away never
-buffers frames). The speech is Whisper-encoded one 30 s window at a time as the frames reach it
-(`AudioTokens`), so memory does not grow with the length but for the 16 kHz samples (64 kB a second)
-and 80 numbers per frame (the face track: alignment and outline). `lossless` writes RGB exactly
-(libx264rgb at qp 0) instead of yuv420p. The output keeps the input's frame rate (its average rate;
-VFR is resampled to it), display size and orientation (pixels are written turned for display), and
-carries the speech file's audio stream as it is (`VideoWriter`'s `audio_from`).
-"""
+"""The file adapter of LipSyncPipeline: a video and a speech file in, a lip-synced video file out."""
 
 from __future__ import annotations
 
@@ -200,7 +188,19 @@ def lipsync_file(
     options: LipSyncOptions = LipSyncOptions(),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> LipSyncSummary:
-    """Lip-sync `video` to the speech in `audio`, written to `out` atomically (nothing is left on failure)."""
+    """Lip-sync `video` to the speech in `audio`, written to `out` atomically (nothing is left on failure).
+
+    Two streaming decodes of the video: the first tracks the face on every frame (`FaceTracker`: the
+    largest, or the `face_index`-th largest) and fits smoothed alignments as preprocessing does; the
+    second aligns, generates and pastes back (`synclip.face.paste`). Frames without the face pass through
+    unchanged, and each run of frames with a face is its own pipeline stream (so a long cut-away never
+    buffers frames). The speech is Whisper-encoded one 30 s window at a time as the frames reach it
+    (`AudioTokens`), so memory does not grow with the length but for the 16 kHz samples (64 kB a second)
+    and 80 numbers per frame (the face track: alignment and outline). `lossless` writes RGB exactly
+    (libx264rgb at qp 0) instead of yuv420p. The output keeps the input's frame rate (its average rate;
+    VFR is resampled to it), display size and orientation (pixels are written turned for display), and
+    carries the speech file's audio stream as it is (`VideoWriter`'s `audio_from`).
+    """
     video, audio, out = Path(video), Path(audio), Path(out)
     _, stream, _audio_info = check_inputs(video, audio)
     if out.resolve() in (video.resolve(), audio.resolve()):

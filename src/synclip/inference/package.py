@@ -1,8 +1,4 @@
-"""A packaged model: the folder `assemble` writes and `synclip lipsync` / the service load.
-
-`unet/` and `vae/` (their artifacts), `whisper/` (the transformers folder), `scheduler/` (DDIM's
-config), `mask.png` and `pipeline.json` (the sampler's defaults and R).
-"""
+"""A packaged model: the folder `assemble` writes and `synclip lipsync` / the service load."""
 
 from __future__ import annotations
 
@@ -49,7 +45,10 @@ def assemble(
     scheduler_config: Mapping[str, Any] = SCHEDULER_CONFIG,
 ) -> Path:
     """Write a packaged model folder: unet/, vae/, whisper/, scheduler/, mask.png, pipeline.json,
-    swapped in whole (`synclip.files.staged_folder`), so a reader never sees half a model."""
+    swapped in whole (`synclip.files.staged_folder`), so a reader never sees half a model.
+
+    `unet/` and `vae/` (their artifacts), `whisper/` (the transformers folder), `scheduler/` (DDIM's
+    config), `mask.png` and `pipeline.json` (the sampler's defaults and R)."""
     from diffusers import DDIMScheduler
 
     folder = Path(folder)

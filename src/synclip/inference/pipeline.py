@@ -1,25 +1,4 @@
-"""LipSyncPipeline: aligned faces + per-frame audio tokens in, lip-synced aligned faces out (tensors only).
-
-LatentSync's sampler (reference §7): the lower half of every aligned face (mask = 0) is inpainted by
-DDIM from one Gaussian draw shared by every frame of the video (with η > 0, one more shared draw per
-step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns),
-conditioned on the frame's own unmasked face as the reference (§2.2) and on its audio tokens, with
-audio classifier-free guidance (null audio = zeros). Files, decoding and paste-back live in
-`synclip.inference.lipsync`, packaged models in `synclip.inference.package`.
-
-Streaming: frames are generated in chunks of F (`num_frames`) frames; consecutive chunks overlap by
-`overlap` frames, which are generated twice and cross-faded linearly (weight of the newer chunk
-(k + 1)/(overlap + 1) for the k-th shared frame), so seams do not jump. The last chunk slides back
-to end at the last frame, so every chunk has F frames when the video has at least F. Memory is
-that of one chunk, whatever the video's length. A UNet whose frames are independent (no motion
-modules, per-frame GroupNorm) gives the same output chunked or not.
-
-Latents are the VAE posterior's mean (`latent_dist.mode()`), not a sample as in the reference: a
-per-frame sample would add noise that depends on how frames are chunked and batched.
-
-Glossary: F frames, R aligned face size, C latent channels, h/w latent size, S audio tokens per
-frame, D audio width, L Whisper states per token.
-"""
+"""LipSyncPipeline: aligned faces + per-frame audio tokens in, lip-synced aligned faces out (tensors only)."""
 
 from __future__ import annotations
 
@@ -70,8 +49,19 @@ class PipelineConfig(InferenceParams):
 class LipSyncPipeline:
     """UNet + VAE + Whisper encoder + DDIM config + mask: aligned faces and audio tokens → new aligned faces.
 
+    LatentSync's sampler (reference §7): the lower half of every aligned face (mask = 0) is inpainted by
+    DDIM from one Gaussian draw shared by every frame of the video (with η > 0, one more shared draw per
+    step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns;
+    docs/experiments/2026-12-01-ddim-eta.md), conditioned on the frame's own unmasked face as the
+    reference (§2.2) and on its audio tokens, with audio classifier-free guidance (null audio = zeros).
+    Files, decoding and paste-back live in `synclip.inference.lipsync`, packaged models in
+    `synclip.inference.package`.
+
     The modules are placed (device, dtype) by the caller before construction; the pipeline follows
     the UNet's device and dtype.
+
+    Glossary: F frames, R aligned face size, C latent channels, h/w latent size, S audio tokens per
+    frame, D audio width, L Whisper states per token.
     """
 
     def __init__(
@@ -108,7 +98,11 @@ class LipSyncPipeline:
     # --- sampling --------------------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(F, 3, R, R) in [−1, 1] → (F, C, h, w) scaled latents (posterior mean)."""
+        """(F, 3, R, R) in [−1, 1] → (F, C, h, w) scaled latents (posterior mean).
+
+        Latents are the VAE posterior's mean (`latent_dist.mode()`), not a sample as in the reference: a
+        per-frame sample would add noise that depends on how frames are chunked and batched.
+        """
         return scale_latents(self.vae, self.vae.encode(images).latent_dist.mode())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -181,7 +175,13 @@ class LipSyncPipeline:
     ) -> Iterator[torch.Tensor]:
         """(face (3, R, R), audio tokens (S, D)) per frame → generated face (3, R, R) per frame, in order.
 
-        Holds at most F inputs and `overlap` outputs (see the module docstring for the chunking).
+        Holds at most F inputs and `overlap` outputs. Frames are generated in chunks of F (`num_frames`)
+        frames; consecutive chunks overlap by `overlap` frames, which are generated twice and cross-faded
+        linearly (weight of the newer chunk (k + 1)/(overlap + 1) for the k-th shared frame), so seams do
+        not jump. The last chunk slides back to end at the last frame, so every chunk has F frames when
+        the video has at least F. Memory is that of one chunk, whatever the video's length. A UNet whose
+        frames are independent (no motion modules, per-frame GroupNorm) gives the same output chunked or
+        not.
         """
         steps = self.config.steps if steps is None else steps
         guidance = self.config.guidance if guidance is None else guidance

@@ -1,9 +1,4 @@
-"""Streaming decode: video frames resampled to a constant rate, audio resampled to 16 kHz mono.
-
-Frame-rate conversion picks, for output frame i (covering [i/fps, (i+1)/fps) from `start`), the
-source frame on screen at the middle of that interval, the convention SynthTalk's ground truth
-uses. Frames are produced one at a time, so memory does not grow with the length of the video.
-"""
+"""Streaming decode: video frames resampled to a constant rate, audio resampled to 16 kHz mono."""
 
 from __future__ import annotations
 
@@ -34,6 +29,9 @@ def iter_frames(
 ) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8 at `fps` over [start, end) seconds of the video stream.
 
+    Frame-rate conversion picks, for output frame i (covering [i/fps, (i+1)/fps) from `start`), the
+    source frame on screen at the middle of that interval, the convention SynthTalk's ground truth
+    uses. Frames are produced one at a time, so memory does not grow with the length of the video.
     Raises MediaError when the stream cannot be decoded to the end (a truncated or corrupt file).
     """
     path = Path(path)

@@ -1,10 +1,4 @@
-"""Streaming video + audio writing through PyAV (its wheel bundles FFmpeg; no system ffmpeg).
-
-One writer for every mp4 synclip makes: H.264 frames fed one at a time, with audio either fed as
-samples (AAC) or taken from another file as it is (`audio_from`: packets copied when mp4 can hold
-the codec, else AAC at the original rate and channels), interleaved by time. Files are written
-atomically (`synclip.files.atomic_path`), so an error never leaves a partial file under the final name.
-"""
+"""Streaming video + audio writing through PyAV (its wheel bundles FFmpeg; no system ffmpeg)."""
 
 from __future__ import annotations
 
@@ -29,6 +23,12 @@ MP4_SUFFIXES = ("", ".mp4", ".m4v")
 
 class VideoWriter:
     """H.264 mp4 writer fed frame by frame; use as a context manager.
+
+    One writer for every mp4 synclip makes: H.264 frames fed one at a time, with audio either fed as
+    samples (AAC) or taken from another file as it is (`audio_from`: packets copied when mp4 can hold
+    the codec, else AAC at the original rate and channels), interleaved by time. Files are written
+    atomically (`synclip.files.atomic_path`), so an error never leaves a partial file under the final
+    name.
 
     Video frames are (H, W, 3) uint8 RGB: yuv420p (yuv444p for odd sizes) at `crf`, or with
     `lossless` the RGB planes themselves (libx264rgb at qp 0: unchanged pixels decode bit-equal).

@@ -1,5 +1,4 @@
 """glibc's allocator, tuned where it matters: reproducible libx264 output, and memory handed back.
-
 Both are process-wide and Linux/glibc only; elsewhere they do nothing.
 """
 
@@ -39,8 +38,8 @@ def reproducible_encoding() -> None:
     encoded other clips before, and always the same bytes when glibc hands out fresh (zeroed)
     pages for large buffers: some encoder path reads memory it did not write. Pinning glibc's
     mmap threshold (which otherwise grows after large frees, so big buffers get recycled) fixes
-    that, but it also makes every large allocation a fresh mapping, which halves the speed of
-    torch training on the CPU. So only the processes that write reproducible files call this
+    that, but it also makes every large allocation a fresh mapping, which slows torch training on
+    the CPU badly (docs/benchmarks.md). So only the processes that write reproducible files call this
     (SynthTalk generation, preprocessing workers), never training or inference.
     """
     libc = _libc()

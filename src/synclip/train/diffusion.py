@@ -1,12 +1,5 @@
-"""The UNet's training objective (LatentSync §4.1), apart from the network and the loop.
-
-DDPM forward noising with LatentSync's schedule, PYoCo mixed noise, the one-step x̂0, and the loss
-as a dict of named terms: `recon` (ε MSE, optionally weighted toward the mouth) and, on the
-decoded x̂0, `sync` (frozen SyncNet), `lpips` (lower half of the face) and `trepa` (video
-features). A term whose weight is 0 or whose network is missing is not computed; `disabled` says
-why. Shapes: latents (B, 4, F, h, w), pixels (B, 3, F, H, W) in [−1, 1], audio tokens (B, F, S, D),
-SyncNet mel (B, 1, 80, W).
-"""
+"""The UNet's training objective (LatentSync §4.1): DDPM noising on LatentSync's schedule, PYoCo mixed noise,
+the one-step x̂0 and the named loss terms, apart from the network and the loop."""
 
 from __future__ import annotations
 
@@ -82,10 +75,17 @@ def predict_x0(
 class DiffusionObjective:
     """LatentSync's loss: weighted named terms on one batch, given the noise and timesteps.
 
+    The loss is a dict of named terms: `recon` (ε MSE, optionally weighted toward the mouth) and, on
+    the decoded x̂0, `sync` (frozen SyncNet), `lpips` (lower half of the face) and `trepa` (video
+    features). A term whose weight is 0 or whose network is missing is not computed; `disabled` says
+    why. Shapes: latents (B, 4, F, h, w), pixels (B, 3, F, H, W) in [−1, 1], audio tokens (B, F, S, D),
+    SyncNet mel (B, 1, 80, W).
+
     `vae`, `syncnet`, `lpips`, `trepa` are frozen; gradients flow through the VAE decoder to the
     UNet. `sync_crop`/`sync_size` are the SyncNet's view (fractions of the face, (H, W)).
     `recon_mouth_weight` > 0 weighs the ε MSE toward the cells of the `recon_mouth` box (`vae.mouth`;
-    synclip's addition: with plain MSE the tiny UNet took twice the steps to start using the audio).
+    synclip's addition: with plain MSE the tiny UNet took far more steps to start using the audio;
+    docs/experiments/2026-12-01-unet-stage1-recipe.md).
     """
 
     def __init__(

@@ -1,9 +1,5 @@
 """The loss terms of synclip's training objectives, apart from the networks and the loops.
-
-SyncNet: BCE on the cosine of the two embeddings (LatentSync's recipe) and a multi-offset matching
-term; VAE: weighted L1, Sobel-edge and SSIM terms with a KL; the UNet's pixel terms: LPIPS (lpips'
-VGG heads on a local VGG16 trunk). The frozen networks they use are loaded by the caller.
-"""
+The frozen networks they use are loaded by the caller."""
 
 from __future__ import annotations
 
@@ -82,7 +78,8 @@ def sobel(images: torch.Tensor) -> torch.Tensor:
 def vae_losses(
     model: AutoencoderKL, images: torch.Tensor, params: VaeParams, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Named loss terms and their weighted `total` for images (B, 3, H, W) in [−1, 1].
+    """Named loss terms and their weighted `total` for images (B, 3, H, W) in [−1, 1]: weighted L1,
+    Sobel-edge and SSIM terms with a KL.
 
     The pixel terms are means weighted 1 + mouth_weight inside the mouth box and 1 elsewhere:
     the lower face is what the UNet generates, the rest of the frame is pasted back from the

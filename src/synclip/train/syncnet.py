@@ -1,7 +1,5 @@
 """Training the SyncNet (the `train_syncnet` stage): balanced pairs, BCE on the cosine, held-out validation.
-
-The loop is `synclip.train.trainer`'s; the losses are `synclip.train.losses`'. With `syncnet.source:
-pretrained` the stage copies a published StableSyncNet instead and only validates it.
+The loop is `synclip.train.trainer`'s; the losses are `synclip.train.losses`'.
 """
 
 from __future__ import annotations
@@ -82,16 +80,8 @@ class SyncNetRecipe(Recipe):
     def fingerprint(self) -> list:
         return [(c.name, len(c.frames), c.shift) for c in self.train_clips]
 
-    def begin(self, step: int, resumed: bool) -> None:
-        log.info(
-            "SyncNet: %.2f M parameters, %d train / %d val clips, %d steps of %d pairs on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6,
-            len(self.sampler.clips),
-            len(self.val_sampler.clips),
-            self.params.max_steps,
-            self.params.batch_size,
-            self.device,
-        )
+    def describe(self) -> str:
+        return f"{len(self.sampler.clips)} train / {len(self.val_sampler.clips)} val clips, {self.params.batch_size} pairs a step"
 
     def loss(
         self, step: int, autocast: AbstractContextManager
@@ -150,7 +140,9 @@ def syncnet_stage(
     processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device
 ) -> None:
     """The `train_syncnet` stage: train on the train split (or load the published weights), validate
-    on held-out identities; the artifact in `out`, the summary in `metrics`, the curve in `history`."""
+    on held-out identities; the artifact in `out`, the summary in `metrics`, the curve in `history`.
+    With `syncnet.source: pretrained` the stage copies a published StableSyncNet instead and only
+    validates it."""
     sync = params.syncnet
     manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "the SyncNet")
     view = SyncView.of(syncnet_config(sync))

@@ -1,13 +1,5 @@
 """The one training loop: AdamW on a warm-up + cosine schedule, mixed precision, gradient clipping,
-validation rows, complete checkpoints and exact resumption; what differs per network is a `Recipe`.
-
-A run seeds torch and a numpy Generator with `seed`, lets the recipe build its network and data
-(in its own order, so its random draws are the same every run), then steps. Every `val_every` steps
-(and at the last) it appends a history row: the mean of each logged training term since the last
-row, then the recipe's validation scores. Every `checkpoint_every` steps (and at the last) it writes
-`out_dir/checkpoint.pt` with everything a killed run needs (`synclip.train.checkpoint`); a rerun
-with the same inputs continues from it and ends with the same weights as an uninterrupted run.
-"""
+validation rows, complete checkpoints and exact resumption; what differs per network is a `Recipe`."""
 
 from __future__ import annotations
 
@@ -75,6 +67,10 @@ class Recipe:
         """The history row's scores at `step` (rounded, named as they are stored)."""
         return {}
 
+    def describe(self) -> str:
+        """What it trains on, for the log line that opens a run."""
+        return ""
+
     def begin(self, step: int, resumed: bool) -> None:
         """Before the first step of this run: `step` is where it starts (0 unless `resumed`)."""
 
@@ -103,7 +99,15 @@ class Recipe:
 
 
 class Trainer:
-    """Runs a `Recipe` to `params.max_steps` in `out_dir` (see the module docstring)."""
+    """Runs a `Recipe` to `params.max_steps` in `out_dir`.
+
+    A run seeds torch and a numpy Generator with `seed`, lets the recipe build its network and data
+    (in its own order, so its random draws are the same every run), then steps. Every `val_every` steps
+    (and at the last) it appends a history row: the mean of each logged training term since the last
+    row, then the recipe's validation scores. Every `checkpoint_every` steps (and at the last) it writes
+    `out_dir/checkpoint.pt` with everything a killed run needs (`synclip.train.checkpoint`); a rerun
+    with the same inputs continues from it and ends with the same weights as an uninterrupted run.
+    """
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, device: torch.device, seed: int) -> None:
         self.recipe, self.out_dir, self.device, self.seed = recipe, Path(out_dir), device, seed
@@ -134,6 +138,15 @@ class Trainer:
             recipe.load_state(extra["recipe"])
             log.info("resuming %s from step %d (%s)", recipe.name, step, checkpoint)
         recipe.begin(step, resumed is not None)
+        log.info(
+            "%s: %.2f M parameters (%.2f M trainable), %d steps on %s; %s",
+            recipe.name,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            sum(p.numel() for p in trainable) / 1e6,
+            params.max_steps,
+            device,
+            recipe.describe(),
+        )
         started = time.perf_counter() - history.seconds
         if not history.rows and (opening := recipe.opening_row()) is not None:
             history.rows.append({"step": 0, **opening, "seconds": 0.0})

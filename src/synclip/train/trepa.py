@@ -1,12 +1,5 @@
 """TREPA (LatentSync §5): generated and real clips compared in a frozen VideoMAE's feature space, so
-the generator is pushed toward real temporal dynamics; `load_trepa` reads a local VideoMAE folder.
-
-LatentSync: VideoMAE-v2 ViT-g/14 (SSv2 fine-tuned), clips (B, 3, 16, H, W) bicubic-resized to 224,
-mapped from [−1, 1] to [0, 1] with no mean/std, final tokens mean-pooled then `fc_norm`,
-L2-normalised, MSE between the two vectors (mean over dims and batch), weight 10, whole face.
-Here the same, except that a folder with a `preprocessor_config.json` (synclip's own pretrained
-tiny VideoMAE writes one) is normalised with its image_mean / image_std, as it was trained.
-"""
+the generator is pushed toward real temporal dynamics; `load_trepa` reads a local VideoMAE folder."""
 
 from __future__ import annotations
 
@@ -48,6 +41,12 @@ class TrepaConfig:
 
 class TrepaLoss(nn.Module):
     """Frozen VideoMAE judge: `loss = trepa(generated, real)`; gradients reach `generated` only.
+
+    LatentSync: VideoMAE-v2 ViT-g/14 (SSv2 fine-tuned), clips (B, 3, 16, H, W) bicubic-resized to 224,
+    mapped from [−1, 1] to [0, 1] with no mean/std, final tokens mean-pooled then `fc_norm`,
+    L2-normalised, MSE between the two vectors (mean over dims and batch), weight 10, whole face.
+    Here the same, except that a folder with a `preprocessor_config.json` (synclip's own pretrained
+    tiny VideoMAE writes one) is normalised with its image_mean / image_std, as it was trained.
 
     The network stays in eval mode and its parameters never require grad, whatever the caller's
     `.train()` says; the caller loads its weights (`load_trepa`).

@@ -1,10 +1,5 @@
 """Training the UNet (LatentSync stages 1 and 2; the `train_unet_stage1` / `_stage2` stages): EMA weights,
-audio dropout, trainable-module patterns, deterministic validation on held-out identities, and sample
-videos with their sync score (made by a callable the caller passes: `synclip.eval.samples`).
-
-The objective is `synclip.train.diffusion`'s, the windows `synclip.data.unet_windows`', the loop the
-Trainer's; the artifact is `save_unet` of the EMA weights with their config.
-"""
+audio dropout, trainable-module patterns, held-out validation and sample videos with their sync score."""
 
 from __future__ import annotations
 
@@ -175,7 +170,11 @@ class Validation:
 
 class UNetRecipe(Recipe):
     """Random windows (target, reference, audio) of the train clips with mixed noise at random
-    timesteps; the EMA of the weights is what is validated, sampled and written."""
+    timesteps; the EMA of the weights is what is validated, sampled and written.
+
+    The objective is `synclip.train.diffusion`'s, the windows `synclip.data.unet_windows`', the loop the
+    Trainer's; the artifact is `save_unet` of the EMA weights with their config.
+    """
 
     name = "train_unet"
     digits = 6
@@ -235,22 +234,13 @@ class UNetRecipe(Recipe):
     def begin(self, step: int, resumed: bool) -> None:
         if self.sample is not None:
             self.sample.forget_after(step if resumed else -1)  # a rerun writes them again
-        total = sum(p.numel() for p in self.model.parameters())
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        log.info(
-            "UNet: %.2f M parameters (%.2f M trainable, %d fresh motion-module tensors), %d train / %d val "
-            "clips, %d steps of %d × %d frames on %s; terms %s, disabled %s",
-            total / 1e6,
-            trainable / 1e6,
-            len(self.fresh),
-            len(self.sampler.clips),
-            len(self.validation.sampler.clips),
-            self.params.max_steps,
-            self.params.batch_size,
-            self.params.num_frames,
-            self.device,
-            self.objective.weights,
-            self.objective.disabled,
+
+    def describe(self) -> str:
+        stage, objective = self.params, self.objective
+        return (
+            f"{len(self.fresh)} fresh motion-module tensors, {len(self.sampler.clips)} train / "
+            f"{len(self.validation.sampler.clips)} val clips, {stage.batch_size} × {stage.num_frames} frames a "
+            f"step; terms {objective.weights}, disabled {objective.disabled}"
         )
 
     def opening_row(self) -> dict | None:
@@ -366,7 +356,8 @@ def unet_stage(
     make_sample: MakeSample | None = None,
 ) -> None:
     """One UNet training stage on cached latents, from data/synced's manifest; with `samples`, its
-    validation samples are made by `make_sample(params, stage, manifest, clips, vae, whisper, judge, out)`."""
+    validation samples are made by `make_sample(params, stage, manifest, clips, vae, whisper, judge, out)`
+    (a callable the caller passes: `synclip.eval.samples`)."""
     number, stage_params = stage, params.train_unet.stage(stage)
     if number == 2 and init is None:
         raise UserError("stage 2 starts from the stage-1 UNet: pass --init")

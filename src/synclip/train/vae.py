@@ -1,9 +1,5 @@
 """The tiny profile's latent space (the `train_vae` stage): train a small diffusers AutoencoderKL on
-aligned faces, set its latent scaling from data, evaluate it (PSNR / SSIM of the face and of the mouth).
-
-The full profile loads sd-vae-ft-mse instead (`vae.source: pretrained`) and only evaluates it; every
-later stage reads the latent scaling from the VAE's own config, whichever VAE it is.
-"""
+aligned faces, set its latent scaling from data, evaluate it (PSNR / SSIM of the face and of the mouth)."""
 
 from __future__ import annotations
 
@@ -137,17 +133,9 @@ class VaeRecipe(Recipe):
         faces = self.train_faces
         return [self.resolution, faces.clips, len(faces.frames), diffusers.__version__]
 
-    def begin(self, step: int, resumed: bool) -> None:
-        log.info(
-            "VAE: %.2f M parameters, %d train / %d val frames at %d px, %d steps of %d on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6,
-            len(self.train_faces.frames),
-            len(self.val_frames),
-            self.resolution,
-            self.params.max_steps,
-            self.params.batch_size,
-            self.device,
-        )
+    def describe(self) -> str:
+        frames = f"{len(self.train_faces.frames)} train / {len(self.val_frames)} val frames at {self.resolution} px"
+        return f"{frames}, {self.params.batch_size} a step"
 
     def loss(
         self, step: int, autocast: AbstractContextManager
@@ -176,7 +164,9 @@ def vae_stage(
     processed: Path, out: Path, metrics: Path, history: Path, grid: Path, params: Params, device: torch.device
 ) -> None:
     """The `train_vae` stage: train on the train split (or copy pretrained.sd_vae), then evaluate on
-    test identities; the grid shows original | reconstruction | difference | mouths of some of them."""
+    test identities; the grid shows original | reconstruction | difference | mouths of some of them.
+    The full profile loads sd-vae-ft-mse instead (`vae.source: pretrained`) and only evaluates it; every
+    later stage reads the latent scaling from the VAE's own config, whichever VAE it is."""
     vae = params.vae
     needed = ("test",) if vae.source == "pretrained" else ("train", "val", "test")
     manifest = read_manifest(processed / "manifest.parquet", needed, "the VAE stage")

@@ -1,14 +1,10 @@
 """TREPA's backbone for the tiny profile (the `pretrain_videomae` stage): masked-autoencoding pretraining
-of a small transformers VideoMAE (tube masking, as VideoMAE) on aligned face clips, saved so that
-`load_trepa` reads it. The full profile copies a VideoMAE-v2 folder instead (`install_pretrained`),
-checked by loading it.
-"""
+of a small transformers VideoMAE (tube masking, as VideoMAE) on aligned face clips, for `load_trepa`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -30,8 +26,6 @@ from synclip.nn.videomae import videomae_config
 from synclip.train.optim import learning_rate
 from synclip.train.trainer import Recipe, Trainer
 from synclip.train.trepa import TrepaLoss, load_trepa
-
-log = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.9, 0.95)  # VideoMAE's pretraining optimizer
 # files of a transformers VideoMAE folder that `install_pretrained` copies
@@ -156,17 +150,9 @@ class VideoMAERecipe(Recipe):
             [hashlib.sha256(c.tobytes()).hexdigest() for c in self.train_clips],
         ]
 
-    def begin(self, step: int, resumed: bool) -> None:
-        log.info(
-            "VideoMAE: %.2f M parameters, %d train / %d val clips, %d steps of %d clips x %d frames on %s",
-            sum(p.numel() for p in self.model.parameters()) / 1e6,
-            len(self.train_clips),
-            len(self.val_clips),
-            self.params.max_steps,
-            self.params.batch_size,
-            self.params.num_frames,
-            self.device,
-        )
+    def describe(self) -> str:
+        clips = f"{len(self.train_clips)} train / {len(self.val_clips)} val clips"
+        return f"{clips}, {self.params.batch_size} windows of {self.params.num_frames} frames a step"
 
     def loss(
         self, step: int, autocast: AbstractContextManager
@@ -233,7 +219,8 @@ def videomae_stage(
     processed: Path, out: Path, metrics: Path, history: Path, params: Params, device: torch.device
 ) -> None:
     """The `pretrain_videomae` stage: pretrain TREPA's VideoMAE on the train split (or install
-    pretrained.videomae), then probe what TREPA says about val windows."""
+    pretrained.videomae), then probe what TREPA says about val windows. The full profile copies a
+    VideoMAE-v2 folder instead (`install_pretrained`), checked by loading it."""
     mae = params.videomae
     manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "pretrain_videomae")
     clips_dir = processed / "clips"
