@@ -108,6 +108,11 @@ class ValidationSample:
     def path(self, step: int) -> Path:
         return sample_path(self.out_dir, step)
 
+    def summary(self) -> dict:
+        """The clips (face, audio), frames and fixed baselines (`input`, `truth` scores) of the sample."""
+        source = self.source
+        return {"face": source.face, "audio": source.audio, "frames": len(source.frames), **self.baselines}
+
     def forget_after(self, step: int) -> None:
         """Remove the samples of steps after `step` (all with −1): a rerun writes them again."""
         forget_samples(self.out_dir, step)

@@ -68,6 +68,10 @@ class Sample(Protocol):
 
     def forget_after(self, step: int) -> None: ...
 
+    def summary(self) -> dict:
+        """What the stage's metrics say of the sample: its clips, frames and fixed baselines."""
+        ...
+
 
 def select_trainable(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[str]:
     """Freeze every parameter whose name matches none of `patterns` (fnmatch); no patterns: train all.
@@ -402,12 +406,7 @@ def unet_stage(
         "best_val_total": min(r["val_total"] for r in rows if r["step"] > 0),
     }
     if sample is not None:
-        summary["sample"] = {
-            "face": sample.source.face,
-            "audio": sample.source.audio,
-            "frames": len(sample.source.frames),
-            **sample.baselines,
-        }
+        summary["sample"] = sample.summary()
     if rows[0]["step"] == 0:  # stage 2: the stage-1 UNet's scores under this stage's terms
         summary["init"] = {k: v for k, v in rows[0].items() if k.startswith(("val_", "sample_"))}
     write_json(metrics, summary)
