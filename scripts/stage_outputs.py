@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -158,8 +159,10 @@ def main() -> None:
     )
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose pipeline runs")
     parser.add_argument("--out", type=Path, help="where the fingerprints go (.json)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/synclip-stage-outputs"))
-    parser.add_argument("--corpus", type=Path, default=Path("/tmp/synclip-stage-outputs-corpus"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "synclip-stage-outputs")
+    parser.add_argument(
+        "--corpus", type=Path, default=Path(tempfile.gettempdir()) / "synclip-stage-outputs-corpus"
+    )
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("BEFORE", "AFTER"))
     args = parser.parse_args()
     if args.compare:

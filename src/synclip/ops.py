@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synclip.errors import UserError
+from synclip.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,7 @@ def read_record(path: Path) -> dict | None:
 
 def write_record(path: Path, record: dict) -> None:
     """Write the record whole or not at all (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(json.dumps(record, indent=1))
-    partial.replace(path)
+    write_json(path, record, sort_keys=False)
 
 
 def git_revision(repo: Path) -> str:

@@ -201,7 +201,7 @@ class DataQualityParams:
     max_jitter_px: float  # aligned eye and mouth-corner wobble allowed per clip, pixels
 
     def validate(self, key: str = "data_quality") -> None:
-        pass
+        """No rule ties these two: any count and any distance is a gate."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from synclip.media.memory import reproducible_encoding
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import MediaError, MediaInfo, probe, require_video
-from synclip.files import write_json
+from synclip.files import atomic_path, write_json
 from synclip.pretrained.store import require, sha256_file
 
 log = logging.getLogger(__name__)
@@ -474,9 +474,8 @@ def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
     rows, rejects = process_source(job)
     record = {"key": job_key(job), "rows": rows, "rejects": rejects}
     work = Path(job.out_dir) / WORK / f"{_clip_id(job.key, 0)}.json"
-    tmp = work.with_suffix(".partial")
-    tmp.write_text(json.dumps(record, default=_json_default))
-    os.replace(tmp, work)
+    with atomic_path(work) as tmp:
+        tmp.write_text(json.dumps(record, default=_json_default))
     return job.key, rows, rejects
 
 

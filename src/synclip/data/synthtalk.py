@@ -22,6 +22,7 @@ from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose, backgro
 from synclip.data.speech import Voice, synthesize_batch
 from synclip.data.visemes import MOUTH_PARAMS, mouth_track, segments
 from synclip.errors import UserError
+from synclip.files import atomic_path
 from synclip.log import progress
 from synclip.media.memory import reproducible_encoding
 from synclip.media.io import VideoWriter
@@ -459,9 +460,8 @@ def _defect_info(plan: ClipPlan, shift: int, cut: int, hidden: np.ndarray, fps: 
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 # --- the corpus --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from synclip.errors import UserError
+from synclip.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,8 @@ def read_sums(folder: Path) -> dict[str, str]:
 
 def write_sums(folder: Path, sums: dict[str, str]) -> None:
     lines = [f"{digest}  {name}\n" for name, digest in sorted(sums.items())]
-    tmp = folder / f".{SUMS_FILE}.tmp"
-    tmp.write_text("".join(lines))
-    tmp.replace(folder / SUMS_FILE)
+    with atomic_path(folder / SUMS_FILE) as tmp:
+        tmp.write_text("".join(lines))
 
 
 def artifact_files(path: Path) -> list[Path]:

@@ -4,7 +4,6 @@ Written atomically and read with `torch.load(weights_only=True)`, so a killed ru
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from synclip.artifacts import CheckpointError
+from synclip.files import atomic_path
 
 
 def save_training_state(
@@ -38,10 +38,8 @@ def save_training_state(
         "numpy_rng": rng.bit_generator.state,
         "extra": extra,
     }
-    # temporary file + rename: a killed run leaves either the previous checkpoint or the new one
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a killed run leaves either the previous checkpoint or the new one
+        torch.save(state, tmp)
 
 
 def load_training_state(

@@ -178,8 +178,8 @@ class Trainer:
                     window = []
                     log.info("%s step %d: %s", recipe.name, step, _shown(row))
                 history.seconds = time.perf_counter() - started
-                history.notes = recipe.notes()
                 if step % params.checkpoint_every == 0 or step == params.max_steps:
+                    history.notes = recipe.notes()
                     extra = {
                         "history": dataclasses.asdict(history),
                         "window": window,
@@ -196,6 +196,7 @@ class Trainer:
                         extra=extra,
                     )
                 if stop_after is not None and step >= stop_after:
+                    history.notes = recipe.notes()
                     return recipe.result(), history
         history.notes = recipe.notes()
         return recipe.finish(self.out_dir, step), history
