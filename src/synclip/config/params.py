@@ -549,7 +549,8 @@ class TrainUNetParams:
 
 @dataclass(frozen=True)
 class InferenceParams:
-    """The sampler a packaged model carries (`assemble` → pipeline.json); the defaults are LatentSync's."""
+    """The sampler a packaged model carries (`assemble` → pipeline.json); the sampler defaults are
+    LatentSync's, the front ends default to synclip's own."""
 
     num_frames: int = 16  # F, frames per chunk (the UNet's training window)
     overlap: int = 4  # frames shared by consecutive chunks, cross-faded
@@ -557,6 +558,15 @@ class InferenceParams:
     guidance: float = 1.5  # audio classifier-free guidance (1.0: off)
     seed: int = 1247  # the shared initial noise
     eta: float = 0.0  # DDIM η: 0 deterministic, 1 fresh (shared) noise at every step
+    # What the model was trained on and how a video reaches it; synclip's own by default, LatentSync's
+    # for its published weights (params/latentsync-1.5.yaml, `synclip weights import-latentsync`).
+    audio_frontend: Literal["synclip", "latentsync"] = "synclip"  # Whisper windows and frame count
+    face_frontend: Literal["synclip", "latentsync"] = "synclip"  # crop template, smoothing, paste-back
+    latents: Literal["mean", "sample"] = "mean"  # VAE posterior mean, or a sample (LatentSync)
+    last_chunk: Literal["slide", "short"] = "slide"  # slide back to a whole chunk, or run short (LatentSync)
+    loop: Literal["reflect", "repeat_ends"] = "reflect"  # ping-pong; LatentSync's shows each end frame twice
+    fps: int = 0  # 0: the input's frame rate; 25: resampled first (LatentSync)
+    precision: Literal["fp32", "fp16"] = "fp32"  # on CUDA; the CPU always runs fp32
 
     def validate(self, key: str = "inference") -> None:
         if self.num_frames < 1:
@@ -571,6 +581,8 @@ class InferenceParams:
             raise ConfigError(f"{key}: {error}") from None
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"{key}.eta must be in [0, 1], got {self.eta}")
+        if self.fps < 0:
+            raise ConfigError(f"{key}.fps must be 0 (the input's rate) or positive, got {self.fps}")
 
 
 @dataclass(frozen=True)
