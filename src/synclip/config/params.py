@@ -704,6 +704,26 @@ class Params:
 
 # --- loading -------------------------------------------------------------------------------------
 
+EXTENDS = "extends"  # a profile file's key naming the profile it starts from
+
+
+def profile_chain(folder: Path, name: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(file, overrides) of profile `name` and the profiles it extends, the most basic first; [] for tiny."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    while name != BASE_PROFILE:
+        if any(name == seen.stem for seen, _ in chain):
+            raise ConfigError(f"profile {name!r}: profiles extend each other in a loop")
+        profile_path = folder / f"{name}.yaml"
+        if not profile_path.is_file():
+            raise ConfigError(f"profile {name!r}: {profile_path} does not exist")
+        layer = read_mapping(profile_path)
+        parent = layer.pop(EXTENDS, BASE_PROFILE)
+        if not isinstance(parent, str):
+            raise ConfigError(f"{profile_path}: '{EXTENDS}' must name a profile, got {parent!r}")
+        chain.insert(0, (profile_path, layer))
+        name = parent
+    return chain
+
 
 def load_params(
     path: str | Path = "params.yaml",
@@ -718,7 +738,8 @@ def load_params(
     key, a missing key or a value of the wrong type is a `ConfigError` that names the key.
 
     Order: params.yaml, then the profile's file, then `overrides` (so `-S` wins). A `profile=`
-    override or the `profile` argument selects the profile before its file is applied.
+    override or the `profile` argument selects the profile before its file is applied. A profile file
+    may start from another (`extends: full`), whose file is applied before it.
     """
     path = Path(path)
     raw = read_mapping(path)
@@ -731,11 +752,8 @@ def load_params(
     chosen = raw.get("profile", BASE_PROFILE)
     if not isinstance(chosen, str):
         raise ConfigError(f"{path}: 'profile' must be a string, got {type(chosen).__name__}")
-    if chosen != BASE_PROFILE:
-        profile_path = path.parent / PROFILE_DIR / f"{chosen}.yaml"
-        if not profile_path.is_file():
-            raise ConfigError(f"profile {chosen!r}: {profile_path} does not exist")
-        merge_strict(raw, read_mapping(profile_path), source=str(profile_path))
+    for profile_path, layer in profile_chain(path.parent / PROFILE_DIR, chosen):
+        merge_strict(raw, layer, source=str(profile_path))
     for key, value in parsed:
         set_strict(raw, key, value, source="override")
     params = from_dict(Params, raw, source=str(path), defaults=False)
