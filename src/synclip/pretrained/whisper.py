@@ -1,10 +1,13 @@
-"""Convert a CTranslate2 Whisper model to a transformers directory (config.json + model.safetensors)."""
+"""Convert a CTranslate2 or an openai-whisper (.pt) Whisper model to a transformers directory
+(config.json + model.safetensors)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ OPTIONAL_CT2_FILES = ("tokenizer.json",)
 
 
 class WhisperConversionError(UserError):
-    """The CTranslate2 model cannot be converted faithfully; the message says why."""
+    """The source model cannot be converted faithfully; the message says why."""
 
 
 def convert_ctranslate2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
@@ -197,3 +200,182 @@ def _count_layers(model: CTranslate2Model, prefix: str) -> int:
     if count == 0:
         raise WhisperConversionError(f"no {prefix} layers in the CTranslate2 model")
     return count
+
+
+# --- openai-whisper checkpoints (`whisper.load_model`'s .pt: `dims` + `model_state_dict`) -------------
+
+OPENAI_DIMS = (
+    "n_mels",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_vocab",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+)
+# Source entries that are not weights: openai-whisper's word-timestamp heads (a sparse buffer), which
+# transformers keeps in its generation config instead; synclip uses the encoder only.
+OPENAI_EXCUSED = ("alignment_heads",)
+# openai-whisper ↔ transformers name pieces, matched on whole dotted segments, applied in this order
+# (and in reverse order the other way)
+_OPENAI_RENAMES = (
+    (".encoder.positional_embedding.", ".encoder.embed_positions.weight."),
+    (".decoder.positional_embedding.", ".decoder.embed_positions.weight."),
+    (".token_embedding.", ".embed_tokens."),
+    (".encoder.ln_post.", ".encoder.layer_norm."),
+    (".decoder.ln.", ".decoder.layer_norm."),
+    (".blocks.", ".layers."),
+    (".cross_attn_ln.", ".encoder_attn_layer_norm."),
+    (".cross_attn.", ".encoder_attn."),
+    (".attn_ln.", ".self_attn_layer_norm."),
+    (".attn.", ".self_attn."),
+    (".query.", ".q_proj."),
+    (".key.", ".k_proj."),
+    (".value.", ".v_proj."),
+    (".out.", ".out_proj."),
+    (".mlp_ln.", ".final_layer_norm."),
+    (".mlp.0.", ".fc1."),
+    (".mlp.2.", ".fc2."),
+)
+# openai-whisper's tokenizer: <|endoftext|> then <|startoftranscript|>; multilingual from 51865 entries
+_ENGLISH_VOCAB = 51864
+_MULTILINGUAL_VOCAB = 51865
+
+
+def convert_openai_whisper(checkpoint_path: str | Path, out_dir: str | Path) -> Path:
+    """Write a transformers `WhisperModel` directory (config.json, model.safetensors in float32,
+    preprocessor_config.json) converted from the openai-whisper checkpoint `checkpoint_path`.
+
+    The checkpoint is read with `torch.load(weights_only=True)`: `dims` (ModelDimensions) and
+    `model_state_dict` (openai names, often float16). Every source tensor is used, except the excused
+    `alignment_heads`; a missing, unexpected or misshapen one, or an unreadable file, is a
+    WhisperConversionError naming the file and the key. `synclip.artifacts.load_whisper_encoder` loads
+    the result strictly.
+    """
+    from transformers import WhisperFeatureExtractor, WhisperModel
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    path, out_dir = Path(checkpoint_path), Path(out_dir)
+    dims, source = read_openai_whisper(path)
+    config = openai_whisper_config(dims, path)
+    model = WhisperModel(config)
+    state = openai_whisper_state_dict(source, model.state_dict(), path)
+    model.load_state_dict(state, strict=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out_dir)
+    log.info(
+        "converted %s -> %s (%d encoder + %d decoder layers, d_model %d)",
+        path,
+        out_dir,
+        config.encoder_layers,
+        config.decoder_layers,
+        config.d_model,
+    )
+    return out_dir
+
+
+def read_openai_whisper(path: Path) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """(`dims`, `model_state_dict`) of an openai-whisper .pt, checked for the keys and types it needs."""
+    if not path.is_file():
+        raise WhisperConversionError(f"{path}: no such openai-whisper checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WhisperConversionError(f"{path}: not a readable torch checkpoint ({first_line})") from error
+    if not isinstance(checkpoint, dict):
+        raise WhisperConversionError(f"{path}: holds a {type(checkpoint).__name__}, expected a dict")
+    for key in ("dims", "model_state_dict"):
+        if not isinstance(checkpoint.get(key), dict):
+            raise WhisperConversionError(f"{path}: no {key!r} dict; not an openai-whisper checkpoint")
+    dims = checkpoint["dims"]
+    for name in OPENAI_DIMS:
+        if not isinstance(dims.get(name), int):
+            raise WhisperConversionError(f"{path}: dims[{name!r}] is {dims.get(name)!r}, expected an int")
+    unknown = sorted(set(dims) - set(OPENAI_DIMS))
+    if unknown:
+        raise WhisperConversionError(f"{path}: unknown dims {unknown}")
+    return {name: dims[name] for name in OPENAI_DIMS}, checkpoint["model_state_dict"]
+
+
+def openai_whisper_config(dims: dict[str, int], path: Path):
+    """transformers WhisperConfig of openai-whisper `dims` (4× wide MLPs, GELU, unscaled embeddings)."""
+    from transformers import WhisperConfig
+
+    if dims["n_audio_state"] != dims["n_text_state"]:
+        raise WhisperConversionError(
+            f"{path}: n_audio_state {dims['n_audio_state']} != n_text_state {dims['n_text_state']}; "
+            "transformers' Whisper has one d_model"
+        )
+    vocab = dims["n_vocab"]
+    special: dict = {"pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+    if vocab >= _ENGLISH_VOCAB:
+        eot = 50257 if vocab >= _MULTILINGUAL_VOCAB else 50256
+        special = {
+            "pad_token_id": eot,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "decoder_start_token_id": eot + 1,
+        }
+    else:
+        log.warning("%s: n_vocab %d has no Whisper special tokens; only the encoder is usable", path, vocab)
+    return WhisperConfig(
+        vocab_size=vocab,
+        num_mel_bins=dims["n_mels"],
+        d_model=dims["n_audio_state"],
+        encoder_layers=dims["n_audio_layer"],
+        encoder_attention_heads=dims["n_audio_head"],
+        encoder_ffn_dim=4 * dims["n_audio_state"],
+        decoder_layers=dims["n_text_layer"],
+        decoder_attention_heads=dims["n_text_head"],
+        decoder_ffn_dim=4 * dims["n_text_state"],
+        max_source_positions=dims["n_audio_ctx"],
+        max_target_positions=dims["n_text_ctx"],
+        activation_function="gelu",
+        scale_embedding=False,
+        begin_suppress_tokens=None,
+        dtype="float32",
+        **special,
+    )
+
+
+def openai_whisper_name(name: str, *, reverse: bool = False) -> str:
+    """The transformers `WhisperModel` name of an openai-whisper weight name (`reverse`: the other way)."""
+    dotted = f".{name}."
+    for theirs, ours in reversed(_OPENAI_RENAMES) if reverse else _OPENAI_RENAMES:
+        dotted = dotted.replace(ours, theirs) if reverse else dotted.replace(theirs, ours)
+    return dotted[1:-1]
+
+
+def openai_whisper_state_dict(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], path: Path
+) -> dict[str, torch.Tensor]:
+    """`target`'s names → float32 tensors from `source` (openai names); every source tensor is used
+    or excused (OPENAI_EXCUSED), and every target weight found with its shape."""
+    wanted = {openai_whisper_name(hf_name, reverse=True): hf_name for hf_name in target}
+    assert all(openai_whisper_name(name) == hf_name for name, hf_name in wanted.items()), wanted
+    unexpected = sorted(set(source) - set(wanted) - set(OPENAI_EXCUSED))
+    if unexpected:
+        raise WhisperConversionError(
+            f"{path}: unexpected weight {unexpected[0]!r} (of {len(unexpected)}: {unexpected[:5]}) for these dims"
+        )
+    state = {}
+    for name, hf_name in wanted.items():
+        if name not in source:
+            raise WhisperConversionError(f"{path}: missing weight {name!r} (transformers' {hf_name!r})")
+        tensor = source[name]
+        expected = target[hf_name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise WhisperConversionError(f"{path}: {name!r} is not a floating-point tensor")
+        if tensor.shape != expected.shape:
+            raise WhisperConversionError(
+                f"{path}: {name!r} has shape {tuple(tensor.shape)}, expected {tuple(expected.shape)} from dims"
+            )
+        state[hf_name] = tensor.to(torch.float32)
+    return state
