@@ -197,15 +197,19 @@ class LatentSyncAligner:
             out[index] = matrix
         return out
 
-    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """RGB frame (H, W, 3) uint8 → aligned face (R, R, 3) uint8: warped to (h, w) with grey 127
-        outside the frame, truncated to uint8 (upstream's `astype`), then Lanczos-stretched to R×R."""
+    def warp(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """RGB frame (H, W, 3) uint8 → the crop before the stretch (h, w, 3) uint8: grey 127 outside the
+        frame, truncated to uint8 (upstream's `astype`)."""
         if not np.isfinite(matrix).all():
             raise ValueError("no matrix for this frame (NaN): it has no face")
         width, height = self.crop_size
         src = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).to(torch.float32)
         warped = _warp(src, torch.from_numpy(matrix), (height, width), fill=FILL)
-        face = warped.permute(1, 2, 0).numpy().astype(np.uint8)
+        return warped.permute(1, 2, 0).numpy().astype(np.uint8)
+
+    def crop(self, frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """RGB frame (H, W, 3) uint8 → aligned face (R, R, 3) uint8: `warp`, then Lanczos-stretched to R×R."""
+        face = self.warp(frame, matrix)
         return cv2.resize(face, (self.resolution, self.resolution), interpolation=cv2.INTER_LANCZOS4)
 
     def paste(self, frame: np.ndarray, face: torch.Tensor, matrix: np.ndarray) -> np.ndarray:
