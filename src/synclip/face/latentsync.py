@@ -25,11 +25,12 @@ import torch.nn.functional as F
 LEFT_BROW = (70, 63, 105, 66, 107, 46, 53, 52, 65, 55)  # the subject's right brow, on the image's left
 RIGHT_BROW = (336, 296, 334, 293, 300, 276, 283, 282, 295, 285)
 # Nose centre: two midline points (dorsum 195 and 5, above the tip) and a symmetric pair on the upper alae
-# (48, 278), like upstream's two midline + two side points. Chosen by geometry on a frontal face (the
-# astronaut fixture): their mean lies 0.62 brow-separations below the brows (the template's own point:
-# 0.49; the tip 4: 0.69), which puts the nose base on the last row the mask keeps (127 of 256), the
-# mouth inside the generated region and the chin about 20 rows above the mask's lower edge, as
-# LatentSync's crops look. InsightFace's exact points could not be run here (no weights).
+# (48, 278), like upstream's two midline + two side points (as far as InsightFace's layout is known here).
+# Chosen by geometry on the frontal astronaut fixture: their mean lies 0.62 brow-separations below the
+# brows (the template's own nose point: 0.49; the tip 4: 0.69), which puts the nose base (2) on rows
+# 126..128 of 256, at the last row the mask keeps (127), the upper lip inside the generated region
+# (row 141) and the chin (152) near row 212, 30 rows above the mask's lower edge (242): LatentSync's mask
+# keeps the nose and generates mouth and jaw. InsightFace itself could not be run here (no weights).
 NOSE = (195, 5, 48, 278)
 # the landmarks to keep from `FaceTracker(..., keep={"latentsync": KEPT})`, in this order
 KEPT = LEFT_BROW + RIGHT_BROW + NOSE
