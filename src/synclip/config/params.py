@@ -93,8 +93,9 @@ class PretrainedParams:
     videomae: str | None  # transformers VideoMAE directory (TREPA), full profile
     lpips_vgg: str | None  # torchvision VGG16 ImageNet state dict for calibrated LPIPS
     hyperiqa: str | None  # hyperIQA KonIQ weights (image-quality filter)
-    latentsync_unet: str | None  # a published LatentSync UNet checkpoint (.pt)
-    latentsync_syncnet: str | None  # a published StableSyncNet checkpoint (.pt)
+    # a published StableSyncNet: `stable_syncnet.pt`, or the syncnet/ folder `synclip weights
+    # import-latentsync` writes (a published UNet is a stage's `train_unet.stageN.init_from`)
+    latentsync_syncnet: str | None
 
     def validate(self, key: str = "pretrained") -> None:
         for field in dataclasses.fields(self):
@@ -219,7 +220,9 @@ class OptimParams:
     checkpoint_every: int
 
     def validate(self, key: str) -> None:
-        at_least_one(key, self, ("batch_size", "max_steps", "val_every", "checkpoint_every"))
+        at_least_one(key, self, ("batch_size", "val_every", "checkpoint_every"))
+        if self.max_steps < (0 if self.may_skip_training() else 1):
+            raise ConfigError(f"{key}: max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise ConfigError(f"{key}.lr ({self.lr}) and {key}.grad_clip ({self.grad_clip}) must be > 0")
         if self.warmup_steps < 0 or not 0 <= self.final_lr_fraction <= 1:
@@ -227,6 +230,10 @@ class OptimParams:
                 f"{key}.warmup_steps must be >= 0 ({self.warmup_steps}) and {key}.final_lr_fraction in "
                 f"[0, 1] ({self.final_lr_fraction})"
             )
+
+    def may_skip_training(self) -> bool:
+        """Whether max_steps = 0 is allowed: only where the run starts from given weights."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -497,6 +504,13 @@ class UNetStageParams(OptimParams):
     sample_frames: int  # frames of the sample (at least syncnet.num_frames + 2 · syncnet.max_offset)
     sample_steps: int  # its DDIM steps and audio guidance; chunking, η and seed are `inference`'s
     sample_guidance: float
+    # a synclip UNet artifact the stage starts from (e.g. LatentSync's published UNet, imported by
+    # `synclip weights import-latentsync`), instead of a fresh UNet (stage 1) or stage 1's (stage 2);
+    # with max_steps 0 the stage's UNet is that one, unchanged
+    init_from: str | None
+
+    def may_skip_training(self) -> bool:
+        return self.init_from is not None
 
     def validate(self, key: str) -> None:
         super().validate(key)

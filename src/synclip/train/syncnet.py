@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synclip.artifacts import load_latentsync_syncnet, save_syncnet
+from synclip.artifacts import load_latentsync_syncnet, load_syncnet, save_syncnet
 from synclip.config import Params, SyncNetParams
 from synclip.data.manifest import read_manifest
 from synclip.data.sync_pairs import (
@@ -23,6 +23,7 @@ from synclip.data.sync_pairs import (
     load_clips,
     validation_rows,
 )
+from synclip.errors import UserError
 from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet, syncnet_config
 from synclip.runtime import channels_last
@@ -152,7 +153,13 @@ def syncnet_stage(
         log.warning("every val clip has shifted audio; the validation accuracy is measured on them anyway")
     val = load_clips(val_rows, processed / "clips", view, "val clips")
     if sync.source == "pretrained":
-        model = load_latentsync_syncnet(params.pretrained.latentsync_syncnet, syncnet_config(sync)).to(device)
+        source = Path(params.pretrained.latentsync_syncnet)
+        if source.is_dir():  # imported by `synclip weights import-latentsync`
+            model = load_syncnet(source).to(device)
+            if model.config != syncnet_config(sync):
+                raise UserError(f"{source}: its SyncNet geometry is not the syncnet section's")
+        else:
+            model = load_latentsync_syncnet(source, syncnet_config(sync)).to(device)
         save_syncnet(out, model, {"source": str(params.pretrained.latentsync_syncnet)})
         sampler, pairs = validation_pairs(val, sync, params.seed + 1)
         loss, accuracy = evaluate(model, sampler, pairs, device)

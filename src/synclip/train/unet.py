@@ -363,8 +363,13 @@ def unet_stage(
     validation samples are made by `make_sample(params, stage, manifest, clips, vae, whisper, judge, out)`
     (a callable the caller passes: `synclip.eval.samples`)."""
     number, stage_params = stage, params.train_unet.stage(stage)
+    if stage_params.init_from is not None:
+        init = Path(stage_params.init_from)
     if number == 2 and init is None:
         raise UserError("stage 2 starts from the stage-1 UNet: pass --init")
+    if stage_params.max_steps == 0:
+        adopt_unet(number, init, out, metrics, history, samples, params)
+        return
     autoencoder = load_vae(vae, param="--vae").to(device).requires_grad_(False)
     judge = load_syncnet(syncnet).to(device).requires_grad_(False) if syncnet else None
     objective = build_objective(params, stage_params, autoencoder, judge, trepa, device)
@@ -411,3 +416,24 @@ def unet_stage(
         summary["init"] = {k: v for k, v in rows[0].items() if k.startswith(("val_", "sample_"))}
     write_json(metrics, summary)
     write_csv(history, rows)  # step 0 has no train_ columns
+
+
+def adopt_unet(
+    stage: int, init: Path, out: Path, metrics: Path, history: Path, samples: Path | None, params: Params
+) -> None:
+    """A stage of 0 steps: its UNet is `init` (train_unet.stageN.init_from), loaded strictly into the
+    profile's geometry, so a fine-tune that skips stage 1 still has every stage's outputs."""
+    stage_params = params.train_unet.stage(stage)
+    width = load_whisper_encoder(params.pretrained.whisper).width
+    model, fresh = initial_unet(unet_config(params.unet, stage_params, audio_width=width), init)
+    if fresh:
+        raise UserError(
+            f"{init}: has no {', '.join(fresh[:3])} …; a stage of 0 steps must start from a whole UNet"
+        )
+    save_unet(out, model)
+    if samples is not None:
+        samples.mkdir(parents=True, exist_ok=True)
+        forget_samples(samples)
+    write_json(metrics, {"stage": stage, "steps": 0, "init_from": str(init)})
+    write_csv(history, [{"step": 0}])
+    log.info("stage %d: 0 steps; the UNet is %s, unchanged", stage, init)
