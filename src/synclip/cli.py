@@ -190,6 +190,48 @@ def weights_convert_whisper(
     print(out)
 
 
+@weights_app.command("import-latentsync")
+def weights_import_latentsync(
+    out: Annotated[Path, typer.Option("-o", "--out", help="The packaged model folder to write.")],
+    version: Annotated[str, typer.Option("--version", help="1.5 (256 px) or 1.6 (512 px).")],
+    src: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A LatentSync snapshot (`huggingface-cli download ByteDance/LatentSync-1.6 --local-dir SRC`)."
+        ),
+    ] = None,
+    vae: Annotated[
+        Path | None,
+        typer.Option("--vae", help="sd-vae-ft-mse's diffusers folder (default: the Hugging Face cache)."),
+    ] = None,
+    unet_config: Annotated[
+        Path | None, typer.Option("--unet-config", help="An upstream configs/unet/*.yaml (default: stage 2).")
+    ] = None,
+    syncnet_config: Annotated[
+        Path | None,
+        typer.Option("--syncnet-config", help="An upstream configs/syncnet/*.yaml (default: 16_pixel_attn)."),
+    ] = None,
+    from_hub: Annotated[
+        bool, typer.Option("--from-hub", help="Download SRC from ByteDance/LatentSync-VERSION instead.")
+    ] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="With --from-hub: the Hub revision (default: pinned).")
+    ] = None,
+) -> None:
+    """Import LatentSync 1.5 / 1.6's published weights as a packaged model (`synclip lipsync --model OUT`)."""
+    from synclip.inference.latentsync import download_latentsync, import_latentsync
+
+    hub = None
+    if from_hub == (src is not None):
+        raise UserError("give either SRC (a local snapshot) or --from-hub, not both or neither")
+    if revision is not None and not from_hub:
+        raise UserError("--revision needs --from-hub")
+    if from_hub:
+        src, hub = download_latentsync(version, revision)
+    assert src is not None
+    print(import_latentsync(src, version, out, vae, unet_config, syncnet_config, hub=hub))
+
+
 @app.command()
 def align(
     video: Annotated[Path, typer.Argument(help="Any video with a face.")],

@@ -11,6 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 
 import synclip
@@ -19,6 +21,7 @@ from synclip.artifacts import (
     load_unet,
     load_vae,
     load_whisper_encoder,
+    save_syncnet,
     save_unet,
     save_vae,
 )
@@ -27,12 +30,14 @@ from synclip.errors import UserError
 from synclip.face.mask import load_mask, mask_path
 from synclip.files import staged_folder
 from synclip.inference.pipeline import SCHEDULER_CONFIG, LipSyncPipeline, PipelineConfig
+from synclip.nn.syncnet import StableSyncNet
 
 log = logging.getLogger(__name__)
 
 KIND = "synclip-pipeline"
 PIPELINE_FILE = "pipeline.json"
 UNET_DIR, VAE_DIR, WHISPER_DIR, SCHEDULER_DIR, MASK_FILE = "unet", "vae", "whisper", "scheduler", "mask.png"
+SYNCNET_DIR = "syncnet"  # optional: the SyncNet that judged the model (an imported LatentSync)
 
 
 def assemble(
@@ -41,29 +46,55 @@ def assemble(
     vae: torch.nn.Module,
     whisper_dir: str | Path,
     config: PipelineConfig,
-    mask: str | Path | None = None,
+    mask: str | Path | np.ndarray | None = None,
     scheduler_config: Mapping[str, Any] = SCHEDULER_CONFIG,
+    *,
+    syncnet: StableSyncNet | None = None,
+    extra_files: Mapping[str, str] | None = None,
+    verify: bool = False,
 ) -> Path:
     """Write a packaged model folder: unet/, vae/, whisper/, scheduler/, mask.png, pipeline.json,
     swapped in whole (`synclip.files.staged_folder`), so a reader never sees half a model.
 
     `unet/` and `vae/` (their artifacts), `whisper/` (the transformers folder), `scheduler/` (DDIM's
-    config), `mask.png` and `pipeline.json` (the sampler's defaults and R)."""
+    config), `mask.png` (the shipped mask, an image file, or an (R, R) uint8 array, 255 keep) and
+    `pipeline.json` (the sampler's defaults and R). Optional extras: `syncnet/` (a SyncNet artifact
+    for evaluation and fine-tuning) and `extra_files` ({name: text}, e.g. a record of the sources).
+    `verify` loads the staged folder as `load_pipeline` does before it is swapped in."""
     from diffusers import DDIMScheduler
 
     folder = Path(folder)
     whisper_dir = Path(whisper_dir)
     if not (whisper_dir / "config.json").is_file():
         raise UserError(f"{whisper_dir}: not a transformers Whisper folder (no config.json)")
+    extra_files = extra_files or {}
+    reserved = {UNET_DIR, VAE_DIR, WHISPER_DIR, SCHEDULER_DIR, MASK_FILE, PIPELINE_FILE, SYNCNET_DIR}
+    bad_names = sorted(
+        name for name in extra_files if name in reserved or "/" in name or name.startswith(".")
+    )
+    if bad_names:
+        raise ValueError(f"extra_files {bad_names}: names the package uses, or not plain file names")
     with staged_folder(folder) as tmp:
         save_unet(tmp / UNET_DIR, unet)
         save_vae(vae, tmp / VAE_DIR)
         shutil.copytree(whisper_dir, tmp / WHISPER_DIR, ignore=shutil.ignore_patterns(".*"))
         DDIMScheduler.from_config(dict(scheduler_config)).save_pretrained(tmp / SCHEDULER_DIR)
-        shutil.copyfile(Path(mask) if mask is not None else mask_path(), tmp / MASK_FILE)
+        if isinstance(mask, np.ndarray):
+            if mask.dtype != np.uint8 or mask.ndim != 2:
+                raise ValueError(f"mask: expected an (R, R) uint8 array, got {mask.dtype} {mask.shape}")
+            if not cv2.imwrite(str(tmp / MASK_FILE), mask):
+                raise OSError(f"{tmp / MASK_FILE}: could not write the mask")
+        else:
+            shutil.copyfile(Path(mask) if mask is not None else mask_path(), tmp / MASK_FILE)
         load_mask(config.resolution, tmp / MASK_FILE)  # fails early on a bad image
+        if syncnet is not None:
+            save_syncnet(tmp / SYNCNET_DIR, syncnet)
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text)
         meta = {"kind": KIND, "synclip_version": synclip.__version__, **asdict(config)}
         (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if verify:
+            load_pipeline(tmp)
     return folder
 
 
