@@ -262,6 +262,27 @@ def test_vae_from_a_bin_folder(snapshot16, tmp_path):
         torch.testing.assert_close(vae.state_dict()[key], value, rtol=0, atol=0)
 
 
+def test_vae_with_the_old_attention_names(snapshot16, tmp_path):
+    """sd-vae-ft-mse's files predate diffusers' attention renaming (query/key/value/proj_attn)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(snapshot16["vae"], tmp_path / "vae"))
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    new_names = load_file(weights)
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+    def old_name(key: str) -> str:
+        for ours, theirs in old.items():
+            key = key.replace(f".attentions.0.{ours}.", f".attentions.0.{theirs}.")
+        return key
+
+    save_file({old_name(k): v for k, v in new_names.items()}, str(weights))
+    assert any(".query." in k for k in load_file(weights))
+    vae = latentsync.read_sd_vae(folder)
+    for key, value in new_names.items():
+        torch.testing.assert_close(vae.state_dict()[key], value, rtol=0, atol=0)
+
+
 # --- strict errors, atomicity ----------------------------------------------------------------------
 
 
@@ -442,14 +463,18 @@ def test_offline_with_an_empty_cache_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_offline_without_vae_says_how_to_get_it(snapshot16, tmp_path):
-    args = ["weights", "import-latentsync", str(snapshot16["src"]), "--version", "1.6", "-o", "out"]
-    result = run_cli(args, tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert VAE_REPO in lines[0]
-    assert "--vae" in lines[0]
+def test_offline_without_vae_says_how_to_get_it(snapshot16, tmp_path, monkeypatch):
+    """In process (the subprocess test above covers the CLI's one line): offline, empty cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    with pytest.raises(LatentSyncImportError) as raised:
+        import_latentsync(snapshot16["src"], "1.6", tmp_path / "out", unet_config=snapshot16["unet_config"])
+    text = str(raised.value)
+    assert "\n" not in text
+    assert f"the VAE {VAE_REPO} is not in the Hugging Face cache" in text
+    assert f"pass --vae DIR, a folder from `huggingface-cli download {VAE_REPO} --local-dir DIR`" in text
     assert not (tmp_path / "out").exists()
 
 
@@ -459,3 +484,33 @@ def test_cli_needs_src_or_from_hub(tmp_path):
     )
     assert isinstance(result.exception, UserError)
     assert "SRC" in str(result.exception)
+
+
+def test_defaults_are_latentsyncs_geometry(snapshot16, tmp_path, monkeypatch):
+    """Without --unet-config / --syncnet-config: the stage-2 UNet and syncnet_16_pixel_attn."""
+    seen = {}
+
+    def capture(path, config):
+        seen[path.name] = config
+        raise CheckpointError(f"{path}: stop here")
+
+    monkeypatch.setattr(latentsync, "read_unet", capture)
+    with pytest.raises(CheckpointError, match="stop here"):
+        import_latentsync(snapshot16["src"], "1.6", tmp_path / "out", vae=snapshot16["vae"])
+    assert seen == {"latentsync_unet.pt": full_config(True)}
+    monkeypatch.setattr(latentsync, "read_unet", lambda path, config: None)
+    monkeypatch.setattr(latentsync, "read_syncnet", capture)
+    with pytest.raises(CheckpointError, match="stop here"):
+        import_latentsync(snapshot16["src"], "1.6", tmp_path / "out", vae=snapshot16["vae"])
+    assert seen["stable_syncnet.pt"] == released_config()
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_snapshot_without_a_file_names_it(snapshot16, tmp_path):
+    cached = hub_copy(snapshot16, tmp_path)
+    (cached / "stable_syncnet.pt").unlink()
+    hub = latentsync.HubSource(repo=HUB_REPOS["1.6"], revision="main", commit=cached.name)
+    with pytest.raises(
+        LatentSyncImportError, match=f"missing stable_syncnet.pt; the Hub snapshot {HUB_REPOS['1.6']}@"
+    ):
+        import_latentsync(cached, "1.6", tmp_path / "out", vae=snapshot16["vae"], hub=hub)

@@ -215,7 +215,7 @@ def weights_import_latentsync(
         bool, typer.Option("--from-hub", help="Download SRC from ByteDance/LatentSync-VERSION instead.")
     ] = False,
     revision: Annotated[
-        str | None, typer.Option("--revision", help="With --from-hub: the Hub revision (default: pinned).")
+        str | None, typer.Option("--revision", help="With --from-hub: the Hub revision (default: main).")
     ] = None,
 ) -> None:
     """Import LatentSync 1.5 / 1.6's published weights as a packaged model (`synclip lipsync --model OUT`)."""

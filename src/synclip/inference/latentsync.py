@@ -322,10 +322,11 @@ def _snapshot(repo: str, revision: str, patterns: list[str], what: str, how: str
     try:
         folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns))
     except (OSError, HFValidationError) as error:  # offline, not cached, no such repo or revision
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        first = " ".join(str(error).split()).split(". ")[0]  # huggingface_hub's messages run long
+        reason = (first if len(first) <= 240 else first[:240].rsplit(" ", 1)[0] + " …").rstrip(".")
         raise LatentSyncImportError(
             f"{what} is not in the Hugging Face cache and could not be downloaded from {repo}@{revision} "
-            f"({type(error).__name__}: {reason}); {how}"
+            f"({type(error).__name__}: {reason or 'no message'}); {how}"
         ) from None
     return folder, HubSource(repo=repo, revision=revision, commit=folder.name)
 
@@ -392,10 +393,13 @@ def import_latentsync(
         raise LatentSyncImportError(f"{src}: no such folder; expected a LatentSync {version} snapshot")
     missing = [name for name in SOURCE_FILES if not (src / name).is_file()]
     if missing:
-        raise LatentSyncImportError(
-            f"{src}: missing {', '.join(missing)}; expected a snapshot of {HUB_REPOS[version]} "
-            f"(`huggingface-cli download {HUB_REPOS[version]} --local-dir {src}`)"
+        where = (
+            f"the Hub snapshot {hub.repo}@{hub.commit} lacks them"
+            if hub
+            else f"expected a snapshot of {HUB_REPOS[version]} (`huggingface-cli download {HUB_REPOS[version]} "
+            f"--local-dir {src}`)"
         )
+        raise LatentSyncImportError(f"{src}: missing {', '.join(missing)}; {where}")
     unet_cfg, resolution = (
         unet_config_from_yaml(unet_config) if unet_config is not None else (full_config(True), None)
     )
