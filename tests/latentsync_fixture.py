@@ -16,7 +16,7 @@ def load_fixture(name: str) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, notes) of tests/fixtures/latentsync/<name>.safetensors; asserts the upstream commit."""
     with safe_open(FIXTURES / f"{name}.safetensors", framework="pt") as file:
         metadata = file.metadata()
-        tensors = {key: file.get_tensor(key) for key in file}
+        tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is not iterable)
     assert metadata["commit"] == COMMIT, metadata["commit"]
     return tensors, json.loads(metadata["notes"])
 

@@ -26,7 +26,15 @@ from synclip.face.align import invert
 from synclip.face.landmarks import FACE_OVAL
 from synclip.face.mask import load_mask
 from synclip.face.paste import Placement, feather
-from synclip.inference.lipsync import LipSyncOptions, lipsync_file, output_frames, ping_pong, synced_frames
+from synclip.inference.lipsync import (
+    LipSyncOptions,
+    SynclipFaces,
+    lipsync_file,
+    output_frames,
+    ping_pong,
+    speech_tokens,
+    synced_frames,
+)
 from synclip.inference.package import PIPELINE_FILE, assemble, load_pipeline
 from synclip.inference.pipeline import LipSyncPipeline, PipelineConfig
 from synclip.media.decode import iter_frames, read_audio
@@ -316,6 +324,9 @@ def test_lengths_follow_the_audio_unless_cut_or_pad():
 def test_ping_pong_plays_forward_then_backward_without_repeating_ends():
     assert [ping_pong(i, 4) for i in range(9)] == [0, 1, 2, 3, 2, 1, 0, 1, 2]
     assert [ping_pong(i, 1) for i in range(3)] == [0, 0, 0]
+    # LatentSync's loop shows each end frame twice at the turn
+    assert [ping_pong(i, 4, repeat_ends=True) for i in range(10)] == [0, 1, 2, 3, 3, 2, 1, 0, 0, 1]
+    assert [ping_pong(i, 1, repeat_ends=True) for i in range(3)] == [0, 0, 0]
 
 
 # --- files ------------------------------------------------------------------------------------------
@@ -402,12 +413,13 @@ def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir,
     monkeypatch.setattr(pipe, "mask", rectangle_mask)
     video, speech = media
     options = LipSyncOptions()
-    track = track_face(video, Fraction(25), RES, pretrained_dir / "face_landmarker.task", options)
-    assert [i for i in range(20) if not track.found[i]] == list(FACELESS)
+    faces = track_face(video, Fraction(25), pipe, pretrained_dir / "face_landmarker.task", options)
+    assert [i for i in range(20) if not faces.found[i]] == list(FACELESS)
     counts = {"generated": 0, "without_face": 0}
-    samples = read_audio(speech)
-    out = list(synced_frames(pipe, video, samples, Fraction(25), track, 20, options, counts))
+    audio, _ = speech_tokens(pipe, read_audio(speech), Fraction(25), 20, options)
+    out = list(synced_frames(pipe, video, audio, Fraction(25), faces, 20, options, counts))
     source = decoded(video)
+    track = faces.placement
     assert track.outlines.shape == (20, len(FACE_OVAL), 2)
     beside = 0
     for i in range(20):
@@ -434,11 +446,10 @@ def test_frames_without_a_face_are_the_input_frames(pipe, media, pretrained_dir,
 
 def test_a_video_without_any_face_passes_through(pipe, media):
     video, speech = media
-    track = Placement(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0)
+    faces = SynclipFaces(Placement(np.full((20, 2, 3), np.nan), np.zeros(20, bool), 0), pipe.mask, RES)
     counts = {"generated": 0, "without_face": 0}
-    out = list(
-        synced_frames(pipe, video, read_audio(speech), Fraction(25), track, 20, LipSyncOptions(), counts)
-    )
+    audio, _ = speech_tokens(pipe, read_audio(speech), Fraction(25), 20, LipSyncOptions())
+    out = list(synced_frames(pipe, video, audio, Fraction(25), faces, 20, LipSyncOptions(), counts))
     assert all(np.array_equal(a, b) for a, b in zip(out, decoded(video), strict=True))
     assert counts["without_face"] == 20
 
@@ -493,15 +504,19 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, media, tmp_path, model
     assert list(out.parent.iterdir()) == []
 
 
-def fixed_track(frames: int = 20) -> Placement:
+def fixed_track(pipe: LipSyncPipeline, frames: int = 20) -> SynclipFaces:
     """The alignment of a face in the middle of the 192×160 test frames, on every frame."""
     matrix = np.array([[RES / 80, 0, -56 * RES / 80], [0, RES / 80, -30 * RES / 80]])
-    return Placement(np.repeat(matrix[None], frames, axis=0), np.ones(frames, bool), 0)
+    return SynclipFaces(
+        Placement(np.repeat(matrix[None], frames, axis=0), np.ones(frames, bool), 0), pipe.mask, RES
+    )
 
 
 def test_output_keeps_size_rate_and_speech_without_a_landmarker(pipe, media, tmp_path, monkeypatch):
     video, speech = media
-    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: fixed_track())
+    monkeypatch.setattr(
+        "synclip.inference.lipsync.track_face", lambda video, fps, pipeline, *args: fixed_track(pipeline)
+    )
     out = tmp_path / "out.mp4"
     summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True))
     info = probe(out)
@@ -517,7 +532,7 @@ def test_a_failure_while_writing_leaves_nothing(pipe, media, tmp_path, monkeypat
     from synclip.inference import lipsync
 
     video, speech = media
-    monkeypatch.setattr(lipsync, "track_face", lambda *args: fixed_track())
+    monkeypatch.setattr(lipsync, "track_face", lambda video, fps, pipeline, *args: fixed_track(pipeline))
     real, calls = lipsync.paste, []
 
     def paste(*args):
@@ -546,15 +561,15 @@ def pasted_region(pipe: LipSyncPipeline, matrix: np.ndarray, shape: tuple[int, .
 def test_lossless_output_keeps_frames_without_a_face_bit_exact(pipe, media, tmp_path, monkeypatch):
     """Decoded from the output file: no-face frames are the input's, face frames change inside the mask only."""
     video, speech = media
-    track = fixed_track()
-    track.found[list(FACELESS)] = False
-    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: track)
+    faces = fixed_track(pipe)
+    faces.found[list(FACELESS)] = False
+    monkeypatch.setattr("synclip.inference.lipsync.track_face", lambda *args: faces)
     out = tmp_path / "out.mp4"
     summary = lipsync_file(pipe, video, speech, out, "unused", LipSyncOptions(cut=True, lossless=True))
     assert (summary.frames_without_face, summary.frames_generated) == (len(FACELESS), 20 - len(FACELESS))
     written, source = decoded(out), decoded(video)
     assert len(written) == len(source) == 20
-    inside = pasted_region(pipe, track.matrices[0], source[0].shape)
+    inside = pasted_region(pipe, faces.placement.matrices[0], source[0].shape)
     outside = ~cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     assert inside.sum() > 500
     assert outside.sum() > 10_000
@@ -608,7 +623,7 @@ def test_face_index_picks_the_larger_or_the_smaller_face(pipe, tmp_path, pretrai
     changed = {}
     for index in (0, 1):
         options = LipSyncOptions(face_index=index, cut=True, lossless=True)
-        track = track_face(video, Fraction(25), RES, landmarker, options)
+        track = track_face(video, Fraction(25), pipe, landmarker, options)
         assert track.found.all(), index
         assert track.several == len(source), index  # MediaPipe sees both people on every frame
         out = tmp_path / f"face{index}.mp4"

@@ -10,14 +10,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from synclip.audio.latentsync import LatentSyncAudioTokens
 from synclip.audio.tokens import AudioTokens
 from synclip.constants import AUDIO_SAMPLE_RATE
 from synclip.face.align import warp_face
 from synclip.face.landmarks import FACE_OVAL
+from synclip.face.latentsync import KEPT, LatentSyncAligner, kept_points
 from synclip.face.paste import Placement, feather, paste
 from synclip.face.track import FaceTracker
 from synclip.images import to_uint8, to_unit
@@ -76,25 +79,102 @@ def output_frames(video_frames: int, audio_frames: int, cut: bool = False, pad: 
     return video_frames if pad else audio_frames
 
 
-def ping_pong(index: int, frames: int) -> int:
-    """Source frame of output frame `index` when a `frames`-long video plays forward, backward, forward …"""
+def ping_pong(index: int, frames: int, repeat_ends: bool = False) -> int:
+    """Source frame of output frame `index` when a `frames`-long video plays forward, backward, forward …;
+    with `repeat_ends` each end frame shows twice at the turn (LatentSync's loop: 0 … N−1, N−1 … 0, 0 …)."""
+    if repeat_ends:
+        phase = index % (2 * frames)
+        return phase if phase < frames else 2 * frames - 1 - phase
     if frames == 1:
         return 0
     phase = index % (2 * frames - 2)
     return phase if phase < frames else 2 * frames - 2 - phase
 
 
+class Faces(Protocol):
+    """The chosen face on every source frame, and how a generated face goes in and out of a frame."""
+
+    @property
+    def found(self) -> np.ndarray:
+        """(N,) bool: the face is on source frame i."""
+        ...
+
+    @property
+    def several(self) -> int:
+        """Frames with more faces than one."""
+        ...
+
+    def crop(self, frame: np.ndarray, source: int) -> torch.Tensor:
+        """RGB frame (H, W, 3) uint8 of source frame `source` → aligned face (3, R, R) in [−1, 1]."""
+        ...
+
+    def paste(self, frame: np.ndarray, generated: torch.Tensor, source: int) -> np.ndarray:
+        """The generated face (3, R, R) in [−1, 1] onto the frame → (H, W, 3) uint8."""
+        ...
+
+
+@dataclass
+class SynclipFaces:
+    """synclip's own: smoothed eye/nose similarity to its template, pasted inside the face's outline."""
+
+    placement: Placement
+    mask: torch.Tensor  # (1, R, R), 1 keep
+    resolution: int
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.placement.found
+
+    @property
+    def several(self) -> int:
+        return self.placement.several
+
+    def crop(self, frame: np.ndarray, source: int) -> torch.Tensor:
+        return to_unit(warp_face(frame, self.placement.matrices[source], self.resolution))
+
+    def paste(self, frame: np.ndarray, generated: torch.Tensor, source: int) -> np.ndarray:
+        weight = feather(self.mask, self.placement.outline(source))
+        return paste(frame, to_uint8(generated), weight, self.placement.matrices[source])
+
+
+@dataclass
+class LatentSyncFaces:
+    """LatentSync's: eyebrows and nose onto its 210×280 template, stretched to R×R, EMA-smoothed; the
+    whole crop pasted back with an eroded, blurred border (`synclip.face.latentsync`)."""
+
+    aligner: LatentSyncAligner
+    matrices: np.ndarray  # (N, 2, 3) source → crop before the stretch, NaN without the face
+    several: int
+
+    @property
+    def found(self) -> np.ndarray:
+        return np.isfinite(self.matrices).all(axis=(1, 2))
+
+    def crop(self, frame: np.ndarray, source: int) -> torch.Tensor:
+        return to_unit(self.aligner.crop(frame, self.matrices[source]))
+
+    def paste(self, frame: np.ndarray, generated: torch.Tensor, source: int) -> np.ndarray:
+        return self.aligner.paste(frame, generated, self.matrices[source])
+
+
 def track_face(
-    video: Path, fps: Fraction, resolution: int, landmarker: str | Path, options: LipSyncOptions
-) -> Placement:
-    """First decode: the chosen face on every frame → smoothed alignments and its outline."""
-    with FaceTracker(landmarker, fps, face_index=options.face_index, keep={"outline": FACE_OVAL}) as tracker:
+    video: Path, fps: Fraction, pipeline: LipSyncPipeline, landmarker: str | Path, options: LipSyncOptions
+) -> Faces:
+    """First decode: the chosen face on every frame → its alignments, for the pipeline's face front end."""
+    latentsync = pipeline.config.face_frontend == "latentsync"
+    keep = {"latentsync": KEPT} if latentsync else {"outline": FACE_OVAL}
+    with FaceTracker(landmarker, fps, face_index=options.face_index, keep=keep) as tracker:
         for index, frame in enumerate(trimmed(iter_frames(video, fps=fps))):
             tracker.add(index, frame)
     track = tracker.result()
     if not len(track.counts):
         raise MediaError(f"{video}: the video stream has no frames")
-    return Placement.of(track, resolution, options.smoothing_frames)
+    resolution = pipeline.config.resolution
+    if latentsync:
+        aligner = LatentSyncAligner(resolution)
+        matrices = aligner.matrices(kept_points(track.points["latentsync"]))
+        return LatentSyncFaces(aligner, matrices, track.several)
+    return SynclipFaces(Placement.of(track, resolution, options.smoothing_frames), pipeline.mask, resolution)
 
 
 def source_frames(video: Path, fps: Fraction, order: Iterator[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -138,45 +218,56 @@ def check_inputs(video: Path, audio: Path) -> tuple:
 def synced_frames(
     pipeline: LipSyncPipeline,
     video: Path,
-    samples: np.ndarray,
+    audio: AudioTokens | LatentSyncAudioTokens,
     fps: Fraction,
-    track: Placement,
+    faces: Faces,
     frames: int,
     options: LipSyncOptions,
     counts: dict,
 ) -> Iterator[np.ndarray]:
     """The output frames (H, W, 3) uint8 in order: generated where the face was found, else the input's."""
-    resolution = pipeline.config.resolution
-    total = len(track.found)
-    # the speech, zero-padded, covers every output frame plus the token window after the last one
-    needed = int(math.ceil(Fraction(frames + 1) / fps * AUDIO_SAMPLE_RATE))
-    if pipeline.audio_encoder is None:
-        raise ValueError("this pipeline has no audio encoder; pass audio tokens instead")
-    audio = AudioTokens(pipeline.audio_encoder, samples, fps, needed)
-    alpha = feather(pipeline.mask) if track.outlines is None else None
-    order = (ping_pong(i, total) for i in range(frames))
+    total = len(faces.found)
+    repeat_ends = pipeline.config.loop == "repeat_ends"
+    order = (ping_pong(i, total, repeat_ends) for i in range(frames))
     decoded = zip(range(frames), source_frames(video, fps, order), strict=False)
-    runs = itertools.groupby(decoded, key=lambda item: bool(track.found[item[1][0]]))
+    runs = itertools.groupby(decoded, key=lambda item: bool(faces.found[item[1][0]]))
     for has_face, run in runs:
         if not has_face:
             for _, (_, frame) in run:
                 counts["without_face"] += 1
                 yield frame
             continue
-        waiting: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        waiting: deque[tuple[int, np.ndarray]] = deque()
 
         def items(run=run, waiting=waiting) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for out_index, (source, frame) in run:
-                matrix = track.matrices[source]
-                waiting.append((source, frame, matrix))
-                crop = to_unit(warp_face(frame, matrix, resolution))
-                yield crop, audio.frame(out_index)
+                waiting.append((source, frame))
+                yield faces.crop(frame, source), audio.frame(out_index)
 
         for generated in pipeline.stream(items(), options.steps, options.guidance, options.seed):
-            source, frame, matrix = waiting.popleft()
+            source, frame = waiting.popleft()
             counts["generated"] += 1
-            weight = alpha if alpha is not None else feather(pipeline.mask, track.outline(source))
-            yield paste(frame, to_uint8(generated), weight, matrix)
+            yield faces.paste(frame, generated, source)
+
+
+def speech_tokens(
+    pipeline: LipSyncPipeline, samples: np.ndarray, fps: Fraction, video_frames: int, options: LipSyncOptions
+) -> tuple[AudioTokens | LatentSyncAudioTokens, int]:
+    """The per-frame audio tokens of the speech, by the pipeline's audio front end, and the output's frames.
+
+    synclip's: as many frames as the speech lasts (ceil), the video looped or cut to it. LatentSync's: its
+    own count (`latentsync_frame_count`, two past the speech), the video looped or cut to that.
+    """
+    if pipeline.audio_encoder is None:
+        raise ValueError("this pipeline has no audio encoder; pass audio tokens instead")
+    if pipeline.config.audio_frontend == "latentsync":
+        tokens = LatentSyncAudioTokens(pipeline.audio_encoder, samples, fps)
+        return tokens, output_frames(video_frames, tokens.num_frames, options.cut, options.pad)
+    audio_frames = int(math.ceil(Fraction(len(samples), AUDIO_SAMPLE_RATE) * fps))
+    frames = output_frames(video_frames, audio_frames, options.cut, options.pad)
+    # the speech, zero-padded, covers every output frame plus the token window after the last one
+    needed = int(math.ceil(Fraction(frames + 1) / fps * AUDIO_SAMPLE_RATE))
+    return AudioTokens(pipeline.audio_encoder, samples, fps, needed), frames
 
 
 def lipsync_file(
@@ -212,11 +303,10 @@ def lipsync_file(
         raise MediaError(f"{audio}: the audio stream holds no samples")
     if not np.abs(samples).max() > 0:
         log.warning("%s: the audio is silent; mouths will close", audio)
-    fps = stream.fps
-    track = track_face(video, fps, pipeline.config.resolution, landmarker, options)
-    video_frames = len(track.found)
-    audio_frames = int(math.ceil(Fraction(len(samples), AUDIO_SAMPLE_RATE) * fps))
-    frames = output_frames(video_frames, audio_frames, options.cut, options.pad)
+    fps = Fraction(pipeline.config.fps) if pipeline.config.fps else stream.fps
+    faces = track_face(video, fps, pipeline, landmarker, options)
+    video_frames = len(faces.found)
+    tokens, frames = speech_tokens(pipeline, samples, fps, video_frames, options)
     first = next(iter_frames(video, fps=fps))
     height, width = first.shape[:2]
     del first
@@ -233,7 +323,7 @@ def lipsync_file(
         lossless=options.lossless,
     )
     try:
-        output = synced_frames(pipeline, video, samples, fps, track, frames, options, counts)
+        output = synced_frames(pipeline, video, tokens, fps, faces, frames, options, counts)
         for done, frame in enumerate(trimmed(output), 1):
             writer.write_frame(frame)
             if on_progress is not None:
@@ -256,7 +346,7 @@ def lipsync_file(
         audio_seconds=round(len(samples) / AUDIO_SAMPLE_RATE, 3),
         frames_generated=counts["generated"],
         frames_without_face=counts["without_face"],
-        frames_with_several_faces=track.several,
+        frames_with_several_faces=faces.several,
         looped=frames > video_frames,
         audio=writer.audio_description,
     )
