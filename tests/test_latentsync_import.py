@@ -514,3 +514,15 @@ def test_hub_snapshot_without_a_file_names_it(snapshot16, tmp_path):
         LatentSyncImportError, match=f"missing stable_syncnet.pt; the Hub snapshot {HUB_REPOS['1.6']}@"
     ):
         import_latentsync(cached, "1.6", tmp_path / "out", vae=snapshot16["vae"], hub=hub)
+
+
+def test_imported_package_generates_a_chunk(package16):
+    """A smoke test of the imported networks working together (the lip-sync run itself is tested elsewhere)."""
+    pipe = load_pipeline(package16)
+    generator = torch.Generator().manual_seed(0)
+    faces = torch.rand(16, 3, 64, 64, generator=generator) * 2 - 1
+    audio = torch.randn(16, 10, 64, generator=generator)
+    with torch.no_grad():
+        out = pipe.generate(faces, audio, pipe.noise(7, (4, 8, 8)), steps=2, guidance=1.5)
+    assert out.shape == faces.shape
+    assert torch.isfinite(out).all()
