@@ -97,13 +97,19 @@ class LipSyncPipeline:
 
     # --- sampling --------------------------------------------------------------------------------
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(F, 3, R, R) in [−1, 1] → (F, C, h, w) scaled latents (posterior mean).
+    def encode(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(F, 3, R, R) in [−1, 1] → (F, C, h, w) scaled latents: the posterior mean, or with `noise`
+        (F, C, h, w) the posterior sample mean + σ · noise (LatentSync's `latent_dist.sample`).
 
-        Latents are the VAE posterior's mean (`latent_dist.mode()`), not a sample as in the reference: a
-        per-frame sample would add noise that depends on how frames are chunked and batched.
+        synclip's default is the mean (`latents: mean`): a sample adds noise to the condition that
+        LatentSync's published weights were trained with, but synclip's own were not.
         """
-        return scale_latents(self.vae, self.vae.encode(images).latent_dist.mode())
+        posterior = self.vae.encode(images).latent_dist
+        if noise is None:
+            return scale_latents(self.vae, posterior.mode())
+        if noise.shape != posterior.mean.shape:
+            raise ValueError(f"posterior noise {tuple(noise.shape)}, expected {tuple(posterior.mean.shape)}")
+        return scale_latents(self.vae, posterior.mean + posterior.std * noise.to(posterior.mean))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(F, C, h, w) scaled latents → (F, 3, R, R) in [−1, 1]."""
@@ -115,8 +121,16 @@ class LipSyncPipeline:
         Every frame of every chunk gets the same draws, as the initial noise, so chunking cannot change
         them; drawn on the CPU, so they are the same on any device.
         """
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randn((1 + steps, *latent_shape), generator=generator).to(self.device, self.dtype)
+        return self._draw(torch.Generator().manual_seed(seed), (1 + steps, *latent_shape))
+
+    def _draw(self, generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normal of `shape` from a CPU generator, then onto the pipeline's device and dtype.
+
+        Drawn in fp32, or in fp64 for an fp64 pipeline (LatentSync draws in the weights' dtype, so its
+        fp32 and fp64 runs draw the same numbers as synclip's).
+        """
+        dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        return torch.randn(shape, generator=generator, dtype=dtype).to(self.device, self.dtype)
 
     @torch.no_grad()
     def generate(
@@ -127,10 +141,13 @@ class LipSyncPipeline:
         steps: int,
         guidance: float,
         eta: float = 0.0,
+        posterior_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One chunk: faces (F, 3, R, R) in [−1, 1], audio tokens (F, S, D), noise (C, h, w) or, for
         η > 0, (1 + steps, C, h, w) (see `noise`) → (F, 3, R, R).
 
+        `posterior_noise` (2, F, C, h, w) makes the masked faces' latents ([0]) and the reference
+        latents ([1]) posterior samples (`encode`), in the order LatentSync draws them; None: the means.
         Pixels the mask keeps are the input's; only the masked region is generated.
         """
         from diffusers import DDIMScheduler
@@ -138,8 +155,11 @@ class LipSyncPipeline:
         frames = faces.shape[0]
         faces = faces.to(self.device, self.dtype)
         audio = audio.to(self.device, self.dtype)[None]  # (1, F, S, D)
-        reference = self.encode(faces)  # (F, C, h, w)
-        masked = self.encode(faces * self.mask)
+        if posterior_noise is not None and (posterior_noise.ndim != 5 or len(posterior_noise) != 2):
+            raise ValueError(f"posterior noise must be (2, F, C, h, w), got {tuple(posterior_noise.shape)}")
+        masked_noise, reference_noise = (None, None) if posterior_noise is None else posterior_noise
+        masked = self.encode(faces * self.mask, masked_noise)  # (F, C, h, w)
+        reference = self.encode(faces, reference_noise)
         latent_mask = F.interpolate(
             self.mask[None], size=reference.shape[-2:], mode="nearest"
         )  # (1, 1, h, w)
@@ -178,10 +198,16 @@ class LipSyncPipeline:
         Holds at most F inputs and `overlap` outputs. Frames are generated in chunks of F (`num_frames`)
         frames; consecutive chunks overlap by `overlap` frames, which are generated twice and cross-faded
         linearly (weight of the newer chunk (k + 1)/(overlap + 1) for the k-th shared frame), so seams do
-        not jump. The last chunk slides back to end at the last frame, so every chunk has F frames when
-        the video has at least F. Memory is that of one chunk, whatever the video's length. A UNet whose
-        frames are independent (no motion modules, per-frame GroupNorm) gives the same output chunked or
-        not.
+        not jump. With `last_chunk: slide` the last chunk slides back to end at the last frame, so every
+        chunk has F frames when the video has at least F; with `short` it holds only the frames not yet
+        generated and the `overlap` before them (LatentSync: overlap 0, the last chunk shorter). Memory
+        is that of one chunk, whatever the video's length. A UNet whose frames are independent (no
+        motion modules, per-frame GroupNorm) gives the same output chunked or not.
+
+        Random numbers come from one CPU generator seeded with `seed`, in LatentSync's order: the
+        initial noise (C, h, w) shared by every frame (for η > 0, with one more draw per step), then,
+        with `latents: sample`, per chunk the posterior noise (F, C, h, w) of the masked faces and then
+        of the reference faces.
         """
         steps = self.config.steps if steps is None else steps
         guidance = self.config.guidance if guidance is None else guidance
@@ -191,18 +217,26 @@ class LipSyncPipeline:
         history: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)
         pending: list[torch.Tensor] = []  # the last chunk's tail, waiting for the next chunk
         noise: torch.Tensor | None = None
+        generator = torch.Generator().manual_seed(seed)
         fresh = 0
 
-        def run() -> torch.Tensor:
+        def run(last: bool) -> torch.Tensor:
             nonlocal noise
-            faces = torch.stack([face for face, _ in history])
-            audio = torch.stack([tokens for _, tokens in history])
+            chunk = list(history)
+            if last and self.config.last_chunk == "short":
+                chunk = chunk[len(chunk) - fresh - len(pending) :]
+            faces = torch.stack([face for face, _ in chunk])
+            audio = torch.stack([tokens for _, tokens in chunk])
             self._check(faces, audio)
             if noise is None:
                 with torch.no_grad():
-                    shape = self.encode(faces[:1].to(self.device, self.dtype)).shape[1:]
-                noise = self.noise(seed, tuple(shape), steps if self.config.eta > 0 else 0)
-            return self.generate(faces, audio, noise, steps, guidance, self.config.eta)
+                    shape = self.encode(faces[:1].to(self.device, self.dtype)).shape[1:]  # (C, h, w)
+                noise = self._draw(generator, (1 + (steps if self.config.eta > 0 else 0), *shape))
+            posterior = None
+            if self.config.latents == "sample":  # two draws, as LatentSync makes them
+                draws = [self._draw(generator, (len(chunk), *noise.shape[1:])) for _ in range(2)]
+                posterior = torch.stack(draws)  # (2, F, C, h, w)
+            return self.generate(faces, audio, noise, steps, guidance, self.config.eta, posterior)
 
         def merge(out: torch.Tensor, last: bool) -> Iterator[torch.Tensor]:
             nonlocal pending
@@ -218,10 +252,10 @@ class LipSyncPipeline:
             history.append(item)
             fresh += 1
             if fresh == (size if total == fresh else size - overlap):
-                yield from merge(run(), last=False)
+                yield from merge(run(last=False), last=False)
                 fresh = 0
         if fresh:
-            yield from merge(run(), last=True)
+            yield from merge(run(last=True), last=True)
         else:
             yield from pending
 
