@@ -49,11 +49,15 @@ def mask_path() -> Path:
 
 
 def load_mask(size: int, path: str | Path | None = None) -> torch.Tensor:
-    """(1, size, size) float, 1 = keep, 0 = generate: the shipped mask (or `path`), nearest-resized."""
+    """(1, size, size) float, 1 = keep, 0 = generate: the shipped mask (or `path`), nearest-resized and
+    made binary. A mask already `size` wide is read as it is, /255, so a soft edge (LatentSync's mask at
+    512 px, as upstream loads it) stays soft."""
     path = Path(path) if path is not None else mask_path()
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise FileNotFoundError(f"{path}: not a readable mask image")
+    if image.shape == (size, size):
+        return torch.from_numpy(image.astype(np.float32) / 255)[None]
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy((resized >= 128).astype(np.float32))[None]
 

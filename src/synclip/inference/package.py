@@ -99,9 +99,10 @@ def assemble(
 
 
 def load_pipeline(
-    folder: str | Path, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    folder: str | Path, device: torch.device | None = None, dtype: torch.dtype | None = None
 ) -> LipSyncPipeline:
-    """A packaged model folder (see `assemble`), loaded strictly onto `device` in `dtype`."""
+    """A packaged model folder (see `assemble`), loaded strictly onto `device` in `dtype` (default: the
+    model's `precision` on CUDA, fp16 for LatentSync's weights; fp32 elsewhere)."""
     from diffusers import DDIMScheduler
 
     folder = Path(folder)
@@ -122,6 +123,9 @@ def load_pipeline(
         config = PipelineConfig.from_dict(data)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{config_path}: {error}") from None
+    if dtype is None:
+        half = device.type == "cuda" and config.precision == "fp16"
+        dtype = torch.float16 if half else torch.float32
     unet = load_unet(folder / UNET_DIR).to(device, dtype)
     vae = load_vae(folder / VAE_DIR, param=f"{folder / VAE_DIR}").to(device, dtype)
     encoder = load_whisper_encoder(
