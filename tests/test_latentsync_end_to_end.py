@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -17,7 +16,7 @@ import torch
 import yaml
 from latentsync_snapshot import make_snapshot
 from test_pipeline import FACELESS, speech_wav, talking_video
-from test_serving import free_port, wait_until_ready
+from test_serving import served
 
 from synclip.audio.latentsync import latentsync_frame_count, latentsync_num_tokens
 from synclip.config import load_params
@@ -107,28 +106,10 @@ def test_lipsync_cli_runs_the_imported_model_the_way_latentsync_runs_it(imported
 @pytest.fixture(scope="module")
 def service(imported, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("latentsync-service")
-    port = free_port()
-    env = {
-        **os.environ,
-        "SYNCLIP_MODEL": str(imported),
-        "SYNCLIP_MAX_SECONDS": "3",
-        "SYNCLIP_REQUEST_LOG": str(tmp / "requests.jsonl"),
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "OMP_NUM_THREADS": "1",
-    }
-    bentoml = Path(sys.executable).parent / "bentoml"
-    command = [str(bentoml), "serve", "serving.service:LipSync", "--host", "127.0.0.1", "--port", str(port)]
-    log = (tmp / "server.log").open("w")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, f"{url}/readyz", tmp / "server.log")
+    with served(
+        imported, tmp, SYNCLIP_MAX_SECONDS="3", SYNCLIP_REQUEST_LOG=str(tmp / "requests.jsonl")
+    ) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def test_the_service_serves_the_imported_model(service, tmp_path):

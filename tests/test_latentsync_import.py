@@ -494,12 +494,12 @@ def test_defaults_are_latentsyncs_geometry(snapshot16, tmp_path, monkeypatch):
         seen[path.name] = config
         raise CheckpointError(f"{path}: stop here")
 
-    monkeypatch.setattr(latentsync, "read_unet", capture)
+    monkeypatch.setattr(latentsync, "load_latentsync_unet", capture)
     with pytest.raises(CheckpointError, match="stop here"):
         import_latentsync(snapshot16["src"], "1.6", tmp_path / "out", vae=snapshot16["vae"])
     assert seen == {"latentsync_unet.pt": full_config(True)}
-    monkeypatch.setattr(latentsync, "read_unet", lambda path, config: None)
-    monkeypatch.setattr(latentsync, "read_syncnet", capture)
+    monkeypatch.setattr(latentsync, "load_latentsync_unet", lambda path, config: None)
+    monkeypatch.setattr(latentsync, "load_latentsync_syncnet", capture)
     with pytest.raises(CheckpointError, match="stop here"):
         import_latentsync(snapshot16["src"], "1.6", tmp_path / "out", vae=snapshot16["vae"])
     assert seen["stable_syncnet.pt"] == released_config()

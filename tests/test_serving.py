@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,37 +82,48 @@ def test_check_request_refuses_long_large_and_bad_requests(media, tmp_path):
     assert error.value.status == 400
 
 
+@contextlib.contextmanager
+def served(model: Path, tmp: Path, **env: str) -> Iterator[str]:
+    """`bentoml serve serving.service:LipSync` over `model` on a free loopback port, as a user starts it;
+    yields its URL. `env`: more SYNCLIP_* settings; BentoML's home and the server log are under `tmp`."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "SYNCLIP_MODEL": str(model),
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    bentoml = Path(sys.executable).parent / "bentoml"
+    command = [str(bentoml), "serve", "serving.service:LipSync", "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp / "server.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(process, f"{url}/readyz", tmp / "server.log")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, pretrained_dir):
-    """`bentoml serve serving.service:LipSync` on a free loopback port, over a tiny assembled model."""
+    """The service on a tiny assembled model."""
     tmp = tmp_path_factory.mktemp("service")
     config = PipelineConfig(resolution=64, num_frames=4, overlap=1, steps=2, guidance=1.5, seed=7)
     model = assemble(tmp / "synclip", tiny_unet(), tiny_vae(), tiny_whisper(tmp / "whisper"), config)
     scratch = tmp / "scratch"
     scratch.mkdir()
-    port = free_port()
-    env = {
-        **os.environ,
-        "SYNCLIP_MODEL": str(model),
+    settings = {
         "SYNCLIP_MAX_SECONDS": "3",
         "SYNCLIP_REQUEST_LOG": str(tmp / "requests.jsonl"),
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
         "TMPDIR": str(scratch),
-        "OMP_NUM_THREADS": "1",
     }
-    bentoml = Path(sys.executable).parent / "bentoml"
-    command = [str(bentoml), "serve", "serving.service:LipSync", "--host", "127.0.0.1", "--port", str(port)]
-    log = (tmp / "server.log").open("w")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, f"{url}/readyz", tmp / "server.log")
+    with served(model, tmp, **settings) as url:
         yield url, scratch, tmp / "requests.jsonl"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def leftover_files(folder: Path, within: float = 10.0) -> list[Path]:

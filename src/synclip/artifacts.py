@@ -103,10 +103,9 @@ def load_strict(
     model.load_state_dict(state, strict=False)
 
 
-def read_latentsync_checkpoint(path: str | Path, container: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict of a published LatentSync `.pt` (a dict with `state_dict`), weights only:
-    read with `torch.load(weights_only=True)`, so no pickled code ever runs. `container`: the file must
-    be upstream's container (a dict with `state_dict`), not a bare state dict."""
+def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a published LatentSync `.pt` (upstream's container: a dict with `state_dict`),
+    weights only: read with `torch.load(weights_only=True)`, so no pickled code ever runs."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -119,9 +118,9 @@ def read_latentsync_checkpoint(path: str | Path, container: bool = False) -> dic
         pickle.UnpicklingError,
     ) as error:  # what torch raises for non-checkpoints
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
-    if container and not (isinstance(payload, dict) and "state_dict" in payload):
+    if not (isinstance(payload, dict) and "state_dict" in payload):
         raise CheckpointError(f"{path}: not a LatentSync checkpoint (a dict with `state_dict`)")
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    state = payload["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return state

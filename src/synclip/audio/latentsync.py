@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from synclip.audio.tokens import token_window
-from synclip.audio.whisper import MEL_FRAMES_PER_TOKEN
+from synclip.audio.whisper import MEL_FRAMES_PER_TOKEN, mono_samples
 from synclip.constants import (
     AUDIO_SAMPLE_RATE,
     VIDEO_FPS,
@@ -55,7 +55,7 @@ def latentsync_log_mel(samples: np.ndarray | torch.Tensor, n_mels: int = WHISPER
     (n_fft 400, hop 160, centred, reflect-padded) without its last frame, power, mel, log10 clamped at
     1e-10, floored at the whole signal's max − 8, then (x + 4) / 4.
     """
-    audio = torch.from_numpy(_mono(samples))
+    audio = torch.from_numpy(mono_samples(samples))
     window = torch.hann_window(WHISPER_N_FFT)
     stft = torch.stft(audio, WHISPER_N_FFT, WHISPER_HOP_LENGTH, window=window, return_complex=True)
     power = stft[:, :-1].abs() ** 2  # (201, N // 160)
@@ -163,10 +163,3 @@ class LatentSyncAudioTokens:
             window, offset = divmod(t, WHISPER_CHUNK_TOKENS)
             rows.append(self._states(window)[offset])  # (L, D)
         return torch.stack(rows).flatten(0, 1)  # time-major, layer-minor
-
-
-def _mono(samples: np.ndarray | torch.Tensor) -> np.ndarray:
-    audio = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    if audio.ndim != 1 or audio.size == 0:
-        raise ValueError(f"expected mono samples (N,) with N > 0, got shape {audio.shape}")
-    return np.ascontiguousarray(audio, dtype=np.float32)

@@ -134,7 +134,7 @@ def whisper_features(
     LatentSync's 30 s seams in the blocks' states, though above the median token-to-token step; in the
     stem state, all position, it is about as large (benchmarks/whisper_features.py; docs/benchmarks.md).
     """
-    audio = _mono(samples)
+    audio = mono_samples(samples)
     num_tokens = num_whisper_tokens(len(audio))
     spans = whisper_windows(num_tokens, hop_tokens)
     padded = (spans[-1][0] + WHISPER_CHUNK_TOKENS) * SAMPLES_PER_TOKEN
@@ -177,7 +177,7 @@ def features_cache_key(
 ) -> str:
     """sha256 of the audio (float32 samples) with the encoder's fingerprint, the hop and the precision."""
     digest = hashlib.sha256(f"{FEATURES_VERSION} {fingerprint} hop={hop_tokens} {precision} n=".encode())
-    audio = _mono(samples)
+    audio = mono_samples(samples)
     digest.update(str(len(audio)).encode())
     digest.update(audio.astype("<f4", copy=False).tobytes())
     return digest.hexdigest()
@@ -202,7 +202,7 @@ def cached_whisper_features(
     """
     from safetensors.torch import save_file
 
-    audio = _mono(samples)
+    audio = mono_samples(samples)
     fingerprint = fingerprint or encoder_fingerprint(encoder)
     key = features_cache_key(audio, fingerprint, hop_tokens, _precision(encoder))
     cache_dir = Path(cache_dir)
@@ -258,7 +258,8 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def _mono(samples: np.ndarray | torch.Tensor) -> np.ndarray:
+def mono_samples(samples: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(N,) float32 contiguous samples; ValueError unless mono and non-empty."""
     audio = samples.detach().cpu().numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
     if audio.ndim != 1 or audio.size == 0:
         raise ValueError(f"expected mono samples (N,) with N > 0, got shape {audio.shape}")

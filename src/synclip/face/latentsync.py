@@ -255,17 +255,14 @@ class LatentSyncAligner:
         edge = int(float(eroded.double().sum()) ** 0.5) // 20
         blur = 2 * edge + 1
         sigma = 0.3 * ((blur - 1) * 0.5 - 1) + 0.8
-        # the blurred mask reaches `edge` pixels past the eroded one; widen by 2·edge so that the
-        # reflect border of the blur sees only zeros (as it would on the whole frame)
+        # the blurred mask reaches `edge` pixels past the eroded one; widen the box by 2·edge (within the
+        # frame) so that the reflect border of the blur sees only zeros, as it would on the whole frame.
+        # The box already holds every non-zero pixel of the warped mask, so the widening is zeros.
         margin = 2 * edge
-        box = (
-            max(box[0] - margin, 0),
-            min(box[1] + margin, frame_h),
-            max(box[2] - margin, 0),
-            min(box[3] + margin, frame_w),
-        )
-        mask = _warp(torch.ones(1, height, width), inverse, (frame_h, frame_w), box)[0]
-        eroded = -F.max_pool2d(-F.pad(mask[None, None], (1, 0, 1, 0), value=float("inf")), 2, stride=1)[0, 0]
+        top, bottom = min(margin, box[0]), min(margin, frame_h - box[1])
+        left, right = min(margin, box[2]), min(margin, frame_w - box[3])
+        eroded = F.pad(eroded, (left, right, top, bottom))
+        box = (box[0] - top, box[1] + bottom, box[2] - left, box[3] + right)
         centre = cv2.erode(eroded.numpy(), np.ones((2 * edge, 2 * edge), np.uint8))
         soft = _gaussian_blur(torch.from_numpy(centre), blur, sigma)
         warped = _warp(resized, inverse, (frame_h, frame_w), box, fill=FILL)
@@ -278,20 +275,20 @@ class LatentSyncAligner:
         return out
 
 
-def mask_image() -> np.ndarray:
-    """(256, 256) uint8 LatentSync's mask.png, rebuilt from its measured rows: 255 keep, 0 generate."""
+def mask_image(resolution: int = MASK_SIZE) -> np.ndarray:
+    """(R, R) uint8 LatentSync's mask.png, 255 keep, 0 generate: rebuilt from its measured rows, then
+    Lanczos-resized to R as `load_fixed_mask` resizes it (soft edges at R ≠ 256)."""
     image = np.full((MASK_SIZE, MASK_SIZE), 255, np.uint8)
     for row, (left, right) in enumerate(zip(MASK_LEFT, MASK_RIGHT, strict=True), start=MASK_TOP):
         image[row, left : right + 1] = 0
     top, bottom, left, right = MASK_NOSE
     image[top : bottom + 1, left : right + 1] = 255
+    if resolution != MASK_SIZE:
+        image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
     return image
 
 
 def latentsync_mask(resolution: int) -> torch.Tensor:
     """(1, R, R) float32, 1 keep / 0 generate: LatentSync's mask as `load_fixed_mask` loads it (the
-    256×256 image Lanczos-resized to R×R as uint8, divided by 255: soft edges at R ≠ 256)."""
-    image = mask_image()
-    if resolution != MASK_SIZE:
-        image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
-    return torch.from_numpy(image.astype(np.float32) / 255)[None]
+    uint8 `mask_image` at R, divided by 255)."""
+    return torch.from_numpy(mask_image(resolution).astype(np.float32) / 255)[None]

@@ -12,19 +12,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
 import synclip
-from synclip.artifacts import CheckpointError, load_strict, load_unet_state, read_latentsync_checkpoint
+from synclip.artifacts import CheckpointError, load_latentsync_syncnet, load_latentsync_unet
 from synclip.config import InferenceParams
 from synclip.constants import SYNCNET_N_MELS, syncnet_mel_window
 from synclip.errors import UserError
+from synclip.face.latentsync import mask_image
 from synclip.inference.package import PIPELINE_FILE, assemble
 from synclip.inference.pipeline import PipelineConfig
-from synclip.nn.syncnet import StableSyncNet, SyncNetConfig, TowerConfig, released_config
-from synclip.nn.unet import UNet3DConditionModel, UNetConfig, full_config
+from synclip.nn.syncnet import SyncNetConfig, TowerConfig, released_config
+from synclip.nn.unet import UNetConfig, full_config
 from synclip.pretrained.store import sha256_file
 
 log = logging.getLogger(__name__)
@@ -252,20 +252,6 @@ def syncnet_config_from_yaml(path: str | Path) -> SyncNetConfig:
 # --- the networks --------------------------------------------------------------------------------
 
 
-def read_unet(path: Path, config: UNetConfig) -> UNet3DConditionModel:
-    """`latentsync_unet.pt` into a UNet of `config`: every key used, none missing (motion modules too)."""
-    model = UNet3DConditionModel(config)
-    load_unet_state(model, read_latentsync_checkpoint(path, container=True), str(path))
-    return model.eval()
-
-
-def read_syncnet(path: Path, config: SyncNetConfig) -> StableSyncNet:
-    """`stable_syncnet.pt` into a StableSyncNet of `config`, strictly."""
-    model = StableSyncNet(config)
-    load_strict(model, read_latentsync_checkpoint(path, container=True), str(path))
-    return model.eval()
-
-
 def read_sd_vae(folder: Path) -> torch.nn.Module:
     """sd-vae-ft-mse from its diffusers folder (config.json + .safetensors or .bin), strictly, with
     upstream's latent scaling forced (scaling_factor 0.18215, shift 0)."""
@@ -300,16 +286,6 @@ def read_sd_vae(folder: Path) -> torch.nn.Module:
         raise CheckpointError(f"{folder}: the VAE weights do not match its config.json: {bad}")
     model.register_to_config(scaling_factor=VAE_SCALING_FACTOR, shift_factor=VAE_SHIFT_FACTOR)
     return model.eval()
-
-
-def mask_image(resolution: int) -> np.ndarray:
-    """(R, R) uint8, 255 keep, 0 generate: upstream's mask at R, its soft edges kept (upstream's own
-    resize is to uint8, so `latentsync_mask` · 255 is whole numbers)."""
-    from synclip.face.latentsync import latentsync_mask
-
-    mask = latentsync_mask(resolution)  # (1, R, R) float, 1 keep / 0 generate
-    assert tuple(mask.shape) == (1, resolution, resolution), tuple(mask.shape)
-    return np.round(mask[0].numpy() * 255).astype(np.uint8)
 
 
 # --- the Hub -------------------------------------------------------------------------------------
@@ -412,8 +388,8 @@ def import_latentsync(
         vae, vae_source = download_sd_vae()
     vae = Path(vae)
 
-    unet = read_unet(src / UNET_FILE, unet_cfg)
-    syncnet = read_syncnet(src / SYNCNET_FILE, syncnet_cfg)
+    unet = load_latentsync_unet(src / UNET_FILE, unet_cfg)  # strictly: motion modules too
+    syncnet = load_latentsync_syncnet(src / SYNCNET_FILE, syncnet_cfg)
     autoencoder = read_sd_vae(vae)
     mask = mask_image(resolution)
     config = PipelineConfig(resolution=resolution, **dataclasses.asdict(LATENTSYNC_SAMPLER))
