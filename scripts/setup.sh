@@ -30,9 +30,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     step "environment $VENV matches requirements.lock"
 else
     step "creating $VENV from requirements.lock (about 4 minutes the first time)"
+    # torch's CUDA build and its nvidia-* wheels make the environment about 8.3 GB: say so up
+    # front, so that a "No space left on device" half-way through has its reason.
+    free_kb=$(df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR==2 {print $4}')
+    if [ ! -f "$VENV/bin/torchrun" ] && [ "$free_kb" -lt $((9 * 1024 * 1024)) ]; then
+        echo "setup: warning: $VENV takes about 8.3 GB; $((free_kb / 1024 / 1024)) GB of disk is free" >&2
+    fi
     [ -d "$VENV" ] || "$PYTHON" -m venv "$VENV"
+    # No wheel cache: it would hold a second copy of the multi-GB wheels.
     # (this machine's pip configuration names local indexes that may not exist; skip that noise)
-    "$VENV/bin/pip" install -q -r requirements.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    "$VENV/bin/pip" install -q --no-cache-dir -r requirements.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     "$VENV/bin/pip" check
     echo "$want" > "$stamp"
