@@ -11,7 +11,7 @@ import importlib
 
 from scripts.latentsync_fixtures.common import COMMIT, upstream_root
 
-MODULES = ("audio", "face", "sampler")
+MODULES = ("audio", "face", "sampler", "sync_conf", "s3fd", "fidelity")
 
 
 def main() -> None:
