@@ -33,9 +33,13 @@ weights_app = typer.Typer(help="Fetch, convert and verify local pretrained weigh
 corpus_app = typer.Typer(
     help="SynthTalk, the built-in talking-face corpus with ground truth.", no_args_is_help=True
 )
+data_app = typer.Typer(
+    help="Public data sets: fetch their sources and cut synclip's clips.", no_args_is_help=True
+)
 app.add_typer(params_app, name="params")
 app.add_typer(weights_app, name="weights")
 app.add_typer(corpus_app, name="corpus")
+app.add_typer(data_app, name="data")
 
 ParamsPath = Annotated[Path, typer.Option("--params", help="The params file.")]
 Overrides = Annotated[
@@ -347,6 +351,70 @@ def corpus_say(
     utterance = synthesize(text, Voice(name=voice, rate=rate))
     write_wav(out, utterance.samples, utterance.sample_rate)
     print(f"{out}: {utterance.duration:.2f} s of speech")
+
+
+@data_app.command("hdtf")
+def data_hdtf(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder to write the clips into (not under data/raw: the main preprocess would train on them).",
+        ),
+    ] = Path("data/hdtf"),
+    clips: Annotated[
+        str,
+        typer.Option(
+            "--clips", help="N: the first N of synclip's 30 test clips; 'all': every annotated clip."
+        ),
+    ] = "30",
+    rate_limit: Annotated[
+        str | None, typer.Option("--rate-limit", help="Download at most this many bytes/s, e.g. 2M.")
+    ] = None,
+    sleep: Annotated[float, typer.Option("--sleep", help="Seconds to wait between downloads.")] = 5.0,
+    retries: Annotated[int, typer.Option("--retries", help="Tries after a failed download.")] = 3,
+    keep_sources: Annotated[
+        bool, typer.Option("--keep-sources", help="Keep the downloaded videos (in OUT/.downloads).")
+    ] = False,
+    list_only: Annotated[
+        bool, typer.Option("--list", help="Print the clips it would build and exit.")
+    ] = False,
+) -> None:
+    """HDTF (CC BY 4.0): download the YouTube sources and cut 512x512, 25 fps, 16 kHz clips; resumable."""
+    from synclip.data import hdtf
+
+    if sleep < 0 or retries < 0:
+        raise UserError(f"--sleep and --retries must be >= 0, got {sleep} and {retries}")
+    rate = hdtf.parse_rate(rate_limit) if rate_limit is not None else None
+    lists_folder, standin = hdtf.from_environment()
+    lists = hdtf.load_lists(lists_folder)
+    chosen, unbuildable = hdtf.choose_clips(lists, clips, lists_folder)
+    if list_only:
+        for clip in chosen:
+            print(hdtf.describe(clip))
+        for entry in unbuildable:
+            print(f"unbuildable  {entry.name}: {entry.reason}")
+        seconds = sum(float(clip.seconds) for clip in chosen)
+        sources = len({clip.source for clip in chosen})
+        print(
+            f"{len(chosen)} clips ({seconds / 60:.1f} min) from {sources} videos, {len(unbuildable)} unbuildable"
+        )
+        return
+    report = hdtf.build_hdtf(
+        out,
+        chosen,
+        download=standin,
+        rate_limit=rate,
+        retries=retries,
+        sleep=sleep,
+        keep_sources=keep_sources,
+        unbuildable=unbuildable,
+    )
+    for line in hdtf.failure_lines(report):
+        print(line)
+    print(hdtf.summary_line(report, out))
+    if report["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
