@@ -37,8 +37,8 @@ class Arg:
 
 
 def stage(description: str, job: Callable[..., None], **arguments: str | Arg) -> None:
-    """Run a DVC stage: parse `--<name>` for every argument (a str is a required path's help) and
-    `--params`, load the params, set up logging and, when `job` takes one, the device; then call
+    """Run a DVC stage: parse `--<name>` for every argument (a str is a required path's help),
+    `--params` and `--set key=value` overrides, load the params, set up logging and, when `job` takes one, the device; then call
     `job(**arguments, params=..., device=...)`. A UserError ends it with one line and exit code 2."""
 
     def main() -> None:
@@ -54,8 +54,16 @@ def stage(description: str, job: Callable[..., None], **arguments: str | Arg) ->
                 help=arg.help,
             )
         parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Override a param for this run (dvc.yaml records it in the stage's cmd).",
+        )
         args = vars(parser.parse_args())
-        params = load_params(args.pop("params"))
+        params = load_params(args.pop("params"), args.pop("overrides"))
         setup_logging(params.runtime.log_level)
         if "device" in inspect.signature(job).parameters:
             from synclip.runtime import configure

@@ -96,6 +96,11 @@ class PretrainedParams:
     # a published StableSyncNet: `stable_syncnet.pt`, or the syncnet/ folder `synclip weights
     # import-latentsync` writes (a published UNet is a stage's `train_unet.stageN.init_from`)
     latentsync_syncnet: str | None
+    # the papers' instruments (`synclip weights import-latentsync … --auxiliary` writes the first three):
+    syncnet_v2: str | None  # syncnet_python's SyncNet, `syncnet_v2.model`: Sync-C / Sync-D
+    s3fd: str | None  # S3FD, `sfd_face.pth`: the face crops Sync-C / Sync-D are measured on
+    i3d: str | None  # I3D TorchScript, `i3d_torchscript.pt`: FVD
+    fid_inception: str | None  # pytorch-fid's Inception, `pt_inception-2015-12-05-6726825d.pth`: FID
 
     def validate(self, key: str = "pretrained") -> None:
         for field in dataclasses.fields(self):
@@ -603,7 +608,7 @@ class InferenceParams:
 class EvaluateParams:
     """The `evaluate` stage: reconstruction and dubbing on test identities (`synclip.eval.protocol`)."""
 
-    split: Literal["train", "val", "test"]  # whose clips (test: identities never trained on)
+    split: Literal["train", "val", "test", "all"]  # whose clips (test: identities never trained on)
     clips: int  # clips evaluated, spread over identities (0 = every clean clip of the split)
     max_frames: int  # frames of each clip generated (from its start)
     steps: int  # DDIM steps (the packaged default is inference.steps)

@@ -5,7 +5,7 @@ Glossary: N frames, R aligned face size.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from synclip.audio.whisper import whisper_features
 from synclip.config import EvaluateParams
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.preprocess import ground_truth
-from synclip.errors import UserError
+from synclip.eval.paper import PaperInstruments, fidelity_scores, sync_scores
 from synclip.eval.sync import score_frames
 from synclip.face.landmarks import INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker
 from synclip.images import image_metrics, to_uint8, to_unit
@@ -64,12 +64,13 @@ class EvalClip:
 
 
 def select_clips(manifest: pd.DataFrame, raw_dir: Path, split: str, count: int) -> pd.DataFrame:
-    """Clean clips of `split` (a source without defect), one per identity in turn, in a fixed order.
+    """Clean clips of `split` ("all": every split), one per identity in turn, in a fixed order.
 
-    `count` 0 takes them all. A source counts as clean when its ground-truth sidecar names no defect
-    (an AV shift, a second face or a cut-away would make the ground truth wrong for the clip).
+    `count` 0 takes them all. A SynthTalk source counts as clean when its ground-truth sidecar names
+    no defect (an AV shift, a second face or a cut-away would make the ground truth wrong for the
+    clip); a source without a sidecar (HDTF, your own footage) has no ground truth to be wrong.
     """
-    rows = manifest[manifest["split"] == split]
+    rows = manifest if split == "all" else manifest[manifest["split"] == split]
     rows = rows[[_defect(raw_dir, source) is None for source in rows["source"]]]
     rows = rows.sort_values(["identity", "clip"]).copy()
     rows["turn"] = rows.groupby("identity").cumcount()
@@ -77,18 +78,9 @@ def select_clips(manifest: pd.DataFrame, raw_dir: Path, split: str, count: int) 
     return ordered if count == 0 else ordered.iloc[:count]
 
 
-def _sidecar(raw_dir: Path, source: str) -> dict:
-    sidecar = ground_truth(raw_dir / source)
-    if sidecar is None:
-        raise UserError(
-            f"{(raw_dir / source).with_suffix('.json')}: no ground-truth sidecar; evaluation needs "
-            "SynthTalk's (see docs/synthtalk.md)"
-        )
-    return sidecar
-
-
 def _defect(raw_dir: Path, source: str) -> dict | None:
-    return _sidecar(raw_dir, source)["defect"]
+    sidecar = ground_truth(raw_dir / source)
+    return None if sidecar is None else sidecar["defect"]
 
 
 def ground_truth_track(sidecar: dict, first: int, frames: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,15 +100,18 @@ def ground_truth_track(sidecar: dict, first: int, frames: int, margin: int) -> t
 
 
 def load_eval_clip(row, clips_dir: Path, raw_dir: Path, params: EvaluateParams) -> EvalClip:
-    """A manifest row → its aligned frames, audio and ground truth (SynthTalk sidecar next to the source)."""
+    """A manifest row → its aligned frames, audio and ground truth (a SynthTalk sidecar next to the
+    source; without one the opening is NaN and no frame is known silent)."""
     path = clips_dir / f"{row.clip}.mp4"
     frames = np.stack(list(iter_frames(path)))[: params.max_frames]
     samples = read_audio(path)
     count = min(len(frames), len(samples) // SAMPLES_PER_FRAME)
-    first = round(row.start * VIDEO_FPS)
-    opening, silent = ground_truth_track(
-        _sidecar(raw_dir, row.source), first, count, params.silent_margin_frames
-    )
+    sidecar = ground_truth(raw_dir / row.source)
+    if sidecar is None:
+        opening, silent = np.full(count, np.nan), np.zeros(count, bool)
+    else:
+        first = round(row.start * VIDEO_FPS)
+        opening, silent = ground_truth_track(sidecar, first, count, params.silent_margin_frames)
     return EvalClip(
         row.clip, row.identity, frames[:count], samples[: count * SAMPLES_PER_FRAME], opening, silent
     )
@@ -180,19 +175,25 @@ class Scorer:
         device: torch.device,
         mouth_box: tuple[float, float, float, float],
         lpips: torch.nn.Module | None = None,
+        paper: PaperInstruments | None = None,
     ):
         self.syncnet, self.landmarker, self.params = syncnet, landmarker, params
         self.max_offset, self.device, self.lpips, self.mouth_box = max_offset, device, lpips, mouth_box
+        self.paper = paper
 
     def sync(self, frames: np.ndarray, samples: np.ndarray) -> dict:
+        """synclip's SyncNet (offset, LSE-C, LSE-D) and, when its weights are there, syncnet_python's
+        (sync_c, sync_d, sync_offset: the papers' Sync-C / Sync-D)."""
         score = score_frames(self.syncnet, frames, syncnet_mel(samples), self.max_offset, self.device)
-        return {"offset": score.offset, "lse_c": score.lse_c, "lse_d": score.lse_d}
+        paper = sync_scores(self.paper, frames, samples) if self.paper is not None else {}
+        return {"offset": score.offset, "lse_c": score.lse_c, "lse_d": score.lse_d, **paper}
 
     def mouth(self, frames: np.ndarray, driving: EvalClip) -> dict:
         ratios = mouth_ratios(frames, self.landmarker)
         closed = ratios < self.params.closed_ratio
         silent = driving.silent & np.isfinite(ratios)
         return {
+            "ground_truth": bool(np.isfinite(driving.opening).all()),
             "opening_r": pearson(ratios, driving.opening),
             "silent_closed": float(closed[silent].mean()) if silent.any() else float("nan"),
             "silent_frames": int(silent.sum()),
@@ -226,6 +227,8 @@ class EvalResult:
     traces: dict[str, dict[str, np.ndarray]]  # clip → name → per-frame series (dubbing)
     videos: dict[str, dict[str, np.ndarray]]  # clip → a, b, model: frames of its dubbing
     audio: dict[str, np.ndarray]  # clip → the driving audio of its dubbing
+    # protocol → FVD / FID / LPIPS of the model's videos against the real ones (the papers' instruments)
+    fidelity: dict[str, dict] = field(default_factory=dict)
 
 
 def evaluate(
@@ -251,14 +254,21 @@ def evaluate(
     Scored beside the model, on the same frames and audio: `input` (A unchanged), `closed` (A with the
     masked region of its most closed frame pasted into every frame: a static closed mouth) and `truth`
     (in dubbing, B's own frames with B's audio; in reconstruction, A itself), the ceiling.
+
+    With `scorer.paper`, every row also gets the papers' Sync-C / Sync-D, and `fidelity` holds FVD, FID
+    and LPIPS of the model's videos against the real ones (reconstruction: against A itself; dubbing:
+    against A's input frames), each where its weights are there. Without a ground-truth sidecar (HDTF,
+    your own footage) the opening scores are NaN and the summary has no targets.
     """
     if len(clips) < 2:
         raise ValueError(f"dubbing needs at least two test clips, got {len(clips)}")
     rows, traces, videos, audio = [], {}, {}, {}
+    reconstructed = []
     for index, a in enumerate(clips):
         b = next(c for c in clips[index + 1 :] + clips[:index] if c.identity != a.identity)
         # reconstruction: A with A's audio
         recon = generate(pipeline, a.frames, a.samples, steps, seed)
+        reconstructed.append(recon)
         base = {"protocol": "reconstruction", "clip": a.name, "identity": a.identity, "audio_of": a.name}
         for variant, frames in (
             ("model", recon),
@@ -299,7 +309,15 @@ def evaluate(
         log.info("%s: dubbed with %s (%d frames)", a.name, b.name, n)
         if on_clip is not None:
             on_clip(index + 1, len(clips))
-    return EvalResult(rows, traces, videos, audio)
+    result = EvalResult(rows, traces, videos, audio)
+    if scorer.paper is not None:  # distances between sets of videos: the model's against the real ones
+        result.fidelity = {
+            "reconstruction": fidelity_scores(scorer.paper, reconstructed, [c.frames for c in clips]),
+            "dubbing": fidelity_scores(
+                scorer.paper, [v["model"] for v in videos.values()], [v["a"] for v in videos.values()]
+            ),
+        }
+    return result
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -318,9 +336,12 @@ def summarize(rows: list[dict]) -> dict:
             "silent_closed": _mean(group["silent_closed"]),
             "landmarks_found": float(group["landmarks_found"].mean()),
         }
-        for key in ("ssim_mouth", "psnr_mouth", "ssim_lower", "psnr_lower", "lpips_lower"):
+        for key in ("ssim_mouth", "psnr_mouth", "ssim_lower", "psnr_lower", "lpips_lower", "sync_c", "sync_d"):
             if key in group:
                 entry[key] = _mean(group[key])  # PSNR of the truth against itself: inf
+        if "sync_offset" in group:  # syncnet_python's offset; NaN where no face track was long enough
+            found = group["sync_offset"].dropna()
+            entry["sync_offset_zero_share"] = float((found == 0).mean()) if len(found) else float("nan")
         summary.setdefault(protocol, {})[variant] = entry
     dub, rec = summary["dubbing"], summary["reconstruction"]
     model, truth = dub["model"], dub["truth"]
@@ -331,6 +352,8 @@ def summarize(rows: list[dict]) -> dict:
         "silent_closed": model["silent_closed"],
         "reconstruction_ssim_mouth": rec["model"]["ssim_mouth"],
     }
+    # the targets are SynthTalk's bar: without ground-truth openings (HDTF, your own footage) there are none
+    has_truth = bool(table["ground_truth"].all()) if "ground_truth" in table else True
     summary["targets"] = {
         name: {
             "value": value,
@@ -338,6 +361,7 @@ def summarize(rows: list[dict]) -> dict:
             "met": value is not None and np.isfinite(value) and value >= TARGETS[name],
         }
         for name, value in checks.items()
+        if has_truth
     }
     baselines = ("input", "closed")
     summary["beats_baselines"] = {

@@ -16,6 +16,7 @@ from synclip.config import Params
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.manifest import read_manifest
 from synclip.errors import UserError
+from synclip.eval.paper import PAPER_SIZE, load_paper_instruments
 from synclip.eval.protocol import (
     VARIANTS,
     EvalResult,
@@ -142,6 +143,33 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def paper_markdown(summary: dict) -> str:
+    """The papers' instruments: Sync-C / Sync-D per variant, FVD / FID / LPIPS of the model per protocol,
+    and each instrument's weights (sha256) or why it is off."""
+    paper = summary.get("paper")
+    if paper is None:
+        return ""
+    lines = ["| protocol | variant | Sync-C | Sync-D | FVD | FID | LPIPS |", "|---|---|---|---|---|---|---|"]
+    for protocol in ("reconstruction", "dubbing"):
+        fidelity = paper.get(protocol, {})
+        for variant, scores in summary[protocol].items():
+            model = variant == "model"
+            cells = [
+                scores.get("sync_c"),
+                scores.get("sync_d"),
+                fidelity.get("fvd") if model else None,
+                fidelity.get("fid") if model else None,
+                fidelity.get("lpips") if model else None,
+            ]
+            cells_text = " | ".join("–" if c is None else f"{c:.4g}" for c in cells)
+            lines.append(f"| {protocol} | {variant} | {cells_text} |")
+    lines += ["", f"On {paper['frames']}.", "", "| instrument | weights | sha256 | status |", "|---|---|---|---|"]
+    for name, item in paper["instruments"].items():
+        digest = item["sha256"][:12] + "…" if item["sha256"] else "–"
+        lines.append(f"| {name} | {item['weights'] or '–'} | {digest} | {item['status']} |")
+    return "\n".join(lines)
+
+
 def results_markdown(summary: dict) -> str:
     """The README's results: `markdown_table`, then each target with its value and whether it is met."""
     lines = [markdown_table(summary), "", "| target | value | bar | met |", "|---|---|---|---|"]
@@ -163,6 +191,7 @@ def evaluate_stage(
     judge = load_syncnet(syncnet).to(device)
     landmarker = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
     lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg)
+    paper = load_paper_instruments(params.pretrained, landmarker, device)
     scorer = Scorer(
         judge,
         landmarker,
@@ -171,6 +200,7 @@ def evaluate_stage(
         device,
         params.vae.mouth,
         lpips.to(device) if lpips is not None else None,
+        paper,
     )
     rows = select_clips(read_manifest(processed / "manifest.parquet"), raw, ev.split, ev.clips)
     if rows["identity"].nunique() < 2:
@@ -210,6 +240,11 @@ def evaluate_stage(
         "seed": pipeline.config.seed,
         "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",
     }
+    summary["paper"] = {
+        "instruments": paper.describe(),
+        "frames": f"the aligned {pipeline.config.resolution} px faces, resized to {PAPER_SIZE} px",
+        **result.fidelity,
+    }
     if out.exists():
         shutil.rmtree(out)  # an earlier report (checked above): replaced whole
     (out / "samples").mkdir(parents=True)
@@ -224,6 +259,6 @@ def evaluate_stage(
     )
     for clip in list(result.videos)[: ev.samples]:
         write_sample(result, clip, out / "samples" / f"{clip}.mp4")
-    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    (out / "summary.md").write_text(markdown_table(summary) + "\n\n" + paper_markdown(summary) + "\n")
     log.info("targets: %s", {k: v["met"] for k, v in summary["targets"].items()})
     log.info("wrote %s", out)

@@ -37,6 +37,9 @@ HUB_REVISIONS = {"1.5": "main", "1.6": "main"}
 VAE_REPO, VAE_REVISION = "stabilityai/sd-vae-ft-mse", "main"
 UNET_FILE, SYNCNET_FILE, WHISPER_FILE = "latentsync_unet.pt", "stable_syncnet.pt", "whisper/tiny.pt"
 SOURCE_FILES = (UNET_FILE, SYNCNET_FILE, WHISPER_FILE)
+# the evaluation instruments' weights in the same Hub repos (`--auxiliary`; synclip.eval.auxiliary)
+AUXILIARY_DIR = "auxiliary"
+AUXILIARY_FILES = ("syncnet_v2.model", "sfd_face.pth", "i3d_torchscript.pt", "vgg16-397923af.pth")
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SOURCES_FILE = "SOURCES.json"
 
@@ -307,16 +310,20 @@ def _snapshot(repo: str, revision: str, patterns: list[str], what: str, how: str
     return folder, HubSource(repo=repo, revision=revision, commit=folder.name)
 
 
-def download_latentsync(version: str, revision: str | None = None) -> tuple[Path, HubSource]:
-    """The three files of ByteDance/LatentSync-`version` at `revision` (default HUB_REVISIONS), from
-    the Hugging Face cache or downloaded into it: (the snapshot folder, where it came from)."""
+def download_latentsync(
+    version: str, revision: str | None = None, auxiliary: bool = False
+) -> tuple[Path, HubSource]:
+    """The three files of ByteDance/LatentSync-`version` at `revision` (default HUB_REVISIONS), and with
+    `auxiliary` the evaluation instruments' AUXILIARY_FILES, from the Hugging Face cache or downloaded
+    into it: (the snapshot folder, where it came from)."""
     repo = HUB_REPOS[check_version(version)]
     revision = revision or HUB_REVISIONS[version]
+    names = list(SOURCE_FILES) + ([f"{AUXILIARY_DIR}/{name}" for name in AUXILIARY_FILES] if auxiliary else [])
     return _snapshot(
         repo,
         revision,
-        list(SOURCE_FILES),
-        f"LatentSync {version} ({', '.join(SOURCE_FILES)})",
+        names,
+        f"LatentSync {version} ({', '.join(names)})",
         f"connect to the Hub, or download it elsewhere (`huggingface-cli download {repo} --local-dir DIR`) "
         "and pass DIR as SRC",
     )
