@@ -12,7 +12,9 @@ trip. Measured on the fixture clip (tests/fixtures/latentsync/sync_conf.safetens
 50 synthetic 224-pixel frames in a lossless H.264 mp4 with AAC audio, seeded random weights, where
 Sync-C ≈ 1.3 and Sync-D ≈ 750): the JPEGs (37.4 dB PSNR, 2.5 levels mean error) move Sync-C by +0.019
 and Sync-D by −18.3 (−2.4 %); the AAC-coded wav against the original samples moves Sync-C by −0.098
-and Sync-D by +0.15; the offset moves by neither. Random weights only show the size of the input
+and Sync-D by +0.15; the offset moves by neither. synclip's own decoders on that mp4 (iter_frames through
+`crops_from_frames`, read_audio × 32768 rounded to int16) give upstream's no-JPEG numbers exactly; read_audio
+keeps 768 samples of AAC end padding that ffmpeg's wav drops, past the last frame here. Random weights only show the size of the input
 change, not what the published weights make of it.
 """
 
