@@ -21,7 +21,7 @@ DETECTOR_IMAGE_SIZE = (236, 300)  # (H, W): S3FD at scale 0.25 sees 59 × 75
 RAW_IMAGE_SIZE = (97, 131)  # (H, W): a second image for the raw network outputs, at scale 1
 TRACK_FRAMES, TRACK_SIZE = 76, (288, 384)  # frames and (H, W) of the tracking / crop video
 SCENE_FRAMES, SCENE_SIZE = 64, (304, 544)  # ... of the shot-detection video (544 // 256 = 2: downscaled)
-SCENE_SPANS = ((0, "a"), (25, "b"), (30, "a"), (45, "c"))  # (first frame, look): b is a 5-frame flash
+SCENE_SPANS = ((0, "a"), (25, "b"), (30, "a"), (40, "c"))  # (first frame, look): b is a 5-frame flash
 SAMPLES_PER_FRAME = 640  # 16 kHz at 25 fps
 
 
@@ -56,7 +56,11 @@ def _look(kind: str, t: int, size: tuple[int, int]) -> np.ndarray:
             _tri(x + y, 80) * 255 // 80,
         )
     elif kind == "b":
-        channels = (_tri(2 * x + y + t, 40) * 200 // 40 + 40, np.full_like(x, 30), _tri(3 * y, 30) * 255 // 30)
+        channels = (
+            _tri(2 * x + y + t, 40) * 200 // 40 + 40,
+            np.full_like(x, 30),
+            _tri(3 * y, 30) * 255 // 30,
+        )
     else:
         disc = (x - 272 - t) ** 2 + (y - 150) ** 2 < 90**2
         channels = (np.where(disc, 240, 20), _tri(x - y + t, 50) * 120 // 50, np.where(disc, 200, 60))
@@ -86,7 +90,7 @@ def tracking_frames() -> Iterator[np.ndarray]:
 
 
 def scene_frames() -> Iterator[np.ndarray]:
-    """SCENE_FRAMES (304, 544, 3) uint8 RGB frames: looks a | b (5 frames) | a | c, cut at 25, 30 and 45."""
+    """SCENE_FRAMES (304, 544, 3) uint8 RGB frames: looks a | b (5 frames) | a | c, cut at 25, 30 and 40."""
     starts = [start for start, _ in SCENE_SPANS]
     for index in range(SCENE_FRAMES):
         span = int(np.searchsorted(starts, index, side="right")) - 1

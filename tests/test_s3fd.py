@@ -4,8 +4,9 @@ tests/fixtures/latentsync/s3fd.safetensors (scripts/latentsync_fixtures/s3fd.py)
 random weights (tests/s3fd_inputs.py `boosted`: the face logits raised so scores straddle 0.9) and
 closed-form images, its track_face / crop_video on synthetic detections over 76 frames, its scene_detect
 (scenedetect 0.6.1) on closed-form videos, and ffmpeg's audio cut. Bit-equal where the arithmetic is the
-same (input, priors, detection head, boxes, tracks, crops, audio, shot scores); the float64 network
-outputs within 1e-10 of upstream's (its float64 copy: measured ≤ 2e-15).
+same (input, priors, detection head, boxes, tracks, crops, audio, shot scores). The network outputs are
+asserted within 1e-10 (float64, against upstream's float64 copy) and 1e-5 (float32) of upstream's peak;
+both measured 0 here (the same torch kernels in the same order), as were the boxes (asserted ≤ 1e-3 px).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import pickle
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -51,6 +53,7 @@ from synclip.eval.face_tracks import (
 from synclip.nn.s3fd import S3FDConfig, S3FDHeads, S3FDNet, detect, nms
 
 CONFIG = S3FDConfig()
+FPS = Fraction(25)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,9 @@ def test_input_and_priors_are_upstreams(fixture, net):
     x = detector_input(detector_image(), 0.25)
     assert x.shape == (3, 59, 75)
     assert np.array_equal(x, tensors["detector.input"].numpy())
-    assert np.array_equal(detector_input(detector_image(RAW_IMAGE_SIZE), 1.0), tensors["raw64b.input"].numpy())
+    assert np.array_equal(
+        detector_input(detector_image(RAW_IMAGE_SIZE), 1.0), tensors["raw64b.input"].numpy()
+    )
     with torch.no_grad():
         heads = net(torch.from_numpy(x)[None])
     assert torch.equal(heads.priors, tensors["detector.priors"])
@@ -102,12 +107,13 @@ def test_float64_outputs_match_upstream(fixture, net, key):
     with torch.no_grad():
         heads = net64(x)
         out = net64.detect(x)
-    assert peak_relative(heads.loc[0], tensors[f"{key}.loc"]) < 1e-10  # measured ≤ 2e-15
+    assert peak_relative(heads.loc[0], tensors[f"{key}.loc"]) < 1e-10  # measured 0
     assert peak_relative(heads.scores[0], tensors[f"{key}.scores"]) < 1e-10
     # upstream's Detect stores float32; ours keeps float64: the same rows, rounded
     theirs = tensors[f"{key}.out"]
     count = int((theirs[:, 0] > 0).sum())
-    assert count > 10 and not out[0, 1, count:].any()
+    assert count > 10
+    assert not out[0, 1, count:].any()
     assert torch.allclose(out[0, 1, : len(theirs)].float(), theirs, rtol=0, atol=1e-6)
 
 
@@ -119,7 +125,9 @@ def test_float32_outputs_and_head_match_upstream(fixture, net):
     assert peak_relative(heads.loc[0], tensors["detector.loc"]) < 1e-5  # measured 0 (same kernels)
     assert peak_relative(heads.scores[0], tensors["detector.scores"]) < 1e-5
     # the head on upstream's own raw outputs: bit-equal
-    recorded = S3FDHeads(tensors["detector.loc"][None], tensors["detector.scores"][None], tensors["detector.priors"])
+    recorded = S3FDHeads(
+        tensors["detector.loc"][None], tensors["detector.scores"][None], tensors["detector.priors"]
+    )
     assert torch.equal(detect(recorded, CONFIG)[0], tensors["detector.out"])
 
 
@@ -127,7 +135,8 @@ def test_detect_faces_matches_upstream(fixture, net):
     tensors, _ = fixture
     boxes = detect_faces(net, detector_image(), conf_th=0.9, scale=0.25)
     theirs = tensors["detector.boxes"].numpy()
-    assert boxes.dtype == np.float64 and boxes.shape == theirs.shape == (14, 5)
+    assert boxes.dtype == np.float64
+    assert boxes.shape == theirs.shape == (14, 5)
     assert np.abs(boxes - theirs).max() <= 1e-3  # measured 0
     assert detect_faces(net, detector_image(), conf_th=0.999).shape == (0, 5)
 
@@ -147,24 +156,29 @@ def test_load_s3fd_is_strict(tmp_path, state, net):
     torch.save(state, path)
     loaded = load_s3fd(path)
     assert not loaded.training
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True)
+    )
 
-    with pytest.raises(UserError, match="missing.pth: no such file"):
+    with pytest.raises(UserError, match=r"missing\.pth: no such file"):
         load_s3fd(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
-    with pytest.raises(UserError, match=r"garbage.pth: not a readable torch state dict") as error:
+    with pytest.raises(UserError, match=r"garbage\.pth: not a readable torch state dict") as error:
         load_s3fd(garbage)
     assert "\n" not in str(error.value)
     listed = tmp_path / "list.pth"
     torch.save([torch.zeros(1)], listed)
-    with pytest.raises(UserError, match="list.pth: not a state dict of tensors"):
+    with pytest.raises(UserError, match=r"list\.pth: not a state dict of tensors"):
         load_s3fd(listed)
 
     small = {k: v for k, v in state.items() if k in ("conf.5.bias", "loc.5.bias")}  # a few, to save writing
     partial = tmp_path / "partial.pth"
     torch.save({**small, "extra.weight": torch.zeros(2)}, partial)
-    with pytest.raises(UserError, match=r"partial.pth: not S3FD's state dict: missing vgg\.0\.weight.*unexpected extra"):
+    with pytest.raises(
+        UserError, match=r"partial\.pth: not S3FD's state dict: missing vgg\.0\.weight.*unexpected extra"
+    ):
         load_s3fd(partial)
     broken = dict(state)
     broken["conf.0.bias"] = torch.zeros(2)
@@ -180,8 +194,8 @@ def test_pickled_code_is_not_run(tmp_path):
             return (print, ("ran",))
 
     path = tmp_path / "code.pth"
-    path.write_bytes(pickle.dumps({"vgg.0.weight": Payload()}))
-    with pytest.raises(UserError, match="code.pth: not a readable torch state dict"):
+    path.write_bytes(pickle.dumps({"vgg.0.weight": Payload()}, protocol=2))
+    with pytest.raises(UserError, match=r"code\.pth: not a readable torch state dict"):
         load_s3fd(path)
 
 
@@ -190,7 +204,8 @@ def test_pickled_code_is_not_run(tmp_path):
 
 def test_shots_as_scenedetect_061_lists_them():
     assert shots([], 76) == [(0, 76)]
-    assert shots([25, 45], 64) == [(0, 25), (25, 45), (45, 63)]  # the last frame is in no shot
+    assert shots([], 0) == [(0, 0)]
+    assert shots([25, 40], 64) == [(0, 25), (25, 40), (40, 63)]  # the last frame is in no shot
     for bad in ([0], [30, 20], [64]):
         with pytest.raises(ValueError, match="shot cuts must increase"):
             shots(bad, 64)
@@ -204,14 +219,19 @@ def test_shot_cuts_match_upstream(fixture, name, frames):
 
     tensors, _ = fixture
     video = list(frames())
-    assert shots(content_shot_cuts(video), len(video)) == [tuple(s) for s in tensors[f"{name}.scenes"].tolist()]
+    assert shots(content_shot_cuts(video), len(video)) == [
+        tuple(s) for s in tensors[f"{name}.scenes"].tolist()
+    ]
     # scenedetect 0.7's scores on our downscaled frames are 0.6.1's on its own, bit for bit
     stats = StatsManager()
     detector = ContentDetector(filter_mode=FlashFilter.Mode.SUPPRESS)
     detector.stats_manager = stats
     for index, frame in enumerate(video):
-        detector.process_frame(FrameTimecode(index, fps=25), shot_detection_frame(frame))
-    ours = [stats.get_metrics(FrameTimecode(int(i), fps=25), ["content_val"])[0] for i in tensors[f"{name}.score_frames"]]
+        detector.process_frame(FrameTimecode(index, fps=FPS), shot_detection_frame(frame))
+    ours = [
+        stats.get_metrics(FrameTimecode(int(i), fps=FPS), ["content_val"])[0]
+        for i in tensors[f"{name}.score_frames"]
+    ]
     assert np.array_equal(np.array(ours, np.float64), tensors[f"{name}.scores"].numpy())
 
 
@@ -224,8 +244,11 @@ def test_flash_is_suppressed_not_merged():
     merging, merged = ContentDetector(), []
     for index, frame in enumerate(scene_frames()):
         cuts.add(frame)
-        merged += [c.frame_num for c in merging.process_frame(FrameTimecode(index, fps=25), shot_detection_frame(frame))]
-    assert cuts.cuts == [25, 45]
+        merged += [
+            c.frame_num
+            for c in merging.process_frame(FrameTimecode(index, fps=FPS), shot_detection_frame(frame))
+        ]
+    assert cuts.cuts == [25, 40]  # 30 is 5 frames after 25: suppressed; 40 is 15 after 25
     assert merged != cuts.cuts
 
 
@@ -246,10 +269,13 @@ def test_tracks_and_crops_match_upstream(fixture, case):
         assert np.array_equal(track.frames, tensors[f"{key}.frames"].numpy())
         assert np.array_equal(track.boxes, tensors[f"{key}.boxes"].numpy())
         assert np.array_equal(smooth_track(track.boxes), tensors[f"{key}.smooth"].numpy())
-        assert track.crops.shape == (len(track.frames), 224, 224, 3) and track.crops.dtype == np.uint8
+        assert track.crops.shape == (len(track.frames), 224, 224, 3)
+        assert track.crops.dtype == np.uint8
         if f"{key}.crop_pixels" in tensors:
             assert np.array_equal(track.crops[pixel_frames], tensors[f"{key}.crop_pixels"].numpy())
-        assert np.array_equal(np.stack([sha256(c) for c in track.crops]), tensors[f"{key}.crop_sha256"].numpy())
+        assert np.array_equal(
+            np.stack([sha256(c) for c in track.crops]), tensors[f"{key}.crop_sha256"].numpy()
+        )
         audio = samples[track.audio_slice]  # upstream's ffmpeg -ss/-to cut, sample for sample
         assert len(audio) == int(tensors[f"{key}.audio_length"])
         assert np.array_equal(sha256(audio), tensors[f"{key}.audio_sha256"].numpy())
@@ -269,7 +295,8 @@ def test_s3fd_front_end_is_detections_then_tracks(net):
     ours = track_faces_s3fd(lambda: iter(frames), net, [], min_track=4, device="cpu", min_face_size=20)
     assert len(ours) == len(expected) > 0
     for a, b in zip(ours, expected, strict=True):
-        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.crops, b.crops)
+        assert np.array_equal(a.boxes, b.boxes)
+        assert np.array_equal(a.crops, b.crops)
     with pytest.raises(ValueError, match="re-readable"):
         track_faces_s3fd(iter(frames), net, [], min_track=4)
 
@@ -286,7 +313,9 @@ def test_no_face_no_tracks(state):
 
 def shifted_photo(root, count: int) -> list[np.ndarray]:
     """`count` RGB frames of the astronaut photo, shifted right by 0.5 px and down by 0.25 px a frame."""
-    photo = cv2.cvtColor(cv2.imread(str(root / "tests" / "fixtures" / "astronaut_face.png")), cv2.COLOR_BGR2RGB)
+    photo = cv2.cvtColor(
+        cv2.imread(str(root / "tests" / "fixtures" / "astronaut_face.png")), cv2.COLOR_BGR2RGB
+    )
     photo = cv2.resize(photo, (320, 320), interpolation=cv2.INTER_CUBIC)
     moves = [np.float32([[1, 0, 0.5 * t - 15], [0, 1, 0.25 * t]]) for t in range(count)]
     return [cv2.warpAffine(photo, m, (320, 320), borderMode=cv2.BORDER_REPLICATE) for m in moves]
@@ -298,8 +327,10 @@ def test_mediapipe_tracks_a_real_face(root, pretrained_dir):
     tracks = track_faces_mediapipe(lambda: iter(frames), pretrained_dir / "face_landmarker.task", None)
     assert len(tracks) == 1
     track = tracks[0]
-    assert (track.first, track.last) == (0, 55) and track.audio_slice == slice(0, 56 * 640)
-    assert track.crops.shape == (56, 224, 224, 3) and track.crops.dtype == np.uint8
+    assert (track.first, track.last) == (0, 55)
+    assert track.audio_slice == slice(0, 56 * 640)
+    assert track.crops.shape == (56, 224, 224, 3)
+    assert track.crops.dtype == np.uint8
     widths = track.boxes[:, 2] - track.boxes[:, 0]
     assert widths.min() > 100
     centre = (track.boxes[:, 0] + track.boxes[:, 2]) / 2

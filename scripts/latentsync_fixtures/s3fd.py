@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -45,6 +46,7 @@ import tempfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import imageio_ffmpeg
@@ -125,7 +127,9 @@ def detector_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
 
     def keep_detect(loc, conf, priors):
         out = detect_forward(loc, conf, priors)
-        seen.update(loc=loc.detach().clone(), scores=conf.detach().clone(), priors=priors.clone(), out=out.clone())
+        seen.update(
+            loc=loc.detach().clone(), scores=conf.detach().clone(), priors=priors.clone(), out=out.clone()
+        )
         return out
 
     net.register_forward_pre_hook(keep_input)
@@ -152,7 +156,7 @@ def detector_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
             "detect_rows_above_0.9": above,
             "boxes_after_nms_0.1": len(boxes),
             "closest_score_to_0.9": float(faces[(faces - 0.9).abs().argmin()]),
-        }
+        },
     }
 
     detector.detect_faces(detector_image(RAW_IMAGE_SIZE), conf_th=0.9, scales=[1.0])  # for its input
@@ -162,7 +166,8 @@ def detector_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
     for key, x in inputs.items():
         with torch.no_grad():
             out = net(x.double())
-        assert seen["loc"].dtype == torch.float64 and out.dtype == torch.float32
+        assert seen["loc"].dtype == torch.float64
+        assert out.dtype == torch.float32
         tensors[f"{key}.loc"] = seen["loc"][0]
         tensors[f"{key}.scores"] = seen["scores"][0]
         assert not out[0, 1, OUT_ROWS:].any(), "more detections than the stored rows"
@@ -176,7 +181,7 @@ def detector_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
 class RecordingWriter:
     """cv2.VideoWriter's calls as crop_video makes them; `release` leaves the empty file it deletes."""
 
-    frames: dict[str, list[np.ndarray]] = {}
+    frames: ClassVar[dict[str, list[np.ndarray]]] = {}
 
     def __init__(self, path: str, fourcc: int, fps: float, size: tuple[int, int]) -> None:
         self.path = path
@@ -215,7 +220,9 @@ def track_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
     detector = syncnet_detect.SyncNetDetector.__new__(syncnet_detect.SyncNetDetector)
     samples = speech_samples()
     with tempfile.TemporaryDirectory() as tmp, ffmpeg_on_path():
-        frames_dir, video_dir, temp_dir, crop_dir = (Path(tmp) / name for name in ("frames", "video", "temp", "crop"))
+        frames_dir, video_dir, temp_dir, crop_dir = (
+            Path(tmp) / name for name in ("frames", "video", "temp", "crop")
+        )
         for folder in (frames_dir, video_dir, temp_dir, crop_dir):
             folder.mkdir()
         for index, frame in enumerate(tracking_frames()):
@@ -232,7 +239,7 @@ def track_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
                 for index, found in enumerate(tracking_detections())
             ]
             tracks = []
-            for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            for start, end in itertools.pairwise(bounds):
                 if end - start >= min_track:  # upstream's __call__
                     tracks += detector.track_face(faces[start:end], min_track=min_track)
             prefix = f"track{case}"
@@ -241,7 +248,9 @@ def track_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
             for k, track in enumerate(tracks):
                 cropfile = str(crop_dir / f"{k:05d}")
                 RecordingWriter.frames.clear()
-                result = detector.crop_video(track, cropfile, str(frames_dir), 25, str(temp_dir), str(video_dir))
+                result = detector.crop_video(
+                    track, cropfile, str(frames_dir), 25, str(temp_dir), str(video_dir)
+                )
                 crops = np.stack(RecordingWriter.frames[cropfile + "t.mp4"])
                 _, cut = wavfile.read(temp_dir / "audio.wav")
                 first, last = int(track["frame"][0]), int(track["frame"][-1])
@@ -249,7 +258,9 @@ def track_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
                 key = f"{prefix}.{k}"
                 tensors[f"{key}.frames"] = track["frame"]
                 tensors[f"{key}.boxes"] = track["bbox"]
-                tensors[f"{key}.smooth"] = np.stack([result["proc_track"][v] for v in ("s", "x", "y")], axis=1)
+                tensors[f"{key}.smooth"] = np.stack(
+                    [result["proc_track"][v] for v in ("s", "x", "y")], axis=1
+                )
                 tensors[f"{key}.crop_sha256"] = np.stack([sha256(crop) for crop in crops])
                 tensors[f"{key}.audio_sha256"] = sha256(cut)
                 tensors[f"{key}.audio_length"] = torch.tensor(len(cut))
@@ -259,13 +270,17 @@ def track_records() -> tuple[dict[str, torch.Tensor | np.ndarray], dict]:
                     {
                         "frames": [first, last],
                         "crops": len(crops),
-                        "audio_cut_equals_slice": bool(len(cut) == len(expected) and np.array_equal(cut, expected)),
+                        "audio_cut_equals_slice": bool(
+                            len(cut) == len(expected) and np.array_equal(cut, expected)
+                        ),
                         "audio_cut_length": len(cut),
                         "slice_length": len(expected),
                     }
                 )
             notes[prefix] = {"cuts": list(cuts), "min_track": min_track, "tracks": case_notes}
-    notes["commands"] = sorted({c.split(" -i ")[0] + " …" + (" -ss/-to" if " -ss " in c else " mux") for c in commands})
+    notes["commands"] = sorted(
+        {c.split(" -i ")[0] + " …" + (" -ss/-to" if " -ss " in c else " mux") for c in commands}
+    )
     return tensors, notes
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +39,7 @@ from scipy.interpolate import interp1d
 
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.errors import UserError
-from synclip.face.landmarks import FaceLandmarker
+from synclip.face.landmarks import Face, FaceLandmarker
 from synclip.nn.s3fd import S3FDConfig, S3FDNet, nms
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,9 @@ def load_s3fd(path: str | Path) -> S3FDNet:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except UNREADABLE as error:
         reason = (str(error).splitlines() or [""])[0][:160]
-        raise UserError(f"{path}: not a readable torch state dict ({type(error).__name__}: {reason})") from None
+        raise UserError(
+            f"{path}: not a readable torch state dict ({type(error).__name__}: {reason})"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
     net = S3FDNet(S3FDConfig())
@@ -209,8 +213,10 @@ class ContentShotCuts:
     def add(self, frame_rgb: np.ndarray) -> None:
         from scenedetect.common import FrameTimecode
 
-        timecode = FrameTimecode(self._index, fps=VIDEO_FPS)
-        self.cuts += [cut.frame_num for cut in self._detector.process_frame(timecode, shot_detection_frame(frame_rgb))]
+        timecode = FrameTimecode(self._index, fps=Fraction(VIDEO_FPS))
+        self.cuts += [
+            cut.frame_num for cut in self._detector.process_frame(timecode, shot_detection_frame(frame_rgb))
+        ]
         self._index += 1
 
 
@@ -227,10 +233,10 @@ def shots(cuts: Sequence[int], num_frames: int) -> list[tuple[int, int]]:
     (scenedetect 0.6.1 ends the last scene at the last frame's index, so that frame is never tracked);
     without cuts, (0, N)."""
     cuts = [int(c) for c in cuts]
-    if any(b <= a for a, b in zip([0, *cuts], [*cuts, num_frames], strict=True)):
-        raise ValueError(f"shot cuts must increase strictly within (0, {num_frames}), got {cuts}")
     if not cuts:
         return [(0, num_frames)]
+    if any(b <= a for a, b in zip([0, *cuts], [*cuts, num_frames], strict=True)):
+        raise ValueError(f"shot cuts must increase strictly within (0, {num_frames}), got {cuts}")
     return list(zip([0, *cuts], [*cuts, num_frames - 1], strict=True))
 
 
@@ -304,7 +310,10 @@ def face_tracks(
     """Tracks of every shot long enough (at least `min_track` frames), in order; `detections[i]` is frame
     i's (K, 5) faces (x1, y1, x2, y2, score), best first (upstream's `__call__` after detect_face)."""
     faces = [
-        [_Face(index, tuple(row[:4].tolist()), row[4]) for row in np.asarray(found, np.float64).reshape(-1, 5)]
+        [
+            _Face(index, tuple(row[:4].tolist()), row[4])
+            for row in np.asarray(found, np.float64).reshape(-1, 5)
+        ]
         for index, found in enumerate(detections)
     ]
     tracks = []
@@ -323,7 +332,11 @@ def smooth_track(boxes: np.ndarray) -> np.ndarray:
     size = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2
     centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
     centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
-    return np.stack([signal.medfilt(v, kernel_size=MEDFILT_KERNEL) for v in (size, centre_x, centre_y)], axis=1)
+    with warnings.catch_warnings():
+        # a track shorter than the kernel (only with min_track < 13) is zero-padded as any track's ends are
+        warnings.filterwarnings("ignore", "kernel_size exceeds volume extent", UserWarning)
+        smoothed = [signal.medfilt(v, kernel_size=MEDFILT_KERNEL) for v in (size, centre_x, centre_y)]
+    return np.stack(smoothed, axis=1)
 
 
 def crop_face(
@@ -333,7 +346,9 @@ def crop_face(
     for one frame): from `size` above the centre to 1.8 `size` below it, 1.4 `size` either side, in the
     frame padded with grey 110, bilinear to 224 × 224."""
     bsi = int(size * (1 + 2 * crop_scale))  # the padding, pixels
-    padded = np.pad(frame_bgr, ((bsi, bsi), (bsi, bsi), (0, 0)), "constant", constant_values=(PAD_VALUE, PAD_VALUE))
+    padded = np.pad(
+        frame_bgr, ((bsi, bsi), (bsi, bsi), (0, 0)), "constant", constant_values=(PAD_VALUE, PAD_VALUE)
+    )
     my, mx = centre_y + bsi, centre_x + bsi
     face = padded[
         int(my - size) : int(my + size * (1 + 2 * crop_scale)),
@@ -362,7 +377,9 @@ def crop_tracks(frames: Iterable[np.ndarray], tracks: Sequence[TrackBoxes]) -> l
         if seen == needed:
             break
     if seen < needed:
-        raise ValueError(f"the frames ended after {seen}; the face tracks need {needed} (was the source re-read?)")
+        raise ValueError(
+            f"the frames ended after {seen}; the face tracks need {needed} (was the source re-read?)"
+        )
     return [FaceTrack(track.frames, track.boxes, out) for track, out in zip(tracks, crops, strict=True)]
 
 
@@ -428,14 +445,14 @@ def track_faces_s3fd(
     )
 
 
-def landmark_boxes(faces: Sequence) -> np.ndarray:
+def landmark_boxes(faces: Sequence[Face]) -> np.ndarray:
     """(K, 5) boxes (x1, y1, x2, y2, 1.0) of MediaPipe faces (`synclip.face.landmarks.Face`): the bounding
     box of the 478 mesh points, unchanged.
 
     It stands for S3FD's box. The mesh spans the top of the forehead (point 10) to the chin (152) and
-    cheek to cheek at the ears (234, 454): the extent WIDER FACE's annotators box ("forehead, chin and
-    cheeks"), on which S3FD was trained, so no scale or shift is applied; how far S3FD's real boxes are
-    from it is not measured (no published weights here). The crop depends on the box only through its
+    cheek to cheek at the ears (234, 454), the extent WIDER FACE's boxes are drawn to contain (forehead,
+    chin and cheeks; S3FD was trained on them), so no scale or shift is applied. How far S3FD's real
+    boxes are from it is not measured (no published weights here). The crop depends on the box only through its
     centre and larger side (`smooth_track`); IoU tracking and the 100 px minimum see the whole box.
     """
     rows = [(*face.box, 1.0) for face in faces]
