@@ -221,9 +221,20 @@ def weights_import_latentsync(
     revision: Annotated[
         str | None, typer.Option("--revision", help="With --from-hub: the Hub revision (default: main).")
     ] = None,
+    auxiliary: Annotated[
+        bool,
+        typer.Option(
+            "--auxiliary",
+            help="Also import the evaluation instruments of SRC/auxiliary (syncnet_v2.model, sfd_face.pth, "
+            "i3d_torchscript.pt, vgg16-397923af.pth).",
+        ),
+    ] = False,
+    auxiliary_out: Annotated[
+        Path, typer.Option("--auxiliary-out", help="Where --auxiliary puts them.")
+    ] = Path("models/pretrained/auxiliary"),
 ) -> None:
     """Import LatentSync 1.5 / 1.6's published weights as a packaged model (`synclip lipsync --model OUT`)."""
-    from synclip.inference.latentsync import download_latentsync, import_latentsync
+    from synclip.inference.latentsync import AUXILIARY_DIR, download_latentsync, import_latentsync
 
     hub = None
     if from_hub == (src is not None):
@@ -231,9 +242,18 @@ def weights_import_latentsync(
     if revision is not None and not from_hub:
         raise UserError("--revision needs --from-hub")
     if from_hub:
-        src, hub = download_latentsync(version, revision)
+        src, hub = download_latentsync(version, revision, auxiliary=auxiliary)
     assert src is not None
+    if auxiliary:  # checked before the model is imported: a bad file stops both
+        from synclip.eval.auxiliary import check_auxiliary, import_auxiliary
+
+        check_auxiliary(src / AUXILIARY_DIR)
     print(import_latentsync(src, version, out, vae, unet_config, syncnet_config, hub=hub))
+    if auxiliary:
+        settings = import_auxiliary(src / AUXILIARY_DIR, auxiliary_out)
+        print(f"{auxiliary_out}: set these in params.yaml (or -S) to turn the instruments on:")
+        for key, path in settings.items():
+            print(f"  {key}: {path}")
 
 
 @app.command()
@@ -262,21 +282,45 @@ def sync_score(
     model: Annotated[Path, typer.Option("--model", help="A trained SyncNet artifact.")] = Path(
         "models/syncnet"
     ),
+    judge: Annotated[
+        str,
+        typer.Option(
+            "--judge",
+            help="synclip: the SyncNet artifact of --model (LSE-C / LSE-D on synclip's aligned faces); "
+            "syncnet-v2: syncnet_python's SyncNet (pretrained.syncnet_v2) on S3FD face tracks (or "
+            "MediaPipe's without pretrained.s3fd), the papers' Sync-C / Sync-D.",
+        ),
+    ] = "synclip",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (with the distance per offset).")
     ] = False,
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
 ) -> None:
-    """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D."""
+    """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D (Sync-C / Sync-D)."""
     from synclip.artifacts import load_syncnet
     from synclip.eval.sync import score_video
     from synclip.pretrained import require
     from synclip.runtime import configure
 
+    if judge not in ("synclip", "syncnet-v2"):
+        raise UserError(f"--judge must be synclip or syncnet-v2, got {judge!r}")
     resolved = load_params(params, overrides or ())
     device = configure(resolved.runtime)
     landmarker = require("face_landmarker", resolved.pretrained.face_landmarker, "pretrained.face_landmarker")
+    if judge == "syncnet-v2":
+        from synclip.eval.paper import load_paper_instruments, score_paper_video
+
+        instruments = load_paper_instruments(resolved.pretrained, landmarker, device, only=("sync", "crops"))
+        result = score_paper_video(instruments, video, audio)
+        if as_json:
+            print(json.dumps(result, indent=1))
+        else:
+            print(
+                f"offset {result['offset']:+d} frames   Sync-C {result['sync_c']:.3f}   "
+                f"Sync-D {result['sync_d']:.3f}   ({result['face_tracks']} face tracks, {result['crops']} crops)"
+            )
+        return
     net = load_syncnet(model).to(device)
     score = score_video(
         net, video, audio, resolved.preprocess, landmarker, resolved.syncnet.max_offset, device

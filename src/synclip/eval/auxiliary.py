@@ -34,9 +34,13 @@ def _load_vgg(path: Path) -> torch.nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a truncated or foreign file
-        raise AuxiliaryImportError(f"{path}: not a readable torch file ({type(error).__name__}: {error})") from None
+        raise AuxiliaryImportError(
+            f"{path}: not a readable torch file ({type(error).__name__}: {error})"
+        ) from None
     if not isinstance(state, dict):
-        raise AuxiliaryImportError(f"{path}: expected torchvision's VGG16 state dict, got {type(state).__name__}")
+        raise AuxiliaryImportError(
+            f"{path}: expected torchvision's VGG16 state dict, got {type(state).__name__}"
+        )
     try:
         return LpipsTerm(state)
     except (ValueError, RuntimeError) as error:

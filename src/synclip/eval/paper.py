@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from synclip.config import PretrainedParams
-from synclip.constants import SAMPLES_PER_FRAME
-from synclip.eval.face_tracks import load_s3fd, track_faces_mediapipe, track_faces_s3fd
+from synclip.constants import VIDEO_FPS
+from synclip.errors import UserError
+from synclip.eval.face_tracks import FrameSource, load_s3fd, track_faces_mediapipe, track_faces_s3fd
 from synclip.eval.fidelity import (
     fid_features,
     frechet_distance,
@@ -26,7 +27,9 @@ from synclip.eval.fidelity import (
     load_fid_inception,
     load_i3d,
 )
-from synclip.eval.sync_conf import aggregate, load_syncnet_v2, sync_conf
+from synclip.eval.sync_conf import SyncConf, aggregate, load_syncnet_v2, sync_conf
+from synclip.media.decode import iter_frames, read_audio
+from synclip.media.probe import MediaError, probe, require_video
 from synclip.pretrained.store import sha256_file
 from synclip.train.losses import load_lpips
 
@@ -76,7 +79,9 @@ def locate(pretrained: PretrainedParams, name: str) -> Instrument:
     setting, published = SETTINGS[name]
     path = getattr(pretrained, setting)
     if path is None:
-        how = "`synclip weights import-latentsync … --auxiliary`" if name != "fid" else "pytorch-fid's release"
+        how = (
+            "`synclip weights import-latentsync … --auxiliary`" if name != "fid" else "pytorch-fid's release"
+        )
         return Instrument(name, setting, None, None, f"pretrained.{setting} is null ({published}; {how})")
     if not Path(path).is_file():
         return Instrument(name, setting, path, None, f"pretrained.{setting}: {path} does not exist")
@@ -106,11 +111,14 @@ class PaperInstruments:
 
 
 def load_paper_instruments(
-    pretrained: PretrainedParams, landmarker: str | Path, device: torch.device
+    pretrained: PretrainedParams,
+    landmarker: str | Path,
+    device: torch.device,
+    only: tuple[str, ...] = tuple(SETTINGS),
 ) -> PaperInstruments:
-    """Every instrument whose weights `pretrained` names and that exist; a file that exists but does
-    not load is an error (UserError naming it), never an instrument quietly off."""
-    instruments = {name: locate(pretrained, name) for name in SETTINGS}
+    """Every instrument of `only` whose weights `pretrained` names and that exist; a file that exists but
+    does not load is an error (UserError naming it), never an instrument quietly off."""
+    instruments = {name: locate(pretrained, name) for name in only}
     loaded = PaperInstruments(str(landmarker), device, instruments)
     on = {name for name, item in instruments.items() if item.on}
     if "sync" in on:
@@ -154,23 +162,8 @@ def sync_scores(instruments: PaperInstruments, frames: np.ndarray, samples: np.n
     """
     if instruments.syncnet is None:
         return {}
-    frames = paper_size(frames)
-    if instruments.s3fd is not None:
-        tracks = track_faces_s3fd(
-            lambda: iter(frames), instruments.s3fd, [], min_track=MIN_TRACK, device=instruments.device
-        )
-    else:
-        tracks = track_faces_mediapipe(lambda: iter(frames), instruments.landmarker, [], min_track=MIN_TRACK)
-    pcm = int16_samples(samples)
-    scores = [
-        sync_conf(
-            instruments.syncnet,
-            track.crops,
-            pcm[track.first * SAMPLES_PER_FRAME : (track.last + 1) * SAMPLES_PER_FRAME],
-            device=instruments.device,
-        )
-        for track in tracks
-    ]
+    resized = paper_size(frames)
+    scores = _track_scores(instruments, resized, int16_samples(samples), shot_cuts=[])  # aligned: one shot
     if not scores:
         return {"sync_c": float("nan"), "sync_d": float("nan"), "sync_offset": float("nan"), "face_tracks": 0}
     summary = aggregate(scores)
@@ -182,7 +175,57 @@ def sync_scores(instruments: PaperInstruments, frames: np.ndarray, samples: np.n
     }
 
 
-def fidelity_scores(instruments: PaperInstruments, generated: list[np.ndarray], real: list[np.ndarray]) -> dict:
+def _track_scores(
+    instruments: PaperInstruments, frames: FrameSource, pcm: np.ndarray, shot_cuts: list[int] | None
+) -> list[SyncConf]:
+    """SyncConf of every face track of more than MIN_TRACK frames (S3FD's, else MediaPipe's)."""
+    assert instruments.syncnet is not None
+    if instruments.s3fd is not None:
+        tracks = track_faces_s3fd(
+            frames, instruments.s3fd, shot_cuts, min_track=MIN_TRACK, device=instruments.device
+        )
+    else:
+        tracks = track_faces_mediapipe(frames, instruments.landmarker, shot_cuts, min_track=MIN_TRACK)
+    return [
+        sync_conf(instruments.syncnet, track.crops, pcm[track.audio_slice], device=instruments.device)
+        for track in tracks
+    ]
+
+
+def score_paper_video(
+    instruments: PaperInstruments, video: str | Path, audio: str | Path | None = None
+) -> dict:
+    """Sync-C / Sync-D of any video, as LatentSync's eval_sync_conf.py scores a generated video: its
+    frames at 25 fps, shots found, every face track of more than 50 frames scored against the video's
+    audio (or `audio`'s), averaged over tracks. A UserError when the SyncNet is off or no track is found."""
+    if instruments.syncnet is None:
+        raise UserError(
+            f"Sync-C / Sync-D need syncnet_python's SyncNet: {instruments.instruments['sync'].reason}"
+        )
+    video = Path(video)
+    require_video(probe(video))
+    pcm = int16_samples(read_audio(Path(audio) if audio is not None else video))
+    scores = _track_scores(instruments, lambda: iter_frames(video), pcm, shot_cuts=None)
+    if not scores:
+        raise MediaError(
+            f"{video}: no face track of more than {MIN_TRACK} frames (at least {MIN_TRACK / VIDEO_FPS:g} s "
+            "of one face) to score"
+        )
+    summary = aggregate(scores)
+    return {
+        "offset": summary["offset"],
+        "sync_c": summary["sync_c"],
+        "sync_d": summary["sync_d"],
+        "face_tracks": len(scores),
+        "crops": "s3fd" if instruments.s3fd is not None else "mediapipe",
+        "tracks": [score.as_dict() for score in scores],
+        "instruments": instruments.describe(),
+    }
+
+
+def fidelity_scores(
+    instruments: PaperInstruments, generated: list[np.ndarray], real: list[np.ndarray]
+) -> dict:
     """FVD, FID and LPIPS of generated videos against the real ones they stand for (same order).
 
     FVD: I3D features of frames 20–35 of each video, face-cropped at 224 px (LatentSync's eval_fvd.py);
@@ -208,7 +251,9 @@ def fidelity_scores(instruments: PaperInstruments, generated: list[np.ndarray], 
             out["fvd"] = fvd(instruments.i3d, windows["real"], windows["fake"], device=device)
     if instruments.inception is not None:
         real_features = np.concatenate([fid_features(instruments.inception, v, device=device) for v in real])
-        fake_features = np.concatenate([fid_features(instruments.inception, v, device=device) for v in generated])
+        fake_features = np.concatenate(
+            [fid_features(instruments.inception, v, device=device) for v in generated]
+        )
         if len(real_features) < 2:
             notes["fid"] = f"needs 2 frames at least, got {len(real_features)}"
         else:
@@ -221,7 +266,11 @@ def fidelity_scores(instruments: PaperInstruments, generated: list[np.ndarray], 
 
 @torch.no_grad()
 def _mean_lpips(
-    lpips: torch.nn.Module, generated: list[np.ndarray], real: list[np.ndarray], device: torch.device, batch: int = 16
+    lpips: torch.nn.Module,
+    generated: list[np.ndarray],
+    real: list[np.ndarray],
+    device: torch.device,
+    batch: int = 16,
 ) -> float:
     total, count = 0.0, 0
     for fake_video, real_video in zip(generated, real, strict=True):

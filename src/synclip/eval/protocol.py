@@ -336,7 +336,15 @@ def summarize(rows: list[dict]) -> dict:
             "silent_closed": _mean(group["silent_closed"]),
             "landmarks_found": float(group["landmarks_found"].mean()),
         }
-        for key in ("ssim_mouth", "psnr_mouth", "ssim_lower", "psnr_lower", "lpips_lower", "sync_c", "sync_d"):
+        for key in (
+            "ssim_mouth",
+            "psnr_mouth",
+            "ssim_lower",
+            "psnr_lower",
+            "lpips_lower",
+            "sync_c",
+            "sync_d",
+        ):
             if key in group:
                 entry[key] = _mean(group[key])  # PSNR of the truth against itself: inf
         if "sync_offset" in group:  # syncnet_python's offset; NaN where no face track was long enough

@@ -163,7 +163,13 @@ def paper_markdown(summary: dict) -> str:
             ]
             cells_text = " | ".join("–" if c is None else f"{c:.4g}" for c in cells)
             lines.append(f"| {protocol} | {variant} | {cells_text} |")
-    lines += ["", f"On {paper['frames']}.", "", "| instrument | weights | sha256 | status |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"On {paper['frames']}.",
+        "",
+        "| instrument | weights | sha256 | status |",
+        "|---|---|---|---|",
+    ]
     for name, item in paper["instruments"].items():
         digest = item["sha256"][:12] + "…" if item["sha256"] else "–"
         lines.append(f"| {name} | {item['weights'] or '–'} | {digest} | {item['status']} |")
