@@ -15,7 +15,7 @@ import torch
 from fidelity_inputs import save_script, tiny_i3d
 from s3fd_inputs import SEED as S3FD_SEED
 from seeded_weights import seeded_state, shapes_of
-from test_eval import tiny_package  # noqa: F401 (a fixture, used by name)
+from test_eval import params, tiny_package  # noqa: F401 (fixtures, used by name)
 from typer.testing import CliRunner
 
 from synclip.artifacts import save_syncnet

@@ -177,14 +177,14 @@ def test_load_s3fd_is_strict(tmp_path, state, net):
     partial = tmp_path / "partial.pth"
     torch.save({**small, "extra.weight": torch.zeros(2)}, partial)
     with pytest.raises(
-        UserError, match=r"partial\.pth: not S3FD's state dict: missing vgg\.0\.weight.*unexpected extra"
+        UserError, match=r"partial\.pth: not S3FD's sfd_face\.pth: 63 missing: vgg\.0\.weight.*unexpected: extra"
     ):
         load_s3fd(partial)
     broken = dict(state)
     broken["conf.0.bias"] = torch.zeros(2)
     misshapen = tmp_path / "misshapen.pth"
     torch.save(broken, misshapen)
-    with pytest.raises(UserError, match=r"misshapen conf\.0\.bias \(2,\) \(expected \(4,\)\)"):
+    with pytest.raises(UserError, match=r"1 misshapen: conf\.0\.bias \(2,\) \(expected \(4,\)\)"):
         load_s3fd(misshapen)
 
 

@@ -349,13 +349,13 @@ def test_loading_is_strict(state, model_file, tmp_path):
     cases = {
         "missing": (
             {k: v for k, v in state.items() if k != "netcnnlip.0.weight"},
-            "missing netcnnlip.0.weight",
+            "1 missing: netcnnlip.0.weight",
         ),
         "misshapen": (
             {**state, "netfcaud.3.weight": torch.zeros(1000, 512)},
-            "misshapen netfcaud.3.weight (1000, 512) (expected (1024, 512))",
+            "1 misshapen: netfcaud.3.weight (1000, 512) (expected (1024, 512))",
         ),
-        "unexpected": ({**state, "netfcaud.9.weight": torch.zeros(1)}, "unexpected netfcaud.9.weight"),
+        "unexpected": ({**state, "netfcaud.9.weight": torch.zeros(1)}, "1 unexpected: netfcaud.9.weight"),
         "not_a_state_dict": ([1, 2], "not a state dict"),
     }
     for name, (content, match) in cases.items():

@@ -10,7 +10,7 @@ import logging
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL
@@ -28,6 +28,8 @@ from synclip.pretrained.store import PretrainedError, require
 from synclip.runtime import channels_last, contiguous_layout
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=nn.Module)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -124,6 +126,55 @@ def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return state
+
+
+# --- published state dicts (torch.save'd), loaded strictly --------------------------------------
+
+# what torch.load raises for a truncated or foreign file: EOFError (empty), RuntimeError (broken zip),
+# OSError, LookupError (garbage read as a legacy pickle), UnpicklingError (disallowed or broken pickle)
+TORCH_UNREADABLE = (RuntimeError, EOFError, OSError, LookupError, ValueError, pickle.UnpicklingError)
+# BatchNorm counters: files saved before PyTorch 0.4.1 lack them, and eval mode never reads them
+OPTIONAL_KEYS = (".num_batches_tracked",)
+
+
+def load_published_state(model: M, path: str | Path, what: str, shown: int = 8) -> M:
+    """`model` with the plain state dict torch.save'd at `path` (`what` names the published file in
+    errors), in eval mode: read with weights_only, strictly. A missing or unreadable file, or a missing,
+    unexpected or misshapen key is a CheckpointError naming the file and the keys (the first `shown`
+    of each kind); only OPTIONAL_KEYS may be absent, and keep the model's values."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file ({what})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_UNREADABLE as error:
+        reason = " ".join(str(error).split()).split(". ")[0][:160]  # torch's messages run long
+        raise CheckpointError(
+            f"{path}: not a readable torch state dict ({type(error).__name__}: {reason})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{path}: not a state dict of tensors (got {type(state).__name__}); expected {what}"
+        )
+    expected = model.state_dict()
+    problems = {
+        "missing": [k for k in expected if k not in state and not k.endswith(OPTIONAL_KEYS)],
+        "unexpected": [k for k in state if k not in expected],
+        "misshapen": [
+            f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+            for k, v in expected.items()
+            if k in state and state[k].shape != v.shape
+        ],
+    }
+    if any(problems.values()):
+        listed = [
+            f"{len(keys)} {label}: {', '.join(keys[:shown])}" + (" …" if len(keys) > shown else "")
+            for label, keys in problems.items()
+            if keys
+        ]
+        raise CheckpointError(f"{path}: not {what}: {'; '.join(listed)}")
+    model.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
+    return model.eval()
 
 
 # --- the UNet ------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ Glossary: N frames, H/W pixels, K detections of a frame.
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,8 @@ import torch
 from scipy import signal
 from scipy.interpolate import interp1d
 
+from synclip.artifacts import load_published_state
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
-from synclip.errors import UserError
 from synclip.face.landmarks import Face, FaceLandmarker
 from synclip.nn.s3fd import S3FDConfig, S3FDNet, nms
 
@@ -60,9 +59,6 @@ CROP_SIZE = 224  # crop_video: crops are resized to this square
 SHOT_THRESHOLD, SHOT_MIN_LENGTH = 27.0, 15  # scene_detect: ContentDetector() defaults
 SHOT_MIN_WIDTH = 256  # scenedetect's auto downscale: by W // 256 from 512 px wide on
 
-# what torch.load raises for a truncated or foreign file: EOFError (empty), RuntimeError (broken zip),
-# OSError, LookupError (garbage read as a legacy pickle), UnpicklingError (disallowed or broken pickle)
-UNREADABLE = (RuntimeError, EOFError, OSError, LookupError, ValueError, pickle.UnpicklingError)
 
 FrameSource = Callable[[], Iterable[np.ndarray]] | Sequence[np.ndarray] | np.ndarray
 
@@ -107,36 +103,8 @@ class FaceTrack:
 
 def load_s3fd(path: str | Path) -> S3FDNet:
     """syncnet_python's / LatentSync's `sfd_face.pth` (a plain state dict of S3FDNet) in eval mode, on
-    the CPU. Strict: every key and shape; a missing, unreadable or misshapen file raises UserError
-    naming the file and the keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (S3FD's sfd_face.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE as error:
-        reason = (str(error).splitlines() or [""])[0][:160]
-        raise UserError(
-            f"{path}: not a readable torch state dict ({type(error).__name__}: {reason})"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
-    net = S3FDNet(S3FDConfig())
-    expected = net.state_dict()
-    problems = {
-        "missing": [k for k in expected if k not in state],
-        "unexpected": [k for k in state if k not in expected],
-        "misshapen": [
-            f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-            for k, v in expected.items()
-            if k in state and state[k].shape != v.shape
-        ],
-    }
-    if any(problems.values()):
-        listed = [f"{label} {', '.join(keys)}" for label, keys in problems.items() if keys]
-        raise UserError(f"{path}: not S3FD's state dict: {'; '.join(listed)}")
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+    the CPU, strictly (`synclip.artifacts.load_published_state`: an error names the file and the keys)."""
+    return load_published_state(S3FDNet(S3FDConfig()), path, "S3FD's sfd_face.pth")
 
 
 def detector_input(image_rgb: np.ndarray, scale: float = FACEDET_SCALE) -> np.ndarray:

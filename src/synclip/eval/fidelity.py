@@ -7,7 +7,6 @@ pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`; nothing here downloads.
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +19,13 @@ import torch.nn.functional as F
 import torchvision
 from einops import rearrange
 
+from synclip.artifacts import load_published_state
 from synclip.errors import UserError
 from synclip.face.landmarks import FaceLandmarker
 
 # LatentSync eval/fvd.py: raw I3D features before the softmax, input used as given
 I3D_CALL = {"rescale": False, "resize": False, "return_features": True}
 FVD_START, FVD_LENGTH, FVD_SIZE = 20, 16, 224  # eval/eval_fvd.py: frames 20:36, 224×224 face crops
-# what torch.load raises on a foreign or broken file
-UNREADABLE = (RuntimeError, EOFError, OSError, LookupError, ValueError, pickle.UnpicklingError)
 
 
 def _first_line(error: BaseException) -> str:
@@ -274,43 +272,11 @@ class FidInception(torchvision.models.Inception3):
 
 
 def load_fid_inception(path: str | Path, config: FidInceptionConfig | None = None) -> FidInception:
-    """pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a state dict) as a FidInception in eval mode.
-
-    Strict: every key and shape; a missing, unreadable or misshapen file raises UserError naming the
-    file and the keys. BatchNorm's `num_batches_tracked` counters may be absent (files saved before
-    PyTorch 0.4.1 lack them; eval mode never reads them).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"{path}: no such file (pytorch-fid's FID Inception, pt_inception-2015-12-05-6726825d.pth)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE as error:
-        raise UserError(
-            f"{path}: not a readable torch state dict ({type(error).__name__}: {_first_line(error)})"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
+    """pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a state dict) as a FidInception in eval mode,
+    strictly (`synclip.artifacts.load_published_state`: an error names the file and the keys)."""
     model = FidInception(config or FidInceptionConfig())
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or misshapen:
-        problems = [
-            f"{len(keys)} {label}: {', '.join(keys[:8])}" + (" …" if len(keys) > 8 else "")
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
-            if keys
-        ]
-        raise UserError(f"{path}: not the FID Inception's state dict: {'; '.join(problems)}")
-    model.load_state_dict({k: state.get(k, v) for k, v in expected.items()}, strict=True)
-    return model.eval().requires_grad_(False)
+    what = "pytorch-fid's FID Inception, pt_inception-2015-12-05-6726825d.pth"
+    return load_published_state(model, path, what).requires_grad_(False)
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ change, not what the published weights make of it.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from synclip.artifacts import load_published_state
 from synclip.audio.mfcc import MFCC_FRAMES_PER_SECOND, speech_mfcc
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, exact_div
-from synclip.errors import UserError
 from synclip.nn.syncnet_v2 import SyncNetV2, SyncNetV2Config
 
 VSHIFT = 15  # offsets searched: −15…+15 frames
@@ -42,50 +41,12 @@ CROP_SIZE = 224  # upstream resizes every frame it reads to 224 × 224
 LIP_FRAMES = 5  # frames per lip window
 MFCC_PER_FRAME = exact_div(MFCC_FRAMES_PER_SECOND, VIDEO_FPS)  # 4
 MFCC_WINDOW = LIP_FRAMES * MFCC_PER_FRAME  # 20 MFCC frames: the lip window's 0.2 s
-# what torch.load raises on a truncated or foreign file: EOFError (empty), RuntimeError (broken zip),
-# OSError, KeyError (garbage read as a legacy pickle), UnpicklingError (disallowed or broken pickle)
-UNREADABLE = (RuntimeError, EOFError, OSError, LookupError, ValueError, pickle.UnpicklingError)
 
 
 def load_syncnet_v2(path: str | Path) -> SyncNetV2:
-    """syncnet_python's `syncnet_v2.model` (a plain torch state dict of `S`) as a SyncNetV2 in eval mode.
-
-    Strict: every key and shape must be upstream's; a missing, unreadable or misshapen file raises
-    UserError naming the file and the keys. The only exception is BatchNorm's `num_batches_tracked`
-    counters, which files saved before PyTorch 0.4.1 lack: torch itself fills them in for such state
-    dicts, and eval mode never reads them.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (syncnet_python's syncnet_v2.model)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE as error:
-        reason = (str(error).splitlines() or [""])[0][:160]
-        raise UserError(
-            f"{path}: not a readable torch state dict ({type(error).__name__}: {reason})"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a state dict of tensors (got {type(state).__name__})")
-    net = SyncNetV2(SyncNetV2Config())
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    misshapen = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or misshapen:
-        problems = [
-            f"{label} {', '.join(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
-            if keys
-        ]
-        raise UserError(f"{path}: not syncnet_python's S: {'; '.join(problems)}")
-    filled = {k: state.get(k, v) for k, v in expected.items()}  # only num_batches_tracked can be absent
-    net.load_state_dict(filled, strict=True)
-    return net.eval()
+    """syncnet_python's `syncnet_v2.model` (a plain torch state dict of `S`) as a SyncNetV2 in eval mode,
+    strictly (`synclip.artifacts.load_published_state`: an error names the file and the keys)."""
+    return load_published_state(SyncNetV2(SyncNetV2Config()), path, "syncnet_python's syncnet_v2.model")
 
 
 @dataclass

@@ -318,7 +318,9 @@ def download_latentsync(
     into it: (the snapshot folder, where it came from)."""
     repo = HUB_REPOS[check_version(version)]
     revision = revision or HUB_REVISIONS[version]
-    names = list(SOURCE_FILES) + ([f"{AUXILIARY_DIR}/{name}" for name in AUXILIARY_FILES] if auxiliary else [])
+    names = list(SOURCE_FILES) + (
+        [f"{AUXILIARY_DIR}/{name}" for name in AUXILIARY_FILES] if auxiliary else []
+    )
     return _snapshot(
         repo,
         revision,
