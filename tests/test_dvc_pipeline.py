@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from fidelity_inputs import save_script, tiny_i3d
+from seeded_weights import seeded_state, shapes_of
+from test_hdtf import IDS, make_source, write_lists
+
+from synclip.data.hdtf import TEST_LIST, TEST_ROOT_ENV
+from synclip.nn.syncnet_v2 import SyncNetV2, SyncNetV2Config
 
 pytestmark = [pytest.mark.slow, pytest.mark.pretrained]
 
@@ -25,7 +32,7 @@ def run(args, cwd, env):
 def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_dir, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "params", "stages", "src"):
+    for name in ("dvc.yaml", "params.yaml", "params", "pipelines", "stages", "src"):
         source = root / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, repo / name)
     (repo / "models").mkdir()
@@ -146,3 +153,36 @@ def test_dvc_repro_runs_every_stage_then_is_up_to_date(root, corpus, pretrained_
     assert "val_accuracy" in shown
     again = run([dvc, "repro"], repo, env)
     assert "Running stage" not in again  # nothing changed, nothing runs
+
+    # The HDTF pipeline (pipelines/hdtf/dvc.yaml) on stand-in sources (synclip data hdtf's test mode: no
+    # network), evaluated with the papers' instruments from test-made weights in the published formats
+    stand_in = tmp_path / "hdtf_root"
+    write_lists(stand_in / "lists", {("WDA", "annotion_time"): "Beta.mp4 00:00-00:03"})
+    (stand_in / "lists" / TEST_LIST).write_text("# test\nRD_Alpha_0\nWDA_Beta_0\n")
+    (stand_in / "sources").mkdir()
+    make_source(stand_in / "sources" / f"{IDS['Alpha']}.mp4")
+    shutil.copyfile(stand_in / "sources" / f"{IDS['Alpha']}.mp4", stand_in / "sources" / f"{IDS['Beta']}.mp4")
+    weights = repo / "models" / "auxiliary"
+    weights.mkdir()
+    torch.save(seeded_state(shapes_of(SyncNetV2(SyncNetV2Config())), 11), weights / "syncnet_v2.model")
+    save_script(tiny_i3d(), weights / "i3d_torchscript.pt")
+    params["pretrained"].update(
+        syncnet_v2=str(weights / "syncnet_v2.model"), i3d=str(weights / "i3d_torchscript.pt")
+    )
+    params["evaluate"]["max_frames"] = 75  # 3 s clips: a face track must hold more than 50 frames
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hdtf = run([dvc, "repro", "pipelines/hdtf/dvc.yaml"], repo, {**env, TEST_ROOT_ENV: str(stand_in)})
+    for stage in ("download", "preprocess", "evaluate"):
+        assert f"Running stage 'pipelines/hdtf/dvc.yaml:{stage}'" in hdtf
+    assert "Running stage 'train_syncnet'" not in hdtf  # the models it evaluates are up to date
+    report = json.loads((repo / "data" / "hdtf" / "hdtf_report.json").read_text())
+    assert [item["clip"] for item in report["built"]] == ["RD_Alpha_0", "WDA_Beta_0"]
+    evaluation = json.loads((repo / "reports" / "eval_hdtf" / "eval" / "metrics.json").read_text())
+    assert evaluation["protocol"]["split"] == "all"
+    assert evaluation["protocol"]["clips"] == 2
+    assert evaluation["targets"] == {}  # no ground truth: SynthTalk's bar does not apply
+    instruments = evaluation["paper"]["instruments"]
+    assert instruments["sync"]["status"] == instruments["fvd"]["status"] == "on"
+    assert instruments["fid"]["status"].startswith("disabled: pretrained.fid_inception is null")
+    assert evaluation["dubbing"]["model"]["sync_d"] > 0
+    assert evaluation["paper"]["reconstruction"]["fvd"] >= 0

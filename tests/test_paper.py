@@ -161,8 +161,8 @@ def test_the_cli_imports_the_auxiliary_files_from_the_hub_beside_the_model(auxil
 
 
 def test_an_instrument_is_off_with_its_reason_or_on_with_its_sha256(tmp_path):
-    params = load_params(ROOT / "params.yaml")
-    off = {name: locate(params.pretrained, name) for name in SETTINGS}
+    resolved = load_params(ROOT / "params.yaml")
+    off = {name: locate(resolved.pretrained, name) for name in SETTINGS}
     assert not any(item.on for name, item in off.items() if name != "lpips")
     assert off["sync"].describe()["status"].startswith("disabled: pretrained.syncnet_v2 is null")
     missing = load_params(ROOT / "params.yaml", [f"pretrained.i3d={tmp_path / 'nope.pt'}"])
@@ -262,11 +262,11 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
     # must hold more than 50 frames; FVD needs frames 20–35)
     run = ["evaluate.split=train", "evaluate.clips=2", "evaluate.max_frames=52", "evaluate.steps=1"]
     run += ["evaluate.samples=0", "evaluate.sheet_frames=2"]
-    params = load_params(
+    resolved = load_params(
         ROOT / "params.yaml", run + [f"pretrained.{key}={path}" for key, path in weights.items()]
     )
     out = tmp_path / "eval"
-    evaluate_stage(folder, corpus[0], tiny_package, syncnet, out, params, torch.device("cpu"))
+    evaluate_stage(folder, corpus[0], tiny_package, syncnet, out, resolved, torch.device("cpu"))
 
     metrics = json.loads((out / "metrics.json").read_text())
     paper = metrics["paper"]
@@ -297,7 +297,7 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
 
 
 def test_every_instrument_loads_the_files_it_names(auxiliary, tmp_path):
-    params = load_params(
+    resolved = load_params(
         ROOT / "params.yaml",
         [
             f"pretrained.syncnet_v2={auxiliary / 'syncnet_v2.model'}",
@@ -306,7 +306,7 @@ def test_every_instrument_loads_the_files_it_names(auxiliary, tmp_path):
             f"pretrained.fid_inception={write_fid_inception(tmp_path / 'fid.pth')}",
         ],
     )
-    loaded = load_paper_instruments(params.pretrained, "unused.task", torch.device("cpu"))
+    loaded = load_paper_instruments(resolved.pretrained, "unused.task", torch.device("cpu"))
     assert isinstance(loaded.syncnet, SyncNetV2)
     assert isinstance(loaded.s3fd, S3FDNet)
     assert isinstance(loaded.inception, FidInception)

@@ -389,14 +389,14 @@ def read_test_list(path: str | Path) -> list[str]:
 def choose_clips(
     lists: HdtfLists, which: str, folder: str | Path = ASSETS
 ) -> tuple[list[HdtfClip], list[Unbuildable]]:
-    """(clips to build, unbuildable clips to report) for `--clips`: `all` (every annotated clip) or N
-    (the first N of `folder`'s test list)."""
+    """(clips to build, unbuildable clips to report) for `--clips`: `all` (every annotated clip), `test`
+    (`folder`'s whole test list) or N (its first N)."""
     if which == "all":
         return list(lists.clips), list(lists.unbuildable)
-    if not re.fullmatch(r"\d+", which):
-        raise UserError(f"--clips must be a number of test clips or 'all', got {which!r}")
+    if which != "test" and not re.fullmatch(r"\d+", which):
+        raise UserError(f"--clips must be 'test', a number of test clips or 'all', got {which!r}")
     names = read_test_list(Path(folder) / TEST_LIST)
-    count = int(which)
+    count = len(names) if which == "test" else int(which)
     if not 1 <= count <= len(names):
         raise UserError(
             f"--clips must be between 1 and {len(names)} (the test list's length) or 'all', got {count}"
