@@ -70,7 +70,14 @@ def test_clean_clips_of_the_split_are_taken_one_identity_at_a_time(tmp_path):
     assert select_clips(manifest, tmp_path, "all", 0)["clip"].tolist() == ["a1", "b1", "c1", "t1", "a2", "b2"]
     # a source without a sidecar (HDTF, the user's footage) has no ground truth, so no defect either
     (tmp_path / "s1.json").unlink()
-    assert select_clips(manifest, tmp_path, "test", 0)["clip"].tolist() == ["a1", "b1", "c1", "s1", "a2", "b2"]
+    assert select_clips(manifest, tmp_path, "test", 0)["clip"].tolist() == [
+        "a1",
+        "b1",
+        "c1",
+        "s1",
+        "a2",
+        "b2",
+    ]
 
 
 def test_the_closed_mouth_baseline_changes_only_the_generated_region_and_stands_still():

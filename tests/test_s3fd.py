@@ -177,7 +177,8 @@ def test_load_s3fd_is_strict(tmp_path, state, net):
     partial = tmp_path / "partial.pth"
     torch.save({**small, "extra.weight": torch.zeros(2)}, partial)
     with pytest.raises(
-        UserError, match=r"partial\.pth: not S3FD's sfd_face\.pth: 63 missing: vgg\.0\.weight.*unexpected: extra"
+        UserError,
+        match=r"partial\.pth: not S3FD's sfd_face\.pth: 63 missing: vgg\.0\.weight.*unexpected: extra",
     ):
         load_s3fd(partial)
     broken = dict(state)
