@@ -50,6 +50,16 @@ def write_s3fd(path: Path) -> Path:
     return path
 
 
+def write_vgg16_trunk(path: Path) -> Path:
+    """torchvision's vgg16 state dict, its convolutional trunk only (`features.*`, 59 MB of the 528): all
+    that LPIPS reads of `vgg16-397923af.pth`."""
+    from torchvision.models import vgg16
+
+    trunk = {k: v for k, v in shapes_of(vgg16(weights=None)).items() if k.startswith("features.")}
+    torch.save(seeded_state(trunk, 5), path)
+    return path
+
+
 def write_fid_inception(path: Path) -> Path:
     torch.save(seeded_state(shapes_of(FidInception(FidInceptionConfig())), 3), path)
     return path
@@ -163,7 +173,7 @@ def test_the_cli_imports_the_auxiliary_files_from_the_hub_beside_the_model(auxil
 def test_an_instrument_is_off_with_its_reason_or_on_with_its_sha256(tmp_path):
     resolved = load_params(ROOT / "params.yaml")
     off = {name: locate(resolved.pretrained, name) for name in SETTINGS}
-    assert not any(item.on for name, item in off.items() if name != "lpips")
+    assert not any(item.on for item in off.values())
     assert off["sync"].describe()["status"].startswith("disabled: pretrained.syncnet_v2 is null")
     missing = load_params(ROOT / "params.yaml", [f"pretrained.i3d={tmp_path / 'nope.pt'}"])
     assert (
@@ -257,6 +267,7 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
         "syncnet_v2": write_syncnet_v2(tmp_path / "syncnet_v2.model"),
         "i3d": save_script(tiny_i3d(), tmp_path / "i3d_torchscript.pt"),
         "fid_inception": write_fid_inception(tmp_path / "pt_inception.pth"),
+        "lpips_vgg": write_vgg16_trunk(tmp_path / "vgg16-397923af.pth"),
     }
     # two identities of the train split (the test corpus has one clean test clip), 2 s each (a face track
     # must hold more than 50 frames; FVD needs frames 20–35)
@@ -270,19 +281,19 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
 
     metrics = json.loads((out / "metrics.json").read_text())
     paper = metrics["paper"]
-    for name in ("sync", "fvd", "fid"):
+    for name in ("sync", "fvd", "fid", "lpips"):
         assert paper["instruments"][name]["status"] == "on"
         assert len(paper["instruments"][name]["sha256"]) == 64
     assert paper["instruments"]["crops"]["status"].startswith("disabled: pretrained.s3fd is null")
     assert paper["instruments"]["crops"]["used"] == "mediapipe"
-    assert paper["instruments"]["lpips"]["status"].startswith("disabled: pretrained.lpips_vgg is null")
     for protocol in ("reconstruction", "dubbing"):
         model = metrics[protocol]["model"]
         assert model["sync_d"] > 0
         assert model["sync_c"] is not None
         assert paper[protocol]["fvd"] >= 0
         assert paper[protocol]["fid"] >= 0
-        assert paper[protocol]["lpips"] is None
+        assert 0 < paper[protocol]["lpips"] < 1
+    assert metrics["reconstruction"]["model"]["lpips_lower"] > 0  # synclip's own lower-half LPIPS, same VGG
     summary = (out / "summary.md").read_text()
     assert "| instrument | weights | sha256 | status |" in summary
     assert weights["syncnet_v2"].name in summary
@@ -292,6 +303,7 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
     evaluate_stage(folder, corpus[0], tiny_package, syncnet, out, bare, torch.device("cpu"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(item["status"].startswith("disabled: ") for item in metrics["paper"]["instruments"].values())
+    assert metrics["protocol"]["lpips"].startswith("disabled: ")
     assert "sync_c" not in metrics["dubbing"]["model"]
     assert metrics["paper"]["dubbing"] == {"fvd": None, "fid": None, "lpips": None}
 
