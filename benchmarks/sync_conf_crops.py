@@ -36,7 +36,7 @@ from synclip.config import load_params
 from synclip.data.synthtalk import synthesize_corpus
 from synclip.eval.face_tracks import TrackBoxes, bounding_box_iou, crop_tracks, face_tracks, landmark_boxes
 from synclip.eval.paper import MIN_TRACK, int16_samples
-from synclip.eval.sync_conf import aggregate, sync_conf
+from synclip.eval.sync_conf import VSHIFT, aggregate, sync_conf
 from synclip.face.landmarks import FaceLandmarker
 from synclip.media.decode import iter_frames, read_audio
 from synclip.nn.syncnet_v2 import SyncNetV2, SyncNetV2Config
@@ -141,7 +141,11 @@ def crops_per_change(path: Path, frames: int) -> tuple[dict[str, list], np.ndarr
 def summarize(rows: list[dict]) -> dict:
     """Per change: Sync-C and Sync-D against the box as used (same clip, same seed), over clips × seeds."""
     base = {(r["clip"], r["seed"]): r for r in rows if r["change"] == "as_used"}
-    summary = {}
+    offsets = sorted({r["offset"] for r in base.values()})
+    summary = {
+        "as_used_offsets": offsets,
+        "as_used_offsets_at_search_edge": sum(abs(r["offset"]) == VSHIFT for r in base.values()),
+    }
     for name in CHANGES:
         if name == "as_used":
             continue
@@ -154,6 +158,12 @@ def summarize(rows: list[dict]) -> dict:
             for r, b in pairs
             if r["offset"] != b["offset"]
         ]
+        # each offset's mean distance against the same offset's with the box as used: how much the whole
+        # curve moves, not only its minimum and median
+        curve = [
+            abs(np.asarray(r["distances"]) - np.asarray(b["distances"])) / np.asarray(b["distances"])
+            for r, b in pairs
+        ]
         summary[name] = {
             "pairs": len(pairs),
             "sync_c_rel_median_abs": round(median(map(abs, c_rel)), 4),
@@ -164,6 +174,8 @@ def summarize(rows: list[dict]) -> dict:
             "sync_d_rel_median_abs": round(median(map(abs, d_rel)), 4),
             "sync_d_rel_max_abs": round(max(map(abs, d_rel)), 4),
             "sync_d_rel_median_signed": round(median(d_rel), 4),
+            "distance_curve_rel_median": round(float(np.median(curve)), 4),
+            "distance_curve_rel_max": round(float(np.max(curve)), 4),
             "offset_changed": len(moved),
             "offset_changes": moved,
         }
@@ -197,8 +209,9 @@ def main() -> None:
                 scores = [sync_conf(net, track.crops, samples[track.audio_slice]) for track in tracks]
                 summary = aggregate(scores)
                 row = {"clip": clip, "seed": seed, "change": name, **summary, "windows": scores[0].windows}
+                row["distances"] = scores[0].distances  # the first track's 31 mean distances, +15 … −15
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "distances"}), flush=True)
     report = {
         "what": "Sync-C / Sync-D / offset on crops from edited MediaPipe landmark boxes; seeded random SyncNetV2",
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
