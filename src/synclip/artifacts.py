@@ -8,6 +8,7 @@ import fnmatch
 import json
 import logging
 import pickle
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -131,17 +132,25 @@ def read_latentsync_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 # --- published state dicts (torch.save'd), loaded strictly --------------------------------------
 
 # what torch.load raises for a truncated or foreign file: EOFError (empty), RuntimeError (broken zip),
-# OSError, LookupError (garbage read as a legacy pickle), UnpicklingError (disallowed or broken pickle)
-TORCH_UNREADABLE = (RuntimeError, EOFError, OSError, LookupError, ValueError, pickle.UnpicklingError)
+# OSError, LookupError and struct.error (garbage read as a legacy pickle), UnpicklingError (disallowed
+# or broken pickle)
+TORCH_UNREADABLE = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    LookupError,
+    ValueError,
+    struct.error,
+    pickle.UnpicklingError,
+)
 # BatchNorm counters: files saved before PyTorch 0.4.1 lack them, and eval mode never reads them
 OPTIONAL_KEYS = (".num_batches_tracked",)
 
 
-def load_published_state(model: M, path: str | Path, what: str, shown: int = 8) -> M:
-    """`model` with the plain state dict torch.save'd at `path` (`what` names the published file in
-    errors), in eval mode: read with weights_only, strictly. A missing or unreadable file, or a missing,
-    unexpected or misshapen key is a CheckpointError naming the file and the keys (the first `shown`
-    of each kind); only OPTIONAL_KEYS may be absent, and keep the model's values."""
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The plain state dict torch.save'd at `path`, read with weights_only (no pickled code runs); a
+    missing or unreadable file, or one that holds anything else, is a CheckpointError naming it and
+    `what` it should be."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file ({what})")
@@ -156,6 +165,16 @@ def load_published_state(model: M, path: str | Path, what: str, shown: int = 8) 
         raise CheckpointError(
             f"{path}: not a state dict of tensors (got {type(state).__name__}); expected {what}"
         )
+    return state
+
+
+def load_published_state(model: M, path: str | Path, what: str, shown: int = 8) -> M:
+    """`model` with the plain state dict torch.save'd at `path` (`what` names the published file in
+    errors), in eval mode: read with weights_only, strictly. A missing or unreadable file, or a missing,
+    unexpected or misshapen key is a CheckpointError naming the file and the keys (the first `shown`
+    of each kind); only OPTIONAL_KEYS may be absent, and keep the model's values."""
+    path = Path(path)
+    state = read_state_dict(path, what)
     expected = model.state_dict()
     problems = {
         "missing": [k for k in expected if k not in state and not k.endswith(OPTIONAL_KEYS)],

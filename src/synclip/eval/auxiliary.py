@@ -19,7 +19,7 @@ from synclip.eval.fidelity import load_i3d
 from synclip.eval.sync_conf import load_syncnet_v2
 from synclip.inference.latentsync import AUXILIARY_FILES
 from synclip.pretrained.store import sha256_file
-from synclip.train.losses import LpipsTerm
+from synclip.train.losses import load_lpips
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,9 @@ class AuxiliaryImportError(UserError):
 
 
 def _load_vgg(path: Path) -> torch.nn.Module:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many kinds for a truncated or foreign file
-        raise AuxiliaryImportError(
-            f"{path}: not a readable torch file ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(state, dict):
-        raise AuxiliaryImportError(
-            f"{path}: expected torchvision's VGG16 state dict, got {type(state).__name__}"
-        )
-    try:
-        return LpipsTerm(state)
-    except (ValueError, RuntimeError) as error:
-        raise AuxiliaryImportError(f"{path}: {error}") from None
+    lpips, reason = load_lpips(str(path))
+    assert lpips is not None, reason  # present: check_auxiliary looked
+    return lpips
 
 
 # file → (the pretrained.<key> that names it, its strict loader)

@@ -20,6 +20,8 @@ from synclip.constants import VIDEO_FPS
 from synclip.errors import UserError
 from synclip.eval.face_tracks import FrameSource, load_s3fd, track_faces_mediapipe, track_faces_s3fd
 from synclip.eval.fidelity import (
+    FVD_LENGTH,
+    FVD_START,
     fid_features,
     frechet_distance,
     fvd,
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 # HDTF's clips are 512 px face crops; aligned R px faces are resized to this before the instruments see
 # them, so S3FD's 0.25 detection scale and syncnet_python's 100 px minimum face apply as on HDTF.
 PAPER_SIZE = 512
-FVD_START, FVD_FRAMES = 20, 16  # LatentSync's eval_fvd.py: frames 20–35 of each video
 MIN_TRACK = 50  # eval_sync_conf.py: a face track must hold more than 50 frames
 
 # instrument → (its pretrained key, the published file it expects)
@@ -238,9 +239,9 @@ def fidelity_scores(
     notes: dict[str, str] = {}
     device = instruments.device
     if instruments.i3d is not None:
-        long_enough = [i for i, video in enumerate(real) if len(video) >= FVD_START + FVD_FRAMES]
+        long_enough = [i for i, video in enumerate(real) if len(video) >= FVD_START + FVD_LENGTH]
         if len(long_enough) < 2:
-            notes["fvd"] = f"needs 2 videos of {FVD_START + FVD_FRAMES} frames, got {len(long_enough)}"
+            notes["fvd"] = f"needs 2 videos of {FVD_START + FVD_LENGTH} frames, got {len(long_enough)}"
         else:
             windows = {
                 side: np.stack(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch import nn
 
+from synclip.artifacts import CheckpointError, read_state_dict
 from synclip.config import VaeParams
 from synclip.images import SSIM_RADIUS, box_slices, ssim_map
 
@@ -146,5 +147,8 @@ def load_lpips(path: str | None) -> tuple[LpipsTerm | None, str]:
         return None, "pretrained.lpips_vgg is null (VGG16 ImageNet weights are needed)"
     if not Path(path).is_file():
         return None, f"pretrained.lpips_vgg {path} does not exist"
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return LpipsTerm(state), ""
+    state = read_state_dict(path, "torchvision's VGG16 state dict, vgg16-397923af.pth")
+    try:
+        return LpipsTerm(state), ""
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
