@@ -24,8 +24,10 @@ with the load average around the child, to show a disturbed measurement (the cor
 - I3D (FVD): not measured. The published `i3d_torchscript.pt` is not here, and the tests' TinyI3D has
   none of its cost.
 
-Peak memory is the child's maximum resident set (and torch's peak CUDA allocation on a GPU), beside the
-resident set after its imports, before any network is built.
+The video and the weight files are written first, by a process of their own, so drawing the weights does
+not count. Peak memory is each child's maximum resident set (and torch's peak CUDA allocation on a GPU),
+beside its high-water marks after the common imports (torch, OpenCV, the decoder: about 0.55 GiB, torch
+alone 0.5) and after the instrument's own imports and weights (MediaPipe's are inside its measurement).
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ MEDIAPIPE_FRAMES = 100
 S3FD_FRAMES = {"512x512": 6, "1920x1080": 2}  # frames per timed try
 FID_FRAMES = 16
 SYNC_BATCH = 20  # syncnet_python's batch of windows
-SEEDS = {
-    "syncnet_v2": 11,
-    "fid_inception": 3,
-}  # as tests/test_paper.py writes them; S3FD's is s3fd_inputs.SEED
+# weight seeds as tests/test_paper.py writes them (S3FD's is s3fd_inputs.SEED)
+SEEDS = {"syncnet_v2": 11, "fid_inception": 3}
+VIDEO = "face.mp4"
+WEIGHTS = {"syncnet_v2": "syncnet_v2.model", "s3fd": "sfd_face.pth", "fid_inception": "pt_inception.pth"}
 INSTRUMENTS = ("syncnet_v2", "s3fd", "mediapipe", "fid_inception")
 
 
@@ -87,18 +89,39 @@ def rate(timing: dict, items: int, unit: str) -> dict:
 # --- one instrument, in a child process ----------------------------------------------------------
 
 
-def measure(name: str, video: Path, device_name: str, repeats: int, workdir: Path) -> dict:
+def prepare(workdir: Path) -> None:
+    """The face video and the three weight files, written by a process of their own: drawing the
+    weights (float64, then float32) must not count in an instrument's peak memory."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from s3fd_inputs import SEED
+    from seeded_weights import seeded_state, shapes_of
+    from test_paper import face_video  # the astronaut photo drifting, with a 4 Hz-swelling tone
+
+    from synclip.eval.fidelity import FidInception, FidInceptionConfig
+    from synclip.nn.s3fd import S3FDConfig, S3FDNet
+    from synclip.nn.syncnet_v2 import SyncNetV2, SyncNetV2Config
+
+    face_video(workdir / VIDEO, frames=VIDEO_FRAMES, size=VIDEO_SIZE)
+    for module, seed, file in (
+        (SyncNetV2(SyncNetV2Config()), SEEDS["syncnet_v2"], WEIGHTS["syncnet_v2"]),
+        (S3FDNet(S3FDConfig()), SEED, WEIGHTS["s3fd"]),
+        (FidInception(FidInceptionConfig()), SEEDS["fid_inception"], WEIGHTS["fid_inception"]),
+    ):
+        torch.save(seeded_state(shapes_of(module), seed), workdir / file)
+
+
+def measure(name: str, workdir: Path, device_name: str, repeats: int) -> dict:
     """One instrument's timings on `device_name`; the caller has set the thread counts."""
     import cv2
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from seeded_weights import seeded_state, shapes_of
-
     from synclip.media.decode import iter_frames, read_audio
 
     device = torch.device(device_name)
+    video = workdir / VIDEO
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -109,16 +132,15 @@ def measure(name: str, video: Path, device_name: str, repeats: int, workdir: Pat
         return np.stack([frame for _, frame in zip(range(count), iter_frames(video), strict=False)])
 
     after_imports = rss_mib()
+    after_load = after_imports  # MediaPipe loads its model inside the measurement
     out: dict = {}
 
     if name == "syncnet_v2":
         from synclip.eval.paper import int16_samples
         from synclip.eval.sync_conf import crops_from_frames, load_syncnet_v2, sync_conf
-        from synclip.nn.syncnet_v2 import SyncNetV2, SyncNetV2Config
 
-        path = workdir / "syncnet_v2.model"
-        torch.save(seeded_state(shapes_of(SyncNetV2(SyncNetV2Config())), SEEDS[name]), path)
-        net = load_syncnet_v2(path).to(device)
+        net = load_syncnet_v2(workdir / WEIGHTS[name]).to(device)
+        after_load = rss_mib()
         with torch.no_grad():
             lips = torch.rand(SYNC_BATCH, 3, 5, 224, 224, device=device) * 255  # (B, C, 5, H, W)
             mfcc = torch.randn(SYNC_BATCH, 1, 13, 20, device=device)  # (B, 1, 13, 20)
@@ -143,18 +165,15 @@ def measure(name: str, video: Path, device_name: str, repeats: int, workdir: Pat
                 "windows": scores[-1].windows,
                 "seconds": round(track["best_s"], 3),
                 "seconds_per_video_second": round(track["best_s"] / (len(crops) / 25), 3),
+                "spread": round(max(track["tries_s"]) / min(track["tries_s"]), 3),
                 **track,
             },
         }
     elif name == "s3fd":
-        from s3fd_inputs import SEED
-
         from synclip.eval.face_tracks import FACEDET_SCALE, detect_faces, detector_input, load_s3fd
-        from synclip.nn.s3fd import S3FDConfig, S3FDNet
 
-        path = workdir / "sfd_face.pth"
-        torch.save(seeded_state(shapes_of(S3FDNet(S3FDConfig())), SEED), path)
-        net = load_s3fd(path).to(device)
+        net = load_s3fd(workdir / WEIGHTS[name]).to(device)
+        after_load = rss_mib()
         frames = first_frames(1)
         full_hd = np.full((1080, 1920, 3), 90, np.uint8)
         full_hd[:, 420:1500] = cv2.resize(frames[0], (1080, 1080), interpolation=cv2.INTER_CUBIC)
@@ -204,11 +223,10 @@ def measure(name: str, video: Path, device_name: str, repeats: int, workdir: Pat
             "held_frames_mib": round(sum(f.nbytes for f in clip) / 2**20, 1),  # in the peak RSS
         }
     elif name == "fid_inception":
-        from synclip.eval.fidelity import FidInception, FidInceptionConfig, fid_features, load_fid_inception
+        from synclip.eval.fidelity import fid_features, load_fid_inception
 
-        path = workdir / "pt_inception.pth"
-        torch.save(seeded_state(shapes_of(FidInception(FidInceptionConfig())), SEEDS[name]), path)
-        model = load_fid_inception(path).to(device)
+        model = load_fid_inception(workdir / WEIGHTS[name]).to(device)
+        after_load = rss_mib()
         images = np.stack(
             [cv2.resize(f, (299, 299), interpolation=cv2.INTER_AREA) for f in first_frames(FID_FRAMES)]
         )
@@ -217,7 +235,11 @@ def measure(name: str, video: Path, device_name: str, repeats: int, workdir: Pat
     else:
         raise ValueError(f"unknown instrument {name!r}; expected one of {INSTRUMENTS}")
 
-    memory = {"rss_after_imports_mib": round(after_imports, 1), "peak_rss_mib": round(rss_mib(), 1)}
+    memory = {
+        "rss_after_imports_mib": round(after_imports, 1),
+        "rss_after_loading_weights_mib": round(after_load, 1),
+        "peak_rss_mib": round(rss_mib(), 1),
+    }
     if device.type == "cuda":
         memory["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return {**out, **memory}
@@ -231,8 +253,7 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as workdir:
-        result = measure(args.child, args.video, args.device, args.repeats, Path(workdir))
+    result = measure(args.child, args.workdir, args.device, args.repeats)
     result["torch"] = torch.__version__
     device = torch.device(args.device)
     result["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -254,11 +275,11 @@ def spreads(result: dict) -> list[float]:
     return found
 
 
-def run_child(name: str, threads: int, args: argparse.Namespace, video: Path) -> dict:
+def run_child(name: str, threads: int, args: argparse.Namespace, workdir: Path) -> dict:
     """One instrument in a fresh process; run again (up to --max-runs) while a timing's tries spread by
     more than --max-spread, keeping the run with the smallest worst spread."""
     command = [sys.executable, __file__, "--child", name, "--threads", str(threads), "--device", args.device]
-    command += ["--repeats", str(args.repeats), "--video", str(video)]
+    command += ["--repeats", str(args.repeats), "--workdir", str(workdir)]
     runs = []
     for _ in range(args.max_runs):
         start = time.perf_counter()
@@ -311,14 +332,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=INSTRUMENTS, default=list(INSTRUMENTS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_instruments.json"))
     parser.add_argument("--child", choices=INSTRUMENTS, help=argparse.SUPPRESS)
-    parser.add_argument("--video", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--make-video", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.make_video:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from test_paper import face_video  # the astronaut photo drifting, with a 4 Hz-swelling tone
-
-        face_video(args.make_video, frames=VIDEO_FRAMES, size=VIDEO_SIZE)
+    if args.prepare:
+        prepare(args.workdir)
         return
     if args.child:
         args.threads = args.threads[0]
@@ -328,13 +346,15 @@ def main() -> None:
     start = time.perf_counter()
     results: dict = {}
     with tempfile.TemporaryDirectory() as workdir:
-        video = Path(workdir) / "face.mp4"
+        workdir = Path(workdir)
         # in a child too: this process stays small, and a child's peak RSS starts from its parent's
-        subprocess.run([sys.executable, __file__, "--make-video", str(video)], cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--prepare", "--workdir", str(workdir)], cwd=ROOT, check=True
+        )
         for threads in args.threads:
             results[f"threads_{threads}"] = {}
             for name in args.only:
-                result = run_child(name, threads, args, video)
+                result = run_child(name, threads, args, workdir)
                 results[f"threads_{threads}"][name] = result
                 print(f"{threads} thread(s) {name}: {json.dumps(result)}", flush=True)
     first = next(iter(next(iter(results.values())).values()))

@@ -70,6 +70,11 @@ def edit_boxes(boxes: np.ndarray, scale: float, dx: float, dy: float) -> np.ndar
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def mean_iou(boxes: np.ndarray, others: np.ndarray) -> float:
+    """Mean IoU of (N, 4) boxes with (N, 4) others, frame by frame."""
+    return float(np.mean([bounding_box_iou(a, b) for a, b in zip(boxes, others, strict=True)]))
+
+
 def make_clips(workdir: Path, frames: int) -> dict[str, Path]:
     """The astronaut face video and three SynthTalk clips (different identities), 25 fps, 512 px."""
     clips = {"astronaut": face_video(workdir / "astronaut.mp4", frames=frames, size=SIZE)}
@@ -121,18 +126,7 @@ def crops_per_change(path: Path, frames: int) -> tuple[dict[str, list], np.ndarr
             round(float(np.median(boxes[:, 3] - boxes[:, 1])), 1),
         ],
         "mean_iou_with_as_used": {
-            name: round(
-                float(
-                    np.mean(
-                        [
-                            bounding_box_iou(a, b)
-                            for a, b in zip(boxes, edit_boxes(boxes, *change), strict=True)
-                        ]
-                    )
-                ),
-                3,
-            )
-            for name, change in CHANGES.items()
+            name: round(mean_iou(boxes, edit_boxes(boxes, *change)), 3) for name, change in CHANGES.items()
         },
     }
     return per_change, samples, described
