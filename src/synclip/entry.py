@@ -38,8 +38,9 @@ class Arg:
 
 def stage(description: str, job: Callable[..., None], **arguments: str | Arg) -> None:
     """Run a DVC stage: parse `--<name>` for every argument (a str is a required path's help),
-    `--params` and `--set key=value` overrides, load the params, set up logging and, when `job` takes one, the device; then call
-    `job(**arguments, params=..., device=...)`. A UserError ends it with one line and exit code 2."""
+    `--params` and `--set key=value` overrides, load the params, set up logging and, when `job`
+    takes one, the device; then call `job(**arguments, params=..., device=...)`. A UserError ends it
+    with one line and exit code 2."""
 
     def main() -> None:
         parser = argparse.ArgumentParser(description=description)

@@ -31,7 +31,6 @@ from synclip.inference.package import load_pipeline
 from synclip.log import progress
 from synclip.media.io import VideoWriter
 from synclip.pretrained.store import require
-from synclip.train.losses import load_lpips
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +195,8 @@ def evaluate_stage(
     pipeline = load_pipeline(model, device=device)
     judge = load_syncnet(syncnet).to(device)
     landmarker = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
-    lpips, lpips_reason = load_lpips(params.pretrained.lpips_vgg)
     paper = load_paper_instruments(params.pretrained, landmarker, device)
+    lpips, lpips_reason = paper.lpips, paper.instruments["lpips"].reason  # one VGG for both LPIPS scores
     scorer = Scorer(
         judge,
         landmarker,
@@ -205,7 +204,7 @@ def evaluate_stage(
         params.syncnet.max_offset,
         device,
         params.vae.mouth,
-        lpips.to(device) if lpips is not None else None,
+        lpips,
         paper,
     )
     rows = select_clips(read_manifest(processed / "manifest.parquet"), raw, ev.split, ev.clips)
