@@ -8,6 +8,7 @@ pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`; nothing here downloads.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,14 +148,7 @@ def i3d_features(
     where it is).
     """
     _check_uint8(windows, "windows", "(B, F, H, W, 3)", 5)
-    device = torch.device(device) if device is not None else _device_of(model)
-    model.to(device)
-    features = []
-    for first in range(0, len(windows), batch):
-        pixels = torch.from_numpy(np.ascontiguousarray(windows[first : first + batch])).to(device)
-        clips = rearrange(pixels, "b f h w c -> b c f h w").float() / 255.0
-        features.append(model(clips, **I3D_CALL).double().cpu())
-    return torch.cat(features).numpy()
+    return _batched(lambda x: model(x, **I3D_CALL), model, windows, "b f h w c -> b c f h w", batch, device)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -286,13 +280,25 @@ def fid_features(
     """(N, H, W, 3) RGB uint8 frames → (N, 2048) float64 FID Inception features (uint8 / 255 in, as
     pytorch-fid's ToTensor). The model is moved to `device` (default: where it is)."""
     _check_uint8(frames, "frames", "(N, H, W, 3)", 4)
+    return _batched(model, model, frames, "n h w c -> n c h w", batch, device)
+
+
+def _batched(
+    call: Callable[[torch.Tensor], torch.Tensor],
+    model: torch.nn.Module,
+    pixels: np.ndarray,
+    layout: str,
+    batch: int,
+    device: torch.device | str | None,
+) -> np.ndarray:
+    """`call` on uint8 `pixels` / 255 in float32, `batch` at a time, rearranged by `layout`, on `device`
+    (default: the model's; the model is moved there) → float64 (N, K)."""
     device = torch.device(device) if device is not None else _device_of(model)
     model.to(device)
     features = []
-    for first in range(0, len(frames), batch):
-        pixels = torch.from_numpy(np.ascontiguousarray(frames[first : first + batch])).to(device)
-        images = rearrange(pixels, "n h w c -> n c h w").float() / 255.0
-        features.append(model(images).double().cpu())
+    for first in range(0, len(pixels), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(pixels[first : first + batch])).to(device)
+        features.append(call(rearrange(chunk, layout).float() / 255.0).double().cpu())
     return torch.cat(features).numpy()
 
 
