@@ -395,6 +395,34 @@ def test_the_cli_builds_lists_and_fails_with_one_line(stand_in, tmp_path):
     assert lines[1].startswith("failed       WRA_Gamma_0 (download): unavailable: stand-in source")
     assert "Traceback" not in result.stderr
     assert TEST_ROOT_ENV in result.stderr
+    # --allow-failures (the DVC stage's): a vanished video does not stop the pipeline while clips are there
+    result = run(
+        "--out", str(tmp_path), "--clips", "all", "--sleep", "0", "--retries", "0", "--allow-failures"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("hdtf: 0 built, 3 skipped, 2 failed")
+    gone = tmp_path / "gone"  # every source has vanished
+    shutil.copytree(stand_in / "lists", gone / "lists")
+    (gone / "sources").mkdir()
+    result = subprocess.run(
+        [
+            SYNCLIP,
+            "data",
+            "hdtf",
+            "--out",
+            str(gone / "out"),
+            "--clips",
+            "all",
+            "--sleep",
+            "0",
+            "--allow-failures",
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, TEST_ROOT_ENV: str(gone)},
+        check=False,
+    )
+    assert result.returncode == 1  # nothing built at all: a failure even so
     result = run("--out", str(tmp_path), "--clips", "3")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
