@@ -297,7 +297,8 @@ def sync_score(
     params: ParamsPath = Path("params.yaml"),
     overrides: Overrides = None,
 ) -> None:
-    """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D (Sync-C / Sync-D)."""
+    """Lip-sync scores: detected AV offset (frames; > 0 = audio late), LSE-C and LSE-D; with --judge
+    syncnet-v2 the papers' Sync-C and Sync-D, and syncnet_python's offset (audio late by k reads −k)."""
     from synclip.artifacts import load_syncnet
     from synclip.eval.sync import score_video
     from synclip.pretrained import require
