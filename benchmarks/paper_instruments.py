@@ -33,6 +33,7 @@ alone 0.5) and after the instrument's own imports and weights (MediaPipe's are i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -129,7 +130,7 @@ def measure(name: str, workdir: Path, device_name: str, repeats: int) -> dict:
 
     def first_frames(count: int) -> np.ndarray:
         """(count, H, W, 3) uint8 RGB: the video's first frames."""
-        return np.stack([frame for _, frame in zip(range(count), iter_frames(video), strict=False)])
+        return np.stack(list(itertools.islice(iter_frames(video), count)))
 
     after_imports = rss_mib()
     after_load = after_imports  # MediaPipe loads its model inside the measurement
@@ -150,8 +151,8 @@ def measure(name: str, workdir: Path, device_name: str, repeats: int) -> dict:
         margin = (VIDEO_SIZE - 384) // 2
         square = slice(margin, margin + 384)
         # cropped as decoded (the frames are never all held): (250, 224, 224, 3) uint8, 36.8 MiB
-        frames = zip(range(VIDEO_FRAMES), iter_frames(video), strict=False)
-        crops = crops_from_frames(frame[square, square] for _, frame in frames)
+        frames = itertools.islice(iter_frames(video), VIDEO_FRAMES)
+        crops = crops_from_frames(frame[square, square] for frame in frames)
         samples = int16_samples(read_audio(video))[: VIDEO_FRAMES * 640]
         scores = []
         track = best_of(

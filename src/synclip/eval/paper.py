@@ -8,7 +8,7 @@ Glossary: N frames, H/W pixels.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -102,7 +102,6 @@ class PaperInstruments:
     i3d: torch.nn.Module | None = None
     inception: torch.nn.Module | None = None
     lpips: torch.nn.Module | None = None
-    notes: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, dict]:
         described = {name: item.describe() for name, item in self.instruments.items()}
@@ -243,9 +242,10 @@ def fidelity_scores(
         if len(long_enough) < 2:
             notes["fvd"] = f"needs 2 videos of {FVD_START + FVD_LENGTH} frames, got {len(long_enough)}"
         else:
+            window = FVD_START + FVD_LENGTH  # only these frames are resized: fvd_window reads no others
             windows = {
                 side: np.stack(
-                    [fvd_window(paper_size(videos[i]), instruments.landmarker) for i in long_enough]
+                    [fvd_window(paper_size(videos[i][:window]), instruments.landmarker) for i in long_enough]
                 )
                 for side, videos in (("real", real), ("fake", generated))
             }
@@ -261,7 +261,6 @@ def fidelity_scores(
             out["fid"] = frechet_distance(real_features, fake_features)
     if instruments.lpips is not None:
         out["lpips"] = _mean_lpips(instruments.lpips, generated, real, device)
-    instruments.notes.update(notes)
     return {**out, "notes": notes} if notes else out
 
 
