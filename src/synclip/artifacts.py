@@ -23,6 +23,7 @@ from synclip.audio.whisper import feature_extractor
 from synclip.errors import UserError
 from synclip.files import staged_files
 from synclip.nn.syncnet import StableSyncNet, SyncNetConfig
+from synclip.nn.taef2 import Taef2
 from synclip.nn.unet import UNet3DConditionModel, UNetConfig
 from synclip.nn.whisper import WhisperAudioEncoder
 from synclip.pretrained.store import PretrainedError, require
@@ -37,6 +38,7 @@ WEIGHTS = "model.safetensors"
 UNET, SYNCNET = "unet", "syncnet"  # the `kind` of synclip's own artifacts
 DIFFUSERS_CONFIG = "config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "Taef2": Taef2}  # config.json's _class_name → class
 
 
 class CheckpointError(UserError):
@@ -281,15 +283,18 @@ def save_vae(model: AutoencoderKL, folder: str | Path) -> Path:
     return Path(folder)
 
 
-def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> AutoencoderKL:
-    """A diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors), offline
-    and strictly, in eval mode. `param` names the setting that points here, for the error message."""
+def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> AutoencoderKL | Taef2:
+    """A diffusers VAE folder (config.json + diffusion_pytorch_model.safetensors) of one of VAE_CLASSES,
+    offline and strictly, in eval mode. `param` names the setting that points here, for the error message."""
     if path is None:
         raise UserError(
             f"{param} is not set; point it at a diffusers AutoencoderKL folder (e.g. sd-vae-ft-mse)"
         )
     folder = Path(path)
-    hint = f"(set by {param}; a diffusers AutoencoderKL folder with {DIFFUSERS_CONFIG} + {DIFFUSERS_WEIGHTS})"
+    hint = (
+        f"(set by {param}; a diffusers {' or '.join(VAE_CLASSES)} folder with "
+        f"{DIFFUSERS_CONFIG} + {DIFFUSERS_WEIGHTS})"
+    )
     config_path, weights_path = folder / DIFFUSERS_CONFIG, folder / DIFFUSERS_WEIGHTS
     if not folder.is_dir():
         raise UserError(f"{folder}: no such VAE folder {hint}")
@@ -298,15 +303,17 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
             raise UserError(f"{folder}: no {needed.name} {hint}")
     try:
         config = json.loads(config_path.read_text())
+    except ValueError as error:  # JSONDecodeError is a ValueError
+        raise UserError(f"{config_path}: not JSON {hint}: {error}") from None
+    name = config.get("_class_name") or "AutoencoderKL"
+    if name not in VAE_CLASSES:
+        raise UserError(f"{config_path}: _class_name {name!r}, expected one of {', '.join(VAE_CLASSES)} {hint}")
+    try:
         with safe_open(str(weights_path), framework="pt") as file:
             stored = set(file.keys())
-        model = AutoencoderKL.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:  # JSONDecodeError is a ValueError
-        raise UserError(f"{folder}: not a loadable AutoencoderKL {hint}: {error}") from None
-    if config.get("_class_name") not in (None, "AutoencoderKL"):
-        raise UserError(
-            f"{config_path}: _class_name {config.get('_class_name')!r}, expected AutoencoderKL {hint}"
-        )
+        model = VAE_CLASSES[name].from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as error:
+        raise UserError(f"{folder}: not a loadable {name} {hint}: {error}") from None
     own = set(model.state_dict())
     if stored != own:  # diffusers initialises missing weights with a warning; never run on those
         missing, unexpected = sorted(own - stored), sorted(stored - own)
@@ -315,6 +322,18 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
             f"({', '.join(missing[:5])}), {len(unexpected)} unexpected ({', '.join(unexpected[:5])})"
         )
     return channels_last(model.eval())
+
+
+def load_taef2_published(encoder: str | Path, decoder: str | Path) -> Taef2:
+    """TAEF2 from its published state dicts (`taef2_encoder.pth`, `taef2_decoder.pth`; float16), strictly,
+    in float32; the latent scaling is not fitted yet."""
+    model = Taef2()
+    state = {}
+    for part, path in (("encoder", encoder), ("decoder", decoder)):
+        published = read_state_dict(path, f"TAEF2's {part} (taef2_{part}.pth)")
+        state |= {f"{part}.{key}": tensor.float() for key, tensor in published.items()}
+    load_strict(model, state, f"{encoder} + {decoder}")
+    return model.eval()
 
 
 # --- the Whisper encoder -------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class PretrainedParams:
     face_landmarker: str  # MediaPipe FaceLandmarker bundle (.task)
     whisper: str  # transformers Whisper directory (config.json + model.safetensors)
     sd_vae: str | None  # diffusers AutoencoderKL directory (e.g. sd-vae-ft-mse), full profile
+    taef2: str | None  # TAEF2's diffusers folder (vendored in the package), the tiny profile's latent space
     videomae: str | None  # transformers VideoMAE directory (TREPA), full profile
     lpips_vgg: str | None  # torchvision VGG16 ImageNet state dict for calibrated LPIPS
     hyperiqa: str | None  # hyperIQA KonIQ weights (image-quality filter)
@@ -323,9 +324,15 @@ class SyncNetParams(OptimParams):
 
 @dataclass(frozen=True)
 class VaeParams(OptimParams):
-    """The latent space: a small diffusers AutoencoderKL trained on aligned faces (`train_vae`)."""
+    """The latent space (`train_vae`): TAEF2 with its latent scaling fitted on training faces, a small
+    diffusers AutoencoderKL trained on aligned faces, or pretrained.sd_vae."""
 
-    source: Literal["trained", "pretrained"]  # pretrained: load pretrained.sd_vae and only evaluate it
+    # taef2: pretrained.taef2, frozen (its per-channel scaling fitted on scale_frames training frames);
+    # trained: the AutoencoderKL below; pretrained: load pretrained.sd_vae and only evaluate it
+    source: Literal["taef2", "trained", "pretrained"]
+    # the frozen VAE's encode / decode on the CPU (latent caching, evaluation, lip-sync; stage 2's decode
+    # for the pixel losses stays fp32): bf16 autocast where the CPU has native bf16, else fp32
+    precision: Literal["fp32", "bf16"]
     block_out_channels: tuple[int, ...]  # one per level; len − 1 downsamplings (4 levels: 8x)
     layers_per_block: int
     latent_channels: int
@@ -687,6 +694,8 @@ class Params:
             section = getattr(self, field.name)
             if dataclasses.is_dataclass(section):
                 section.validate(field.name)
+        if self.vae.source == "taef2" and self.pretrained.taef2 is None:
+            raise ConfigError("vae.source is 'taef2' but pretrained.taef2 is not set")
         for name, setting in (("syncnet", "latentsync_syncnet"), ("vae", "sd_vae"), ("videomae", "videomae")):
             if getattr(self, name).source == "pretrained" and getattr(self.pretrained, setting) is None:
                 raise ConfigError(f"{name}.source is 'pretrained' but pretrained.{setting} is not set")

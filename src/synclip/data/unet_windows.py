@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from diffusers import AutoencoderKL
 from einops import rearrange
 
 from synclip.audio.mel import mel_window, syncnet_mel
@@ -29,7 +28,8 @@ from synclip.files import atomic_path
 from synclip.images import to_unit, unit_range
 from synclip.log import track
 from synclip.media.decode import iter_frames, read_audio
-from synclip.nn.vae import downsampling, scale_latents
+from synclip.nn.vae import downsampling, scale_latents, scale_spread
+from synclip.runtime import frozen_autocast
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def training_rows(manifest: pd.DataFrame, stage: UNetStageParams) -> tuple[pd.Da
     return train, val
 
 
-def vae_fingerprint(vae: AutoencoderKL) -> str:
+def vae_fingerprint(vae: torch.nn.Module) -> str:
     """sha256 over the VAE's config and weights: what the cached posteriors depend on."""
     digest = hashlib.sha256(LATENTS_VERSION.encode())
     digest.update(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
@@ -231,22 +231,26 @@ def vae_fingerprint(vae: AutoencoderKL) -> str:
 
 
 @torch.no_grad()
-def encode_posteriors(vae: AutoencoderKL, frames: np.ndarray, batch: int = 32) -> dict[str, torch.Tensor]:
-    """uint8 (T, H, W, 3) → POSTERIORS (T, 4, h, w), unscaled, on the CPU; the mask is the shipped one."""
+def encode_posteriors(
+    vae: torch.nn.Module, frames: np.ndarray, precision: str = "fp32", batch: int = 32
+) -> dict[str, torch.Tensor]:
+    """uint8 (T, H, W, 3) → POSTERIORS (T, C, h, w), unscaled, on the CPU; the mask is the shipped one.
+    `precision`: vae.precision (bf16 autocast on a CPU with native bf16)."""
     device = next(vae.parameters()).device
     mask = load_mask(frames.shape[1]).to(device)  # (1, H, W)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in POSTERIORS}
     for i in range(0, len(frames), batch):
         images = to_unit(frames[i : i + batch], device)
         for prefix, pixels in (("", images), ("masked_", images * mask)):  # masked: the region is 0 (grey)
-            posterior = vae.encode(pixels).latent_dist
+            with frozen_autocast(device, precision):
+                posterior = vae.encode(pixels).latent_dist
             out[f"{prefix}mean"].append(posterior.mean.float().cpu())
             out[f"{prefix}std"].append(posterior.std.float().cpu())
     return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
 
 def cached_posteriors(
-    path: Path, vae: AutoencoderKL, cache_dir: Path | None, fingerprint: str
+    path: Path, vae: torch.nn.Module, cache_dir: Path | None, fingerprint: str, precision: str = "fp32"
 ) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
     """(POSTERIORS of every frame of the clip at `path`, the frames if they were decoded, else None).
 
@@ -260,7 +264,7 @@ def cached_posteriors(
 
     key = None
     if cache_dir is not None:
-        digest = hashlib.sha256(f"{LATENTS_VERSION} {fingerprint} ".encode())
+        digest = hashlib.sha256(f"{LATENTS_VERSION} {fingerprint} {precision} ".encode())
         digest.update(load_mask(256).numpy().tobytes())
         digest.update(path.read_bytes())
         key = digest.hexdigest()
@@ -271,7 +275,7 @@ def cached_posteriors(
                 return stored, None
             log.warning("%s holds %s, not the posteriors; re-encoding", file, sorted(stored))
     frames = np.stack(list(iter_frames(path)))
-    posteriors = encode_posteriors(vae, frames)
+    posteriors = encode_posteriors(vae, frames, precision)
     if cache_dir is not None:
         with atomic_path(cache_dir / f"{key}.safetensors") as tmp:
             save_file(posteriors, str(tmp), metadata={"format": LATENTS_VERSION})
@@ -282,7 +286,8 @@ def load_window_clips(
     manifest: pd.DataFrame,
     clips_dir: str | Path,
     *,
-    vae: AutoencoderKL,
+    vae: torch.nn.Module,
+    vae_precision: str,
     whisper: torch.nn.Module,
     whisper_cache: str | Path,
     latent_cache: str | Path | None,
@@ -303,9 +308,10 @@ def load_window_clips(
     clips = []
     for row in track(list(manifest.itertuples()), description, unit="clips"):
         path = clips_dir / f"{row.clip}.mp4"
-        raw, frames = cached_posteriors(path, vae, latent_cache, vae_key)
-        scale = vae.config.scaling_factor
-        posteriors = {k: scale_latents(vae, v) if k.endswith("mean") else v * scale for k, v in raw.items()}
+        raw, frames = cached_posteriors(path, vae, latent_cache, vae_key, vae_precision)
+        posteriors = {
+            k: scale_latents(vae, v) if k.endswith("mean") else scale_spread(vae, v) for k, v in raw.items()
+        }
         pixels = None
         if pixel_region is not None:
             frames = frames if frames is not None else np.stack(list(iter_frames(path)))

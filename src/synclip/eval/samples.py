@@ -159,6 +159,7 @@ def validation_sample(
     inference = params.inference
     sampler = PipelineConfig(
         resolution=params.preprocess.resolution,
+        vae_precision=params.vae.precision,
         num_frames=inference.num_frames,
         overlap=inference.overlap,
         steps=stage.sample_steps,

@@ -139,7 +139,11 @@ def load_pipeline(
 def assemble_stage(unet: Path, vae: Path, out: Path, params: Params, whisper: Path | None = None) -> None:
     """The `assemble` stage: the stage-2 UNet, the VAE, the Whisper encoder (pretrained.whisper unless
     given), DDIM and the mask → a packaged model in `out`, then loaded strictly as a user will load it."""
-    config = PipelineConfig(resolution=params.preprocess.resolution, **dataclasses.asdict(params.inference))
+    config = PipelineConfig(
+        resolution=params.preprocess.resolution,
+        vae_precision=params.vae.precision,
+        **dataclasses.asdict(params.inference),
+    )
     folder = assemble(
         out, load_unet(unet), load_vae(vae, param="--vae"), whisper or Path(params.pretrained.whisper), config
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from synclip.artifacts import CheckpointError
 from synclip.config import ConfigError, InferenceParams, check_sampling, from_dict
 from synclip.constants import NOISE_SCHEDULE
 from synclip.nn.vae import scale_latents, unscale_latents
+from synclip.runtime import frozen_autocast
 
 # LatentSync's DDIM (reference §2.6): the training betas, "leading" spacing: 20 steps = 951 … 1
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -31,6 +32,7 @@ class PipelineConfig(InferenceParams):
     defaults (`InferenceParams`) and R, the side of the aligned face the UNet was trained on."""
 
     resolution: int = field(kw_only=True)
+    vae_precision: Literal["fp32", "bf16"] = field(kw_only=True, default="fp32")  # vae.precision, on the CPU
 
     def __post_init__(self) -> None:
         self.validate()
@@ -104,16 +106,20 @@ class LipSyncPipeline:
         synclip's default is the mean (`latents: mean`): a sample adds noise to the condition that
         LatentSync's published weights were trained with, but synclip's own were not.
         """
-        posterior = self.vae.encode(images).latent_dist
+        with frozen_autocast(self.device, self.config.vae_precision):
+            posterior = self.vae.encode(images).latent_dist
+        mean, std = posterior.mean.to(self.dtype), posterior.std.to(self.dtype)
         if noise is None:
-            return scale_latents(self.vae, posterior.mode())
-        if noise.shape != posterior.mean.shape:
-            raise ValueError(f"posterior noise {tuple(noise.shape)}, expected {tuple(posterior.mean.shape)}")
-        return scale_latents(self.vae, posterior.mean + posterior.std * noise.to(posterior.mean))
+            return scale_latents(self.vae, mean)
+        if noise.shape != mean.shape:
+            raise ValueError(f"posterior noise {tuple(noise.shape)}, expected {tuple(mean.shape)}")
+        return scale_latents(self.vae, mean + std * noise.to(mean))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(F, C, h, w) scaled latents → (F, 3, R, R) in [−1, 1]."""
-        return self.vae.decode(unscale_latents(self.vae, latents)).sample.clamp(-1, 1)
+        with frozen_autocast(self.device, self.config.vae_precision):
+            images = self.vae.decode(unscale_latents(self.vae, latents)).sample
+        return images.to(self.dtype).clamp(-1, 1)
 
     def noise(self, seed: int, latent_shape: tuple[int, int, int], steps: int = 0) -> torch.Tensor:
         """(1 + steps, C, h, w): the Gaussian draw every frame starts from, then one per DDIM step (η > 0).

@@ -59,11 +59,20 @@ class UNetConfig(UNetParams):
         return from_dict(UNetConfig, data, source="UNet config")
 
 
-def unet_config(params: UNetParams, stage: UNetStageParams, audio_width: int) -> UNetConfig:
-    """The UNet geometry of `params` with the stage's motion modules and the audio encoder's width D."""
+def unet_config(
+    params: UNetParams, stage: UNetStageParams, audio_width: int, latent_channels: int = 4
+) -> UNetConfig:
+    """The UNet geometry of `params` with the stage's motion modules, the audio encoder's width D and
+    the VAE's latent channels C: 3C + 1 in (noisy, mask, masked, reference), C out."""
     values = dataclasses.asdict(params)
     values["motion_module_decoder_only"] = params.motion_module_decoder_only and stage.motion_modules
-    return UNetConfig(**values, cross_attention_dim=audio_width, motion_modules=stage.motion_modules)
+    return UNetConfig(
+        **values,
+        in_channels=3 * latent_channels + 1,
+        out_channels=latent_channels,
+        cross_attention_dim=audio_width,
+        motion_modules=stage.motion_modules,
+    )
 
 
 def full_config(motion_modules: bool = True) -> UNetConfig:

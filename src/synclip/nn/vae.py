@@ -1,4 +1,5 @@
-"""The latent space's network: a diffusers AutoencoderKL, built for the tiny profile, and its latent scaling.
+"""The latent space's networks: a diffusers AutoencoderKL built for training (or TAEF2, `synclip.nn.taef2`),
+and the latent scaling every stage reads off the VAE's config.
 Shapes: images (B, 3, H, W) in [−1, 1] ↔ latents (B, C, H/f, W/f), f = `downsampling(vae)`.
 """
 
@@ -45,20 +46,42 @@ def build_vae(params: VaeParams, resolution: int) -> AutoencoderKL:
     return model
 
 
-def downsampling(vae: AutoencoderKL) -> int:
+def downsampling(vae: torch.nn.Module) -> int:
     """f: pixels per latent cell along each side, 2^(levels − 1)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """The VAE's latents (a posterior mean) → the UNet's latent space: (z − shift) · scale.
+def latent_affine(vae: torch.nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, scale) shaped to broadcast over latents `like` (B, C, ...): the UNet's latent space is
+    (z − shift) · scale.
 
-    Every stage reads the latent scaling from the VAE's own config (`scaling_factor`, `shift_factor`),
-    whichever VAE it is (the tiny profile's trained one, or sd-vae-ft-mse).
+    Read from the VAE's own config, whichever VAE it is: per channel when it has `latents_mean` /
+    `latents_std` (TAEF2, fitted on training faces: shift = mean, scale = 1 / std), else the scalars
+    `shift_factor` / `scaling_factor` (the tiny profile's trained AutoencoderKL, sd-vae-ft-mse).
     """
-    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        cells = (1,) * (like.dim() - 2)
+        shift = torch.tensor(mean, dtype=like.dtype, device=like.device).view(1, -1, *cells)
+        scale = 1 / torch.tensor(std, dtype=like.dtype, device=like.device).view(1, -1, *cells)
+        return shift, scale
+    shift = torch.tensor(config.shift_factor or 0.0, dtype=like.dtype, device=like.device)
+    return shift, torch.tensor(config.scaling_factor, dtype=like.dtype, device=like.device)
 
 
-def unscale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """The UNet's latent space → what the VAE decodes: z / scale + shift."""
-    return latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+def scale_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's latents (B, C, ...) (a posterior mean) → the UNet's latent space: (z − shift) · scale."""
+    shift, scale = latent_affine(vae, latents)
+    return (latents - shift) * scale
+
+
+def scale_spread(vae: torch.nn.Module, std: torch.Tensor) -> torch.Tensor:
+    """A posterior std (B, C, ...) in the UNet's latent space: std · scale."""
+    return std * latent_affine(vae, std)[1]
+
+
+def unscale_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The UNet's latent space (B, C, ...) → what the VAE decodes: z / scale + shift."""
+    shift, scale = latent_affine(vae, latents)
+    return latents / scale + shift

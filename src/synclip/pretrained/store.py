@@ -139,8 +139,37 @@ def check_transformers_dir(path: Path, param: str, model_type: str) -> None:
         raise PretrainedError(f"{param}: {weights_path} holds no tensors")
 
 
+def check_diffusers_vae(path: Path, param: str, class_name: str) -> None:
+    """A diffusers model folder: config.json naming `class_name` and a readable, non-empty
+    diffusion_pytorch_model.safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_dir():
+        raise PretrainedError(f"{param}: {path} is not a directory (expected a diffusers {class_name} folder)")
+    config_path, weights_path = path / "config.json", path / "diffusion_pytorch_model.safetensors"
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise PretrainedError(f"{param}: {required} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise PretrainedError(f"{param}: {config_path} is not valid JSON ({error})") from None
+    if config.get("_class_name") != class_name:
+        raise PretrainedError(
+            f"{param}: {config_path} describes {config.get('_class_name')!r}, expected {class_name!r}"
+        )
+    try:
+        with safe_open(weights_path, framework="pt") as weights:
+            keys = list(weights.keys())
+    except (SafetensorError, OSError) as error:
+        raise PretrainedError(f"{param}: {weights_path} is not a readable safetensors file ({error})") from None
+    if not keys:
+        raise PretrainedError(f"{param}: {weights_path} holds no tensors")
+
+
 CHECKS: dict[str, Callable[[Path, str], None]] = {
     "face_landmarker": check_face_landmarker,
+    "taef2": lambda path, param: check_diffusers_vae(path, param, "Taef2"),
     "whisper": lambda path, param: check_transformers_dir(path, param, "whisper"),
 }
 

@@ -18,10 +18,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synclip.artifacts import (
+    UNET,
     load_syncnet,
     load_unet_state,
     load_vae,
     load_whisper_encoder,
+    read_config,
     read_weights,
     save_unet,
 )
@@ -379,6 +381,7 @@ def unet_stage(
     region = stage_params.pixel_region if objective.needs_pixels else None
     common = dict(
         vae=autoencoder,
+        vae_precision=params.vae.precision,
         whisper=whisper,
         whisper_cache=whisper_cache,
         latent_cache=latent_cache,
@@ -393,7 +396,8 @@ def unet_stage(
             sample = make_sample(params, stage_params, table, clips, autoencoder, whisper, judge, samples)
         else:
             forget_samples(samples)  # none of an earlier run's samples are this run's
-    config = unet_config(params.unet, stage_params, audio_width=whisper.width)
+    latent_channels = autoencoder.config.latent_channels
+    config = unet_config(params.unet, stage_params, audio_width=whisper.width, latent_channels=latent_channels)
     info = {"stage": number, "manifest": str(manifest)}
     recipe = UNetRecipe(train, val, objective, config, stage_params, init, info, sample)
     _, trained = Trainer(recipe, out, device, params.seed).fit()
@@ -425,7 +429,9 @@ def adopt_unet(
     profile's geometry, so a fine-tune that skips stage 1 still has every stage's outputs."""
     stage_params = params.train_unet.stage(stage)
     width = load_whisper_encoder(params.pretrained.whisper).width
-    model, fresh = initial_unet(unet_config(params.unet, stage_params, audio_width=width), init)
+    latent_channels = UNetConfig.from_dict(read_config(init, UNET)["model"]).out_channels
+    config = unet_config(params.unet, stage_params, audio_width=width, latent_channels=latent_channels)
+    model, fresh = initial_unet(config, init)
     if fresh:
         raise UserError(
             f"{init}: has no {', '.join(fresh[:3])} …; a stage of 0 steps must start from a whole UNet"

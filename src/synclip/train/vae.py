@@ -1,5 +1,6 @@
-"""The tiny profile's latent space (the `train_vae` stage): train a small diffusers AutoencoderKL on
-aligned faces, set its latent scaling from data, evaluate it (PSNR / SSIM of the face and of the mouth)."""
+"""The latent space (the `train_vae` stage): fit TAEF2's per-channel latent scaling on training faces, or
+train a small diffusers AutoencoderKL on aligned faces and set its latent scaling from data; then
+evaluate it (PSNR / SSIM of the face and of the mouth)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from synclip.errors import UserError
 from synclip.files import write_csv, write_json
 from synclip.images import box_slices, image_metrics, to_uint8, to_unit
 from synclip.nn.vae import build_vae
-from synclip.runtime import channels_last
+from synclip.pretrained.store import require
+from synclip.runtime import channels_last, frozen_autocast
 from synclip.train.losses import vae_losses
 from synclip.train.trainer import Recipe, Trainer
 
@@ -34,24 +36,31 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def reconstruct(
-    model: AutoencoderKL, frames: np.ndarray, device: torch.device, batch: int = 32
+    model: torch.nn.Module, frames: np.ndarray, device: torch.device, precision: str = "fp32", batch: int = 32
 ) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> its reconstruction through the posterior mean, uint8 (N, H, W, 3)."""
+    """uint8 (N, H, W, 3) -> its reconstruction through the posterior mean, uint8 (N, H, W, 3);
+    `precision`: vae.precision (a frozen VAE's)."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(frames), batch):
         images = to_unit(frames[i : i + batch], device)
-        out.append(to_uint8(model.decode(model.encode(images).latent_dist.mode()).sample))
+        with frozen_autocast(device, precision):
+            decoded = model.decode(model.encode(images).latent_dist.mode()).sample
+        out.append(to_uint8(decoded.float()))
     model.train(was_training)
     return np.concatenate(out)
 
 
 def evaluate_vae(
-    model: AutoencoderKL, frames: np.ndarray, mouth: tuple[float, float, float, float], device: torch.device
+    model: torch.nn.Module,
+    frames: np.ndarray,
+    mouth: tuple[float, float, float, float],
+    device: torch.device,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """PSNR / SSIM (face and mouth) of the reconstructions of uint8 frames (N, H, W, 3)."""
-    return image_metrics(frames, reconstruct(model, frames, device), mouth)
+    return image_metrics(frames, reconstruct(model, frames, device, precision), mouth)
 
 
 def showcase_frames(faces: Faces, count: int, mouth: tuple[float, float, float, float]) -> np.ndarray:
@@ -160,6 +169,29 @@ class VaeRecipe(Recipe):
         return self.model
 
 
+@torch.no_grad()
+def fit_latent_affine(
+    model: torch.nn.Module, frames: np.ndarray, device: torch.device, precision: str, batch: int = 32
+) -> tuple[list[float], list[float]]:
+    """Per latent channel (mean, std) over uint8 frames (N, H, W, 3): TAEF2's channels differ in offset
+    and spread (the README measured means from −1.2 to +1.1), so one global factor would leave some
+    channels far from the unit variance the UNet's noise schedule assumes."""
+    total = squares = None
+    count = 0
+    for i in range(0, len(frames), batch):
+        with frozen_autocast(device, precision):
+            latents = model.encode(to_unit(frames[i : i + batch], device)).latent_dist.mode()
+        latents = latents.double()
+        sums, sums2 = latents.sum(dim=(0, 2, 3)), latents.square().sum(dim=(0, 2, 3))  # (C,)
+        total = sums if total is None else total + sums
+        squares = sums2 if squares is None else squares + sums2
+        count += latents[:, 0].numel()
+    assert total is not None and squares is not None, "no frames to fit the latent scaling on"
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
 def vae_stage(
     processed: Path, out: Path, metrics: Path, history: Path, grid: Path, params: Params, device: torch.device
 ) -> None:
@@ -168,13 +200,28 @@ def vae_stage(
     The full profile loads sd-vae-ft-mse instead (`vae.source: pretrained`) and only evaluates it; every
     later stage reads the latent scaling from the VAE's own config, whichever VAE it is."""
     vae = params.vae
-    needed = ("test",) if vae.source == "pretrained" else ("train", "val", "test")
+    needed = {"pretrained": ("test",), "taef2": ("train", "test")}.get(vae.source, ("train", "val", "test"))
     manifest = read_manifest(processed / "manifest.parquet", needed, "the VAE stage")
     clips = processed / "clips"
     if vae.source == "pretrained":
         model = load_vae(params.pretrained.sd_vae, "pretrained.sd_vae").to(device)
         save_vae(model, out)
         rows, summary = [], {"source": "pretrained", "steps": 0, "train_seconds": 0.0}
+    elif vae.source == "taef2":
+        path = require("taef2", params.pretrained.taef2, "pretrained.taef2")
+        model = load_vae(path, "pretrained.taef2").to(device)
+        train = load_faces(manifest[manifest["split"] == "train"], clips, vae.frame_stride, "train clips")
+        started = time.perf_counter()
+        fitted = train.frames[spaced(vae.scale_frames, len(train.frames))]
+        mean, std = fit_latent_affine(model, fitted, device, vae.precision)
+        model.register_to_config(latents_mean=mean, latents_std=std)
+        log.info(
+            "TAEF2 latent scaling fitted on %d train frames: channel means %.3f…%.3f, stds %.3f…%.3f",
+            len(fitted), min(mean), max(mean), min(std), max(std),
+        )
+        save_vae(model, out)
+        rows = []
+        summary = {"source": "taef2", "steps": 0, "fit_seconds": round(time.perf_counter() - started, 1)}
     else:
         train = load_faces(manifest[manifest["split"] == "train"], clips, vae.frame_stride, "train clips")
         val = load_faces(manifest[manifest["split"] == "val"], clips, vae.frame_stride, "val clips")
@@ -183,16 +230,16 @@ def vae_stage(
         summary = {"source": "trained", "steps": rows[-1]["step"], "train_seconds": round(trained.seconds, 1)}
     test = load_faces(manifest[manifest["split"] == "test"], clips, vae.test_stride, "test clips")
     started = time.perf_counter()
-    scores = evaluate_vae(model, test.frames, vae.mouth, device)
+    scores = evaluate_vae(model, test.frames, vae.mouth, device, vae.precision)
     summary |= {
         "test": {name: round(value, 4) for name, value in scores.items()},
         "test_frames": len(test.frames),
         "eval_seconds": round(time.perf_counter() - started, 1),
-        "scaling_factor": model.config.scaling_factor,
+        "scaling_factor": getattr(model.config, "scaling_factor", None),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     shown = test.frames[showcase_frames(test, vae.grid_identities, vae.mouth)]
-    picture = reconstruction_grid(shown, reconstruct(model, shown, device), vae.mouth)
+    picture = reconstruction_grid(shown, reconstruct(model, shown, device, vae.precision), vae.mouth)
     grid.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(grid), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
         raise UserError(f"{grid}: could not write the PNG")
