@@ -114,24 +114,35 @@ def write_speech(path: Path, seconds: int, seed: int = 0) -> Path:
     return path
 
 
-def untrained_model(folder: Path, params_path: Path) -> Path:
-    """A packaged pipeline of the profile's geometry (stage-2 UNet, VAE, Whisper), random weights."""
+def untrained_model(folder: Path, params_path: Path, overrides: list[str]) -> Path:
+    """A packaged pipeline of the profile's geometry (stage-2 UNet, VAE, Whisper): random UNet weights;
+    the VAE is `vae.source`'s (TAEF2's pretrained weights, or a fresh AutoencoderKL of vae's geometry)."""
     import torch
     from transformers import WhisperConfig
 
+    from synclip.artifacts import load_vae
     from synclip.config import load_params
     from synclip.inference.package import assemble
     from synclip.inference.pipeline import PipelineConfig
     from synclip.nn.unet import UNet3DConditionModel, unet_config
     from synclip.nn.vae import build_vae
 
-    params = load_params(params_path)
+    params = load_params(params_path, overrides)
     whisper = Path(params.pretrained.whisper)
     width = WhisperConfig.from_pretrained(whisper).d_model
     torch.manual_seed(0)
-    unet = UNet3DConditionModel(unet_config(params.unet, params.train_unet.stage(2), audio_width=width))
-    vae = build_vae(params.vae, params.preprocess.resolution)
-    config = PipelineConfig(resolution=params.preprocess.resolution, **dataclasses.asdict(params.inference))
+    if params.vae.source == "taef2":
+        vae = load_vae(params.pretrained.taef2, "pretrained.taef2")
+    else:
+        vae = build_vae(params.vae, params.preprocess.resolution)
+    channels = vae.config.latent_channels
+    stage = params.train_unet.stage(2)
+    unet = UNet3DConditionModel(unet_config(params.unet, stage, audio_width=width, latent_channels=channels))
+    config = PipelineConfig(
+        resolution=params.preprocess.resolution,
+        vae_precision=params.vae.precision,
+        **dataclasses.asdict(params.inference),
+    )
     return assemble(folder, unet, vae, whisper, config)
 
 
@@ -237,6 +248,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[480, 360], metavar=("W", "H"))
     parser.add_argument("--work", type=Path, help="keep (and reuse) the inputs here (default: a temp folder)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override for the untrained model (repeatable), e.g. vae.source=trained; recorded per run",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lipsync.json"))
     # the child's own arguments
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -263,7 +281,7 @@ def main() -> None:
         if args.model is not None and not trained:
             raise SystemExit(f"{model}: not a packaged synclip model")
         if not trained:
-            model = untrained_model(work / "untrained", args.params)
+            model = untrained_model(work / f"untrained{'-'.join(['', *args.set])}", args.params, args.set)
         config = json.loads((model / PIPELINE_FILE).read_text())
         base = None
         runs = []
@@ -284,13 +302,20 @@ def main() -> None:
                     "guidance": config["guidance"] if args.guidance is None else args.guidance,
                     "threads": args.threads,
                     "size": args.size,
+                    "overrides": args.set,
                     **result,
                 }
             )
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
 
     def key(run: dict) -> tuple:
-        return run["seconds"], run["steps"], run["threads"], tuple(run["size"])
+        return (
+            run["seconds"],
+            run["steps"],
+            run["threads"],
+            tuple(run["size"]),
+            tuple(run.get("overrides", [])),
+        )
 
     previous = json.loads(args.out.read_text()).get("runs", []) if args.out.is_file() else []
     fresh = {key(run) for run in runs}
@@ -299,7 +324,11 @@ def main() -> None:
     )
     ratios = {}
     for steps in sorted({r["steps"] for r in merged}):
-        same = [r for r in merged if r["steps"] == steps and r["threads"] == args.threads]
+        same = [
+            r
+            for r in merged
+            if r["steps"] == steps and r["threads"] == args.threads and r.get("overrides", []) == args.set
+        ]
         if len(same) > 1:
             short, long = same[0], same[-1]
             ratios[f"{long['seconds']}s_over_{short['seconds']}s_at_{steps}_steps"] = round(

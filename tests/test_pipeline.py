@@ -50,11 +50,13 @@ RES, WIDTH, TOKENS = 32, 16, 30  # face size, audio width D, S = 10 tokens × 3 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_unet(joint: bool = False, seed: int = 0) -> UNet3DConditionModel:
+def tiny_unet(joint: bool = False, seed: int = 0, latent_channels: int = 4) -> UNet3DConditionModel:
     """Two levels, 16/32 channels; `joint=False` makes frames independent (chunking cannot matter)."""
     torch.manual_seed(seed)
     return UNet3DConditionModel(
         UNetConfig(
+            in_channels=3 * latent_channels + 1,
+            out_channels=latent_channels,
             block_out_channels=(16, 32),
             down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
             up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),

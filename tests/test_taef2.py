@@ -42,7 +42,8 @@ def reference(root):
 def test_the_vendored_taef2_reproduces_the_reference_implementation(taef2, reference):
     """The published weights in synclip's module give the reference's latents and pixels; images in
     [−1, 1] here, [0, 1] there."""
-    assert isinstance(taef2, Taef2) and next(taef2.parameters()).dtype == torch.float32
+    assert isinstance(taef2, Taef2)
+    assert next(taef2.parameters()).dtype == torch.float32
     with torch.no_grad():
         latents = taef2.encode(reference["image"] * 2 - 1).latent_dist.mode()
         decoded = taef2.decode(reference["latents"]).sample
@@ -73,7 +74,9 @@ def test_the_vendored_files_are_checksummed_and_verified(vendored, tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(PretrainedError, match=r"pretrained\.taef2: .*diffusion_pytorch_model\.safetensors has sha256"):
+    with pytest.raises(
+        PretrainedError, match=r"pretrained\.taef2: .*diffusion_pytorch_model\.safetensors has sha256"
+    ):
         require("taef2", copy / "taef2", "pretrained.taef2")
 
 
@@ -117,11 +120,15 @@ def test_a_vae_folder_of_another_class_or_with_missing_weights_is_refused(vendor
     shutil.copytree(vendored, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderTiny"}))
-    with pytest.raises(UserError, match=r"_class_name 'AutoencoderTiny', expected one of AutoencoderKL, Taef2"):
+    with pytest.raises(
+        UserError, match=r"_class_name 'AutoencoderTiny', expected one of AutoencoderKL, Taef2"
+    ):
         load_vae(folder, "pretrained.taef2")
     (folder / "config.json").write_text(json.dumps(config))
     state = load_file(folder / "diffusion_pytorch_model.safetensors")
-    save_file({k: v for k, v in state.items() if ".pool." not in k}, folder / "diffusion_pytorch_model.safetensors")
+    save_file(
+        {k: v for k, v in state.items() if ".pool." not in k}, folder / "diffusion_pytorch_model.safetensors"
+    )
     with pytest.raises(CheckpointError, match=r"24 missing"):
         load_vae(folder, "pretrained.taef2")
 
@@ -131,16 +138,22 @@ def test_per_channel_scaling_gives_unit_latents_and_round_trips(taef2, reference
     mean and unit std in every channel; the artifact keeps them; unscale inverts scale."""
     rng = np.random.default_rng(0)
     face = (reference["image"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    frames = np.stack([np.clip(face.astype(int) + rng.integers(-20, 21, face.shape), 0, 255) for _ in range(6)])
+    frames = np.stack(
+        [np.clip(face.astype(int) + rng.integers(-20, 21, face.shape), 0, 255) for _ in range(6)]
+    )
     mean, std = fit_latent_affine(taef2, frames.astype(np.uint8), torch.device("cpu"), "fp32", batch=4)
-    assert len(mean) == len(std) == 32 and min(std) > 0
+    assert len(mean) == len(std) == 32
+    assert min(std) > 0
     model = Taef2(latents_mean=mean, latents_std=std)
     model.load_state_dict(taef2.state_dict())
     save_vae(model, tmp_path / "vae")
     loaded = load_vae(tmp_path / "vae", "--vae")
-    assert loaded.config.latents_mean == mean and loaded.config.latents_std == std
+    assert loaded.config.latents_mean == mean
+    assert loaded.config.latents_std == std
     with torch.no_grad():
-        raw = loaded.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mode()
+        raw = loaded.encode(
+            torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ).latent_dist.mode()
     scaled = scale_latents(loaded, raw)
     per_channel = scaled.transpose(0, 1).reshape(32, -1)
     assert per_channel.mean(dim=1).abs().max() < 1e-3

@@ -307,7 +307,9 @@ def load_vae(path: str | Path | None, param: str = "pretrained.sd_vae") -> Autoe
         raise UserError(f"{config_path}: not JSON {hint}: {error}") from None
     name = config.get("_class_name") or "AutoencoderKL"
     if name not in VAE_CLASSES:
-        raise UserError(f"{config_path}: _class_name {name!r}, expected one of {', '.join(VAE_CLASSES)} {hint}")
+        raise UserError(
+            f"{config_path}: _class_name {name!r}, expected one of {', '.join(VAE_CLASSES)} {hint}"
+        )
     try:
         with safe_open(str(weights_path), framework="pt") as file:
             stored = set(file.keys())

@@ -623,6 +623,7 @@ class EvaluateParams:
     silent_margin_frames: int  # a GT pause frame counts as silent this many frames inside the pause
     samples: int  # sample videos written to reports/eval/samples
     sheet_frames: int  # frames per clip in the contact sheet
+    photo: bool  # the photo check (`synclip.eval.photo`): the astronaut photo lip-synced to the first clip's speech
 
     def validate(self, key: str = "evaluate") -> None:
         if self.clips < 0 or self.samples < 0 or self.silent_margin_frames < 0:

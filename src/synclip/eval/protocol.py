@@ -35,9 +35,10 @@ VARIANTS = ("model", "input", "closed", "truth")
 TARGETS = {
     "offset_zero_share": 0.9,
     "lse_c_of_truth": 0.8,
-    "opening_r": 0.7,
+    "opening_r": 0.8,
     "silent_closed": 0.9,
     "reconstruction_ssim_mouth": 0.85,
+    "reconstruction_ssim_lower": 0.9,
 }
 
 
@@ -359,6 +360,7 @@ def summarize(rows: list[dict]) -> dict:
         "opening_r": model["opening_r"],
         "silent_closed": model["silent_closed"],
         "reconstruction_ssim_mouth": rec["model"]["ssim_mouth"],
+        "reconstruction_ssim_lower": rec["model"].get("ssim_lower"),
     }
     # the targets are SynthTalk's bar: without ground-truth openings (HDTF, your own footage) there are none
     has_truth = bool(table["ground_truth"].all()) if "ground_truth" in table else True
@@ -376,7 +378,7 @@ def summarize(rows: list[dict]) -> dict:
         metric: all(_better(metric, model[metric], dub[b][metric]) for b in baselines)
         for metric in ("offset_zero_share", "lse_c", "lse_d", "opening_r", "silent_closed")
     }
-    return _rounded(summary)
+    return json_ready(summary)
 
 
 def _better(metric: str, ours, theirs) -> bool:
@@ -395,10 +397,10 @@ def _mean(values: pd.Series, median: bool = False) -> float:
     return float(finite.median() if median else finite.mean())
 
 
-def _rounded(value):
+def json_ready(value):
     """4 decimals throughout; NaN and inf become None (JSON has neither)."""
     if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, float | np.floating):
         return round(float(value), 4) if np.isfinite(value) else None
     if isinstance(value, np.bool_):

@@ -17,6 +17,7 @@ from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.manifest import read_manifest
 from synclip.errors import UserError
 from synclip.eval.paper import PAPER_SIZE, load_paper_instruments
+from synclip.eval.photo import astronaut, photo_check
 from synclip.eval.protocol import (
     VARIANTS,
     EvalResult,
@@ -175,6 +176,31 @@ def paper_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def photo_markdown(summary: dict) -> str:
+    """The photo check's lines (empty without one)."""
+    photo = summary.get("photo")
+    if photo is None:
+        return ""
+    model, still = photo["model"], photo["input"]
+    return "\n".join(
+        [
+            f"Photo check ({photo['photo']}, the speech of {photo['audio_of']}, {photo['frames']} frames; "
+            "`photo_sheet.png`):",
+            "",
+            "| | outside the mask (grey levels) | opening r | silent closed | offset | LSE-C |",
+            "|---|---|---|---|---|---|",
+            f"| synclip | {photo['outside_mask_change']:.2f} | {_cell(model['opening_r'])} | "
+            f"{_cell(model['silent_closed'])} | {model['offset']} | {model['lse_c']:.3f} |",
+            f"| the still photo | 0 | {_cell(still['opening_r'])} | {_cell(still['silent_closed'])} | "
+            f"{still['offset']} | {still['lse_c']:.3f} |",
+        ]
+    )
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def results_markdown(summary: dict) -> str:
     """The README's results: `markdown_table`, then each target with its value and whether it is met."""
     lines = [markdown_table(summary), "", "| target | value | bar | met |", "|---|---|---|---|"]
@@ -250,6 +276,19 @@ def evaluate_stage(
         "frames": f"the aligned {pipeline.config.resolution} px faces, resized to {PAPER_SIZE} px",
         **result.fidelity,
     }
+    check = None
+    if ev.photo:
+        check = photo_check(
+            pipeline,
+            astronaut(),
+            clips[0],
+            scorer,
+            landmarker,
+            ev.steps,
+            pipeline.config.seed,
+            ev.sheet_frames,
+        )
+        summary["photo"] = check.scores
     if out.exists():
         shutil.rmtree(out)  # an earlier report (checked above): replaced whole
     (out / "samples").mkdir(parents=True)
@@ -264,6 +303,10 @@ def evaluate_stage(
     )
     for clip in list(result.videos)[: ev.samples]:
         write_sample(result, clip, out / "samples" / f"{clip}.mp4")
-    (out / "summary.md").write_text(markdown_table(summary) + "\n\n" + paper_markdown(summary) + "\n")
+    if check is not None:
+        cv2.imwrite(str(out / "photo_sheet.png"), cv2.cvtColor(check.sheet, cv2.COLOR_RGB2BGR))
+    (out / "summary.md").write_text(
+        "\n\n".join([markdown_table(summary), paper_markdown(summary), photo_markdown(summary)]) + "\n"
+    )
     log.info("targets: %s", {k: v["met"] for k, v in summary["targets"].items()})
     log.info("wrote %s", out)

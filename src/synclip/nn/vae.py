@@ -66,8 +66,12 @@ def latent_affine(vae: torch.nn.Module, like: torch.Tensor) -> tuple[torch.Tenso
         shift = torch.tensor(mean, dtype=like.dtype, device=like.device).view(1, -1, *cells)
         scale = 1 / torch.tensor(std, dtype=like.dtype, device=like.device).view(1, -1, *cells)
         return shift, scale
-    shift = torch.tensor(config.shift_factor or 0.0, dtype=like.dtype, device=like.device)
-    return shift, torch.tensor(config.scaling_factor, dtype=like.dtype, device=like.device)
+    shift = getattr(config, "shift_factor", None) or 0.0
+    scale = getattr(config, "scaling_factor", None) or 1.0  # a TAEF2 not fitted yet: the raw latents
+    return (
+        torch.tensor(shift, dtype=like.dtype, device=like.device),
+        torch.tensor(scale, dtype=like.dtype, device=like.device),
+    )
 
 
 def scale_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,9 @@ def check_diffusers_vae(path: Path, param: str, class_name: str) -> None:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_dir():
-        raise PretrainedError(f"{param}: {path} is not a directory (expected a diffusers {class_name} folder)")
+        raise PretrainedError(
+            f"{param}: {path} is not a directory (expected a diffusers {class_name} folder)"
+        )
     config_path, weights_path = path / "config.json", path / "diffusion_pytorch_model.safetensors"
     for required in (config_path, weights_path):
         if not required.is_file():
@@ -162,7 +164,9 @@ def check_diffusers_vae(path: Path, param: str, class_name: str) -> None:
         with safe_open(weights_path, framework="pt") as weights:
             keys = list(weights.keys())
     except (SafetensorError, OSError) as error:
-        raise PretrainedError(f"{param}: {weights_path} is not a readable safetensors file ({error})") from None
+        raise PretrainedError(
+            f"{param}: {weights_path} is not a readable safetensors file ({error})"
+        ) from None
     if not keys:
         raise PretrainedError(f"{param}: {weights_path} holds no tensors")
 

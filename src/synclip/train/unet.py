@@ -397,7 +397,9 @@ def unet_stage(
         else:
             forget_samples(samples)  # none of an earlier run's samples are this run's
     latent_channels = autoencoder.config.latent_channels
-    config = unet_config(params.unet, stage_params, audio_width=whisper.width, latent_channels=latent_channels)
+    config = unet_config(
+        params.unet, stage_params, audio_width=whisper.width, latent_channels=latent_channels
+    )
     info = {"stage": number, "manifest": str(manifest)}
     recipe = UNetRecipe(train, val, objective, config, stage_params, init, info, sample)
     _, trained = Trainer(recipe, out, device, params.seed).fit()

@@ -176,17 +176,17 @@ def fit_latent_affine(
     """Per latent channel (mean, std) over uint8 frames (N, H, W, 3): TAEF2's channels differ in offset
     and spread (the README measured means from −1.2 to +1.1), so one global factor would leave some
     channels far from the unit variance the UNet's noise schedule assumes."""
-    total = squares = None
+    if not len(frames):
+        raise ValueError("no frames to fit the latent scaling on")
+    total = squares = 0.0
     count = 0
     for i in range(0, len(frames), batch):
         with frozen_autocast(device, precision):
             latents = model.encode(to_unit(frames[i : i + batch], device)).latent_dist.mode()
         latents = latents.double()
-        sums, sums2 = latents.sum(dim=(0, 2, 3)), latents.square().sum(dim=(0, 2, 3))  # (C,)
-        total = sums if total is None else total + sums
-        squares = sums2 if squares is None else squares + sums2
+        total = total + latents.sum(dim=(0, 2, 3))  # (C,)
+        squares = squares + latents.square().sum(dim=(0, 2, 3))
         count += latents[:, 0].numel()
-    assert total is not None and squares is not None, "no frames to fit the latent scaling on"
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(1e-12).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
@@ -217,7 +217,11 @@ def vae_stage(
         model.register_to_config(latents_mean=mean, latents_std=std)
         log.info(
             "TAEF2 latent scaling fitted on %d train frames: channel means %.3f…%.3f, stds %.3f…%.3f",
-            len(fitted), min(mean), max(mean), min(std), max(std),
+            len(fitted),
+            min(mean),
+            max(mean),
+            min(std),
+            max(std),
         )
         save_vae(model, out)
         rows = []
