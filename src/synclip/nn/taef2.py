@@ -119,5 +119,28 @@ class Taef2(ModelMixin, ConfigMixin):
         """(B, C, h, w) → images (B, 3, H, W), about [−1, 1]."""
         return DecoderOutput(sample=self.decoder(latents) * 2 - 1)
 
+    def decode_cells(self, latents: torch.Tensor, rows: slice, cols: slice, margin: int = 2) -> torch.Tensor:
+        """(B, C, h, w) → the pixels of latent cells [rows, cols]: (B, 3, 8·len(rows), 8·len(cols)), about
+        [−1, 1], at a fraction of a whole decode's cost (training's pixel losses read only the mouth).
+
+        Decoding a crop of the latents would change the 1/8 level's GroupNorm statistics (11 grey levels
+        off on faces); so that level runs on the whole latent and the three upsampling levels, where the
+        cost is, on its output cropped with `margin` cells to spare. Margin 2: 1.2 grey levels from the
+        whole decode on average (3: 0.4) for the SyncNet's mouth crop, docs/experiments/2026-12-05-taef2.md.
+        """
+        halvings = len(self.config.block_out_channels) - 1
+        deep = 3 + 3  # Clamp, conv, ReLU, then the three (pooled) blocks of the 1/8 level
+        h, w = latents.shape[-2:]
+        top, left = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        bottom, right = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        features = self.decoder[:deep](latents)[..., top:bottom, left:right]
+        pixels = self.decoder[deep:](features) * 2 - 1
+        f = 2**halvings
+        return pixels[
+            ...,
+            (rows.start - top) * f : (rows.stop - top) * f,
+            (cols.start - left) * f : (cols.stop - left) * f,
+        ]
+
     def forward(self, images: torch.Tensor) -> DecoderOutput:
         return self.decode(self.encode(images).latent_dist.mode())

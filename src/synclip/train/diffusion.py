@@ -16,8 +16,10 @@ from torch import nn
 from synclip.constants import NOISE_SCHEDULE
 from synclip.data.unet_windows import UNetBatch, region_pixels, region_slices
 from synclip.nn.syncnet import StableSyncNet
+from synclip.nn.taef2 import Taef2
 from synclip.nn.unet import UNet3DConditionModel
 from synclip.nn.vae import downsampling, unscale_latents
+from synclip.runtime import frozen_autocast
 from synclip.train.losses import sync_loss
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,8 @@ class DiffusionObjective:
         recon_mouth: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
         recon_mouth_weight: float = 0.0,
         pixel_region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
-        vae: AutoencoderKL | None = None,
+        vae: AutoencoderKL | Taef2 | None = None,
+        vae_precision: str = "fp32",
         syncnet: StableSyncNet | None = None,
         lpips: nn.Module | None = None,
         trepa: nn.Module | None = None,
@@ -106,7 +109,7 @@ class DiffusionObjective:
             raise ValueError(f"unknown loss terms {unknown}; known: {TERMS}")
         self.scheduler = noise_scheduler()
         self.recon_mouth, self.recon_mouth_weight = recon_mouth, recon_mouth_weight
-        self.pixel_region = pixel_region
+        self.pixel_region, self.vae_precision = pixel_region, vae_precision
         self.vae, self.syncnet, self.lpips, self.trepa = vae, syncnet, lpips, trepa
         networks = {"sync": syncnet, "lpips": lpips, "trepa": trepa}
         self.weights: dict[str, float] = {}
@@ -151,19 +154,28 @@ class DiffusionObjective:
         return "lpips" in self.weights or "trepa" in self.weights
 
     def decode_region(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 4, F, h, w) scaled latents → (B, 3, F, H', W') decoded `pixel_region`."""
+        """(B, C, F, h, w) scaled latents → (B, 3, F, H', W') decoded `pixel_region`, in `vae_precision`
+        (bf16 autocast on a CPU with native bf16; the gradients reach the UNet in fp32)."""
         assert self.vae is not None
         (rows, cols), (keep_rows, keep_cols) = region_slices(self.pixel_region, latents.shape[-2:])
         factor = downsampling(self.vae)
-        crop = unscale_latents(self.vae, latents[..., rows, cols])
-        frames = self.vae.decode(rearrange(crop, "b c f h w -> (b f) c h w")).sample
-        frames = frames[
-            :,
-            :,
-            keep_rows.start * factor : keep_rows.stop * factor,
-            keep_cols.start * factor : keep_cols.stop * factor,
-        ]
-        return rearrange(frames, "(b f) c h w -> b c f h w", f=latents.shape[2])
+        flat = unscale_latents(self.vae, rearrange(latents, "b c f h w -> (b f) c h w"))
+        with frozen_autocast(flat.device, self.vae_precision):
+            if isinstance(self.vae, Taef2):  # its own region decode: the 1/8 level whole, the rest cropped
+                cells = (
+                    slice(rows.start + keep_rows.start, rows.start + keep_rows.stop),
+                    slice(cols.start + keep_cols.start, cols.start + keep_cols.stop),
+                )
+                frames = self.vae.decode_cells(flat, *cells)
+            else:
+                frames = self.vae.decode(flat[..., rows, cols]).sample
+                frames = frames[
+                    :,
+                    :,
+                    keep_rows.start * factor : keep_rows.stop * factor,
+                    keep_cols.start * factor : keep_cols.stop * factor,
+                ]
+        return rearrange(frames.float(), "(b f) c h w -> b c f h w", f=latents.shape[2])
 
     def sync_view(self, region: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, F, H', W') decoded region → (B, 3·F, H_s, W_s) the SyncNet's crop, frames on channels."""

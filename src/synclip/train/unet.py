@@ -333,6 +333,7 @@ def build_objective(
         recon_mouth_weight=stage.recon_mouth_weight,
         pixel_region=stage.pixel_region,
         vae=vae,
+        vae_precision=params.vae.precision,
         syncnet=judge if weights.sync else None,
         lpips=lpips.to(device) if lpips is not None else None,
         trepa=trepa_loss.to(device) if trepa_loss is not None else None,
