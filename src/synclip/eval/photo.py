@@ -17,7 +17,7 @@ import numpy as np
 from synclip.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.eval.protocol import EvalClip, Scorer, json_ready
 from synclip.images import to_uint8
-from synclip.inference.lipsync import LipSyncOptions, lipsync_file, track_face
+from synclip.inference.lipsync import LipSyncOptions, lipsync_file, ping_pong, track_face
 from synclip.inference.pipeline import LipSyncPipeline
 from synclip.media.decode import iter_frames
 from synclip.media.io import VideoWriter
@@ -80,13 +80,17 @@ def photo_check(
             raise ValueError(
                 f"the face was found on {int(faces.found.sum())} of {len(faces.found)} photo frames"
             )
-        aligned = np.stack([to_uint8(faces.crop(frame, i)) for i, frame in enumerate(iter_frames(out))])
-    original = to_uint8(faces.crop(photo, 0))  # (R, R, 3)
+        # output frame i shows source frame ping_pong(i) (the audio may outlast the video by a frame)
+        repeat_ends = pipeline.config.loop == "repeat_ends"
+        sources = [ping_pong(i, len(faces.found), repeat_ends) for i in range(summary.frames)]
+        outputs = zip(iter_frames(out), sources, strict=True)
+        aligned = np.stack([to_uint8(faces.crop(frame, s)) for frame, s in outputs])  # (N, R, R, 3)
     frames = min(len(aligned), len(driving.frames))
     aligned, driving = aligned[:frames], driving.cut(frames)
+    still = np.stack([to_uint8(faces.crop(photo, s)) for s in sources[:frames]])
     keep = pipeline.mask[0].cpu().numpy() > 0.5  # (R, R): 1 keep
-    difference = np.abs(aligned.astype(np.int16) - original.astype(np.int16))  # (N, R, R, 3)
-    still = np.repeat(original[None], frames, axis=0)
+    difference = np.abs(aligned.astype(np.int16) - still.astype(np.int16))  # (N, R, R, 3)
+    original = still[0]
     mouth, ratios = scorer.mouth(aligned, driving)
     still_mouth, _ = scorer.mouth(still, driving)
     scores = json_ready(
