@@ -330,8 +330,8 @@ class VaeParams(OptimParams):
     # taef2: pretrained.taef2, frozen (its per-channel scaling fitted on scale_frames training frames);
     # trained: the AutoencoderKL below; pretrained: load pretrained.sd_vae and only evaluate it
     source: Literal["taef2", "trained", "pretrained"]
-    # the frozen VAE's encode / decode on the CPU (latent caching, evaluation, lip-sync; stage 2's decode
-    # for the pixel losses stays fp32): bf16 autocast where the CPU has native bf16, else fp32
+    # the frozen VAE's encode / decode on the CPU (latent caching, stage 2's decode of x̂0, evaluation,
+    # lip-sync): bf16 autocast where the CPU has native bf16, else fp32
     precision: Literal["fp32", "bf16"]
     block_out_channels: tuple[int, ...]  # one per level; len − 1 downsamplings (4 levels: 8x)
     layers_per_block: int
