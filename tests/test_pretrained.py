@@ -103,6 +103,7 @@ def test_setup_installed_weights_verify_and_are_up_to_date(pretrained_dir, root)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 3  # face_landmarker, taef2 (vendored), whisper
+    assert "ok       pretrained.taef2 = src/synclip/pretrained/assets/taef2" in result.stdout
     for artifact in ARTIFACTS.values():
         for name, digest in artifact.outputs.items():
             assert sha256_file(pretrained_dir / name) == digest

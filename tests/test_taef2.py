@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -78,17 +76,6 @@ def test_the_vendored_files_are_checksummed_and_verified(vendored, tmp_path):
         PretrainedError, match=r"pretrained\.taef2: .*diffusion_pytorch_model\.safetensors has sha256"
     ):
         require("taef2", copy / "taef2", "pretrained.taef2")
-
-
-def test_weights_verify_checks_taef2(root, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "synclip", "weights", "verify", "--params", str(root / "params.yaml")],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert "ok       pretrained.taef2 = src/synclip/pretrained/assets/taef2" in result.stdout
 
 
 def test_published_state_dicts_load_strictly(tmp_path, vendored):

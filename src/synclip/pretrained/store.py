@@ -107,73 +107,52 @@ def check_face_landmarker(path: Path, param: str) -> None:
         raise PretrainedError(f"{param}: {path} is corrupt ({bad} fails its CRC check)")
 
 
+def check_model_dir(path: Path, param: str, weights: str, field: str, expected: str, what: str) -> None:
+    """A model folder: config.json whose `field` is `expected`, and a readable, non-empty `weights`
+    safetensors file. `what` names the kind of folder in errors (e.g. "transformers whisper model")."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_dir():
+        raise PretrainedError(f"{param}: {path} is not a directory (expected a {what})")
+    config_path, weights_path = path / "config.json", path / weights
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise PretrainedError(f"{param}: {required} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise PretrainedError(f"{param}: {config_path} is not valid JSON ({error})") from None
+    if config.get(field) != expected:
+        raise PretrainedError(
+            f"{param}: {config_path} describes {field} {config.get(field)!r}, expected {expected!r}"
+        )
+    try:
+        with safe_open(weights_path, framework="pt") as file:
+            keys = list(file.keys())
+    except (SafetensorError, OSError) as error:
+        raise PretrainedError(
+            f"{param}: {weights_path} is not a readable safetensors file ({error})"
+        ) from None
+    if not keys:
+        raise PretrainedError(f"{param}: {weights_path} holds no tensors")
+
+
 def check_transformers_dir(path: Path, param: str, model_type: str) -> None:
     """A transformers model folder: config.json of `model_type` and a readable model.safetensors."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_dir():
-        raise PretrainedError(
-            f"{param}: {path} is not a directory (expected a transformers {model_type} model)"
-        )
-    config_path = path / "config.json"
-    weights_path = path / "model.safetensors"
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise PretrainedError(f"{param}: {required} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise PretrainedError(f"{param}: {config_path} is not valid JSON ({error})") from None
-    if config.get("model_type") != model_type:
-        raise PretrainedError(
-            f"{param}: {config_path} describes model_type {config.get('model_type')!r}, expected {model_type!r}"
-        )
-    try:
-        with safe_open(weights_path, framework="pt") as weights:
-            keys = list(weights.keys())
-    except (SafetensorError, OSError) as error:
-        raise PretrainedError(
-            f"{param}: {weights_path} is not a readable safetensors file ({error})"
-        ) from None
-    if not keys:
-        raise PretrainedError(f"{param}: {weights_path} holds no tensors")
+    check_model_dir(
+        path, param, "model.safetensors", "model_type", model_type, f"transformers {model_type} model"
+    )
 
 
-def check_diffusers_vae(path: Path, param: str, class_name: str) -> None:
-    """A diffusers model folder: config.json naming `class_name` and a readable, non-empty
-    diffusion_pytorch_model.safetensors."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_dir():
-        raise PretrainedError(
-            f"{param}: {path} is not a directory (expected a diffusers {class_name} folder)"
-        )
-    config_path, weights_path = path / "config.json", path / "diffusion_pytorch_model.safetensors"
-    for required in (config_path, weights_path):
-        if not required.is_file():
-            raise PretrainedError(f"{param}: {required} is missing")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise PretrainedError(f"{param}: {config_path} is not valid JSON ({error})") from None
-    if config.get("_class_name") != class_name:
-        raise PretrainedError(
-            f"{param}: {config_path} describes {config.get('_class_name')!r}, expected {class_name!r}"
-        )
-    try:
-        with safe_open(weights_path, framework="pt") as weights:
-            keys = list(weights.keys())
-    except (SafetensorError, OSError) as error:
-        raise PretrainedError(
-            f"{param}: {weights_path} is not a readable safetensors file ({error})"
-        ) from None
-    if not keys:
-        raise PretrainedError(f"{param}: {weights_path} holds no tensors")
+def check_diffusers_dir(path: Path, param: str, class_name: str) -> None:
+    """A diffusers model folder: config.json naming `class_name`, a readable diffusion_pytorch_model.safetensors."""
+    weights = "diffusion_pytorch_model.safetensors"
+    check_model_dir(path, param, weights, "_class_name", class_name, f"diffusers {class_name} folder")
 
 
 CHECKS: dict[str, Callable[[Path, str], None]] = {
     "face_landmarker": check_face_landmarker,
-    "taef2": lambda path, param: check_diffusers_vae(path, param, "Taef2"),
+    "taef2": lambda path, param: check_diffusers_dir(path, param, "Taef2"),
     "whisper": lambda path, param: check_transformers_dir(path, param, "whisper"),
 }
 
