@@ -111,11 +111,12 @@ def test_pearson_ignores_missing_frames_and_is_undefined_for_constants():
     assert math.isnan(pearson(np.array([1.0, np.nan, np.nan]), np.arange(3.0)))
 
 
-def row(protocol, variant, offset, lse_c, lse_d, opening_r, silent_closed, **extra):
+def row(protocol, variant, offset, lse_c, lse_d, opening_r, silent_closed, clip="c0", **extra):
     return {
         "protocol": protocol,
         "variant": variant,
-        "clip": "c",
+        "clip": clip,
+        "frames": 50,
         "offset": offset,
         "lse_c": lse_c,
         "lse_d": lse_d,
@@ -128,37 +129,17 @@ def row(protocol, variant, offset, lse_c, lse_d, opening_r, silent_closed, **ext
 
 def test_the_summary_checks_the_targets_and_every_baseline():
     rows = [
-        row("dubbing", "model", 0, 0.09, 0.9, 0.85, 0.95),
-        row("dubbing", "model", 1, 0.08, 0.9, 0.80, 0.87),
-        row("dubbing", "input", 5, 0.02, 1.1, 0.10, 0.20),
-        row("dubbing", "input", -3, 0.02, 1.1, -0.1, 0.30),
-        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0),
-        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0),
-        row("dubbing", "truth", 0, 0.10, 0.8, 0.95, 0.97),
-        row("dubbing", "truth", 0, 0.10, 0.8, 0.93, 0.99),
+        row("dubbing", "model", 0, 0.09, 0.9, 0.85, 0.95, clip="c0"),
+        row("dubbing", "model", 1, 0.08, 0.9, 0.80, 0.87, clip="c1"),
+        row("dubbing", "input", 5, 0.02, 1.1, 0.10, 0.20, clip="c0"),
+        row("dubbing", "input", -3, 0.02, 1.1, -0.1, 0.30, clip="c1"),
+        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0, clip="c0"),
+        row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0, clip="c1"),
+        row("dubbing", "truth", 0, 0.10, 0.8, 0.95, 0.97, clip="c0"),
+        row("dubbing", "truth", 0, 0.10, 0.8, 0.93, 0.99, clip="c1"),
+        row("reconstruction", "model", 0, 0.1, 0.8, 0.8, 0.9, ssim_mouth=0.86, psnr_mouth=25.0, ssim_lower=0.88),
         row(
-            "reconstruction",
-            "model",
-            0,
-            0.1,
-            0.8,
-            0.8,
-            0.9,
-            ssim_mouth=0.86,
-            psnr_mouth=25.0,
-            ssim_lower=0.88,
-        ),
-        row(
-            "reconstruction",
-            "truth",
-            0,
-            0.1,
-            0.8,
-            0.9,
-            0.9,
-            ssim_mouth=1.0,
-            psnr_mouth=np.inf,
-            ssim_lower=1.0,
+            "reconstruction", "truth", 0, 0.1, 0.8, 0.9, 0.9, ssim_mouth=1.0, psnr_mouth=np.inf, ssim_lower=1.0
         ),
     ]
     summary = summarize(rows)
@@ -183,6 +164,18 @@ def test_the_summary_checks_the_targets_and_every_baseline():
         "silent_closed": False,
     }
     assert summary["reconstruction"]["truth"]["psnr_mouth"] is None  # inf is not JSON
+    # every headline number carries its interval and what it rests on
+    head = summary["headline"]["dubbing"]
+    assert head["offset_zero_share"] == {
+        "value": 0.5, "ci_low": 0.0945, "ci_high": 0.9055, "clips": 2, "frames": 100  # Wilson, 1 of 2
+    }
+    assert head["lse_c_of_truth"]["value"] == pytest.approx(0.85)
+    assert head["lse_c_of_truth"]["ci_low"] == pytest.approx(0.8) and head["lse_c_of_truth"]["ci_high"] == 0.9
+    assert head["silent_closed"]["ci_low"] == 0.87 and head["silent_closed"]["ci_high"] == 0.95
+    assert targets["lse_c_of_truth"]["ci_low"] == head["lse_c_of_truth"]["ci_low"]
+    recon = summary["headline"]["reconstruction"]
+    assert recon["ssim_mouth"] == {"value": 0.86, "ci_low": 0.86, "ci_high": 0.86, "clips": 1, "frames": 50}
+    assert "lpips_lower" not in recon  # not scored: no interval either
     assert "| model | 0.5 | 0.085 |" in markdown_table(summary)
 
 

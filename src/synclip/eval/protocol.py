@@ -18,6 +18,7 @@ from synclip.audio.whisper import whisper_features
 from synclip.config import EvaluateParams
 from synclip.constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from synclip.data.preprocess import ground_truth
+from synclip.eval.intervals import Estimate, estimate, mean_of, ratio_of_means, share_estimate
 from synclip.eval.paper import PaperInstruments, fidelity_scores, sync_scores
 from synclip.eval.sync import score_frames
 from synclip.face.landmarks import INNER_LIP_BOTTOM, INNER_LIP_TOP, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker
@@ -373,12 +374,66 @@ def summarize(rows: list[dict]) -> dict:
         for name, value in checks.items()
         if has_truth
     }
+    summary["headline"] = {
+        protocol: {name: item.as_dict() for name, item in estimates.items()}
+        for protocol, estimates in headline(table).items()
+    }
+    for name, entry in summary["targets"].items():
+        protocol, key = TARGET_SOURCES[name]
+        item = summary["headline"][protocol].get(key)
+        if item is not None:
+            entry["ci_low"], entry["ci_high"] = item["ci_low"], item["ci_high"]
     baselines = ("input", "closed")
     summary["beats_baselines"] = {
         metric: all(_better(metric, model[metric], dub[b][metric]) for b in baselines)
         for metric in ("offset_zero_share", "lse_c", "lse_d", "opening_r", "silent_closed")
     }
     return json_ready(summary)
+
+
+# each target's number in `headline` (protocol, key)
+TARGET_SOURCES = {
+    "offset_zero_share": ("dubbing", "offset_zero_share"),
+    "lse_c_of_truth": ("dubbing", "lse_c_of_truth"),
+    "opening_r": ("dubbing", "opening_r"),
+    "silent_closed": ("dubbing", "silent_closed"),
+    "reconstruction_ssim_mouth": ("reconstruction", "ssim_mouth"),
+    "reconstruction_ssim_lower": ("reconstruction", "ssim_lower"),
+}
+# the model's per-clip means with a clip-bootstrap interval, by protocol (where the table has the column)
+HEADLINE_MEANS = {
+    "dubbing": ("lse_c", "lse_d", "opening_r", "silent_closed", "sync_c", "sync_d"),
+    "reconstruction": ("ssim_mouth", "ssim_lower", "psnr_mouth", "psnr_lower", "lpips_lower", "lse_c", "sync_c"),
+}
+
+
+def headline(table: pd.DataFrame) -> dict[str, dict[str, Estimate]]:
+    """The model's headline numbers with 95 % intervals over clips, and the clips and frames behind them.
+
+    The offset-0 share gets Wilson's interval (a share of clips); the LSE-C of the truth's is the ratio
+    of the model's and the truth's mean LSE-C over the same resampled clips; the rest are means of
+    per-clip scores with the clip bootstrap (`synclip.eval.intervals`).
+    """
+    out: dict[str, dict[str, Estimate]] = {}
+    for protocol, columns in HEADLINE_MEANS.items():
+        rows = table[table["protocol"] == protocol]
+        model = rows[rows["variant"] == "model"].set_index("clip")
+        if model.empty:
+            continue
+        frames = int(model["frames"].sum())
+        found: dict[str, Estimate] = {}
+        if protocol == "dubbing":
+            found["offset_zero_share"] = share_estimate((model["offset"] == 0).to_numpy(), frames)
+            truth = rows[rows["variant"] == "truth"].set_index("clip").loc[model.index]
+            pairs = np.column_stack([model["lse_c"].to_numpy(float), truth["lse_c"].to_numpy(float)])
+            found["lse_c_of_truth"] = estimate(pairs, ratio_of_means(0, 1), frames)
+        for column in columns:
+            if column in model and model[column].notna().any():
+                values = model[column].to_numpy(float)
+                values = np.where(np.isinf(values), np.nan, values)  # PSNR of identical frames
+                found[column] = estimate(values, mean_of(), frames)
+        out[protocol] = found
+    return out
 
 
 def _better(metric: str, ours, theirs) -> bool:
