@@ -5,8 +5,10 @@
 2. the two independent training arms side by side (SyncNet -> sync filter, VAE -> VideoMAE), as
    scripts/demo.sh runs them;
 3. `dvc repro` for the rest (the UNet stages, assemble, evaluate, the drift reference);
-4. promotion: the evaluated model replaces the promoted one when params.yaml's `promote` rule
-   holds; it is then built into a bento (`bentoml build`) and recorded.
+4. promotion: the promoted model (its copy in models/promoted/model) is re-scored by the `evaluate`
+   stage's own command on the candidate's clips, and the candidate replaces it only when params.yaml's
+   `promote` rule holds on the paired, clip-by-clip difference (`synclip.eval.compare`); it is then
+   copied to models/promoted, built into a bento (`bentoml build`) and recorded.
 
 DVC decides what to rerun, so a flow run on unchanged data and params trains nothing.
 Run it once with `python flows/retrain.py`, or deploy it with flows/prefect.yaml.
@@ -25,6 +27,7 @@ from prefect.futures import wait
 from synclip import ops
 from synclip.config import load_params
 from synclip.errors import UserError
+from synclip.eval.compare import check_rule
 
 ARMS = [["train_syncnet", "sync_filter"], ["train_vae", "pretrain_videomae"]]
 
@@ -38,6 +41,22 @@ def repro(repo: Path, name: str, targets: list[str] | None, single_item: bool, e
 @task
 def read_metrics(repo: Path) -> dict:
     return ops.metrics(repo)
+
+
+@task
+def rescore(repo: Path, command: list[str], keep: Path) -> ops.Evaluation:
+    """The promoted model's copy scored by the evaluate stage's own command: the candidate's clips,
+    seeds and judge, so the two compare clip by clip."""
+    logger = get_run_logger()
+    if not (keep / "model").is_dir():
+        raise UserError(
+            f"{keep}/model: the promoted model's copy is missing, so the candidate cannot be compared "
+            f"with it; move {keep}.json away to promote afresh"
+        )
+    out = keep / "rescored"
+    rescoring = ops.with_options(command, model=str(keep / "model"), out=str(out))
+    ops.run_command(rescoring, repo, "re-scoring the promoted model", echo=logger.info)
+    return ops.Evaluation.read(out)
 
 
 @task
@@ -61,11 +80,15 @@ def retrain(
     threads_per_arm: int | None = 1,
     bentofile: str | None = "serving/bentofile.yaml",
     record: str = "models/promoted.json",
+    evaluate_stage: str = "evaluate",
 ) -> dict:
-    """Rebuild what changed, evaluate, and promote the model when it beats the promoted one."""
+    """Rebuild what changed, evaluate, and promote the model when it clearly beats the promoted one."""
     logger = get_run_logger()
     root = Path(repo).resolve()
     rule = load_params(root / "params.yaml").promote
+    check_rule(rule)  # a rule that cannot be applied fails before hours of training
+    command = ops.stage_command(root, evaluate_stage)
+    package, report = root / ops.option(command, "model"), root / ops.option(command, "out")
     repro(root, "gate: " + " ".join(gate), gate, False, {})
     env = {} if threads_per_arm is None else {"OMP_NUM_THREADS": str(threads_per_arm)}
     futures = [repro.submit(root, " ".join(arm), arm, True, env) for arm in arms]
@@ -74,24 +97,27 @@ def retrain(
         future.result()  # the first failed arm fails the flow, with its error
     repro(root, "(the rest)", None, False, {})
     values = read_metrics(root)
+    candidate = ops.Evaluation.read(report)
     record_path = root / record
+    keep = record_path.with_suffix("")  # models/promoted.json → models/promoted/{model,eval}
     previous = ops.read_record(record_path)
-    decision = ops.promotion(values, rule.score, list(rule.required), previous, rule.min_gain)
+    # a candidate that fails the required metrics is not worth an evaluation of the promoted model
+    worth = previous is not None and not ops.failed_requirements(values, rule)
+    promoted = rescore(root, command, keep) if worth else None
+    decision = ops.promotion(values, rule, candidate, promoted, previous is not None)
     logger.info("promotion: %s", decision.reason)
     outcome = {"promoted": decision.promote, "reason": decision.reason, "score": decision.score}
     if decision.promote:
+        ops.keep_promoted(package, report, keep)
         revision = ops.git_revision(root)
-        labels = {
-            "score": f"{decision.score:.4f}",
-            "metric": rule.score.split(":")[-1],
-            "revision": revision[:12],
-        }
+        labels = {"score": f"{decision.score:.4f}", "metric": rule.score, "revision": revision[:12]}
         bento = build_bento(root, bentofile, labels) if bentofile else None
         ops.write_record(
             record_path,
             {
                 "score": decision.score,
                 "metric": rule.score,
+                "package": str((keep / "model").relative_to(root)),
                 "bento": bento,
                 "revision": revision,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -110,18 +136,23 @@ def retrain(
 
 
 def _table(decision: ops.Decision, score: str, values: dict, required: tuple[str, ...]) -> str:
-    rows = [f"| {name} | {ops.metric(values, name)} |" for name in (score, *required)]
-    previous = "none" if decision.previous is None else f"{decision.previous:.4g}"
+    previous = "none" if decision.previous is None else f"{decision.previous:.4g} on the same clips"
     verdict = "promoted" if decision.promote else "not promoted"
-    return "\n".join(
-        [
-            f"**{verdict}**: {decision.reason} (promoted before: {previous})",
+    lines = [f"**{verdict}**: {decision.reason} (the promoted model: {previous})", ""]
+    if decision.comparison is not None:
+        lines += [
+            "Candidate against the promoted model, clip by clip:",
             "",
-            "| metric | value |",
-            "|---|---|",
-            *rows,
+            decision.comparison.markdown(),
+            "",
         ]
-    )
+    lines += [
+        "| candidate's metric | value |",
+        "|---|---|",
+        f"| {score} (mean over clips) | {decision.score:.4g} |",
+        *(f"| {name} | {ops.metric(values, name)} |" for name in required),
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

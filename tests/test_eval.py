@@ -137,9 +137,29 @@ def test_the_summary_checks_the_targets_and_every_baseline():
         row("dubbing", "closed", 0, 0.01, 1.2, np.nan, 1.0, clip="c1"),
         row("dubbing", "truth", 0, 0.10, 0.8, 0.95, 0.97, clip="c0"),
         row("dubbing", "truth", 0, 0.10, 0.8, 0.93, 0.99, clip="c1"),
-        row("reconstruction", "model", 0, 0.1, 0.8, 0.8, 0.9, ssim_mouth=0.86, psnr_mouth=25.0, ssim_lower=0.88),
         row(
-            "reconstruction", "truth", 0, 0.1, 0.8, 0.9, 0.9, ssim_mouth=1.0, psnr_mouth=np.inf, ssim_lower=1.0
+            "reconstruction",
+            "model",
+            0,
+            0.1,
+            0.8,
+            0.8,
+            0.9,
+            ssim_mouth=0.86,
+            psnr_mouth=25.0,
+            ssim_lower=0.88,
+        ),
+        row(
+            "reconstruction",
+            "truth",
+            0,
+            0.1,
+            0.8,
+            0.9,
+            0.9,
+            ssim_mouth=1.0,
+            psnr_mouth=np.inf,
+            ssim_lower=1.0,
         ),
     ]
     summary = summarize(rows)
@@ -167,11 +187,17 @@ def test_the_summary_checks_the_targets_and_every_baseline():
     # every headline number carries its interval and what it rests on
     head = summary["headline"]["dubbing"]
     assert head["offset_zero_share"] == {
-        "value": 0.5, "ci_low": 0.0945, "ci_high": 0.9055, "clips": 2, "frames": 100  # Wilson, 1 of 2
+        "value": 0.5,
+        "ci_low": 0.0945,
+        "ci_high": 0.9055,
+        "clips": 2,
+        "frames": 100,  # Wilson, 1 of 2
     }
     assert head["lse_c_of_truth"]["value"] == pytest.approx(0.85)
-    assert head["lse_c_of_truth"]["ci_low"] == pytest.approx(0.8) and head["lse_c_of_truth"]["ci_high"] == 0.9
-    assert head["silent_closed"]["ci_low"] == 0.87 and head["silent_closed"]["ci_high"] == 0.95
+    assert head["lse_c_of_truth"]["ci_low"] == pytest.approx(0.8)
+    assert head["lse_c_of_truth"]["ci_high"] == 0.9
+    assert head["silent_closed"]["ci_low"] == 0.87
+    assert head["silent_closed"]["ci_high"] == 0.95
     assert targets["lse_c_of_truth"]["ci_low"] == head["lse_c_of_truth"]["ci_low"]
     recon = summary["headline"]["reconstruction"]
     assert recon["ssim_mouth"] == {"value": 0.86, "ci_low": 0.86, "ci_high": 0.86, "clips": 1, "frames": 50}

@@ -88,9 +88,28 @@ start = time.time()
 time.sleep(1.5)
 open(sys.argv[1] + ".txt", "w").write(f"{start} {time.time()} {os.environ.get('OMP_NUM_THREADS')}")
 """
-EVALUATE = """import json
-score = float(open("score.txt").read())
-json.dump({"dubbing": {"model": {"lse_c": score}}, "beats_baselines": {"lse_c": True}}, open("eval.json", "w"))
+ASSEMBLE = """import os, shutil
+os.makedirs("model", exist_ok=True)
+shutil.copyfile("score.txt", "model/score.txt")
+"""
+# the model's LSE-C on 8 clips: the clips' own spread, the model's level and its sampling noise (seeded
+# by the level: another model, other noise); the promoted model's copy scores exactly as it did
+EVALUATE = """import argparse, csv, json, os, random
+parser = argparse.ArgumentParser()
+parser.add_argument("--model")
+parser.add_argument("--out")
+args = parser.parse_args()
+level = float(open(os.path.join(args.model, "score.txt")).read())
+clips, noise = random.Random(0), random.Random(str(level))
+values = [clips.uniform(0.1, 0.5) + level - 0.25 + noise.gauss(0, 0.02) for _ in range(8)]
+os.makedirs(args.out, exist_ok=True)
+with open(os.path.join(args.out, "clips.csv"), "w", newline="") as f:
+    rows = csv.writer(f)
+    rows.writerow(["protocol", "clip", "audio_of", "variant", "frames", "lse_c", "silent_closed"])
+    for i, value in enumerate(values):
+        rows.writerow(["dubbing", f"c{i}", f"c{(i + 1) % 8}", "model", 100, value, 1.0])
+summary = {"dubbing": {"model": {"lse_c": sum(values) / 8}}, "beats_baselines": {"lse_c": True}}
+json.dump(summary, open(os.path.join(args.out, "metrics.json"), "w"))
 """
 
 
@@ -103,16 +122,23 @@ def repo(tmp_path):
     """A git + DVC repository shaped like synclip's: a gate stage, two arms, an evaluation with metrics."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name, text in {"gate.py": GATE, "arm.py": ARM, "evaluate.py": EVALUATE}.items():
+    for name, text in {
+        "gate.py": GATE,
+        "arm.py": ARM,
+        "assemble.py": ASSEMBLE,
+        "evaluate.py": EVALUATE,
+    }.items():
         (repo / name).write_text(text)
     (repo / "rows.txt").write_text("a b c\n")
     (repo / "score.txt").write_text("0.25\n")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data_quality"]["min_clips"] = 5
     params["promote"] = {
-        "score": "dubbing.model.lse_c",
+        "score": "dubbing.lse_c",
+        "margin": 0.0,
         "required": ["beats_baselines.lse_c"],
-        "min_gain": 0.0,
+        "guards": ["dubbing.silent_closed"],
+        "photo_tolerance": 0.5,
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "params", repo / "params")
@@ -123,10 +149,14 @@ def repo(tmp_path):
             ),
             "arm_a": stage("python arm.py a", ["arm.py", "gate.ok"], ["a.txt"]),
             "arm_b": stage("python arm.py b", ["arm.py", "gate.ok"], ["b.txt"]),
+            "assemble": stage(
+                "python assemble.py", ["assemble.py", "score.txt", "a.txt", "b.txt"], ["model"]
+            ),
             "evaluate": {
-                "cmd": "python evaluate.py",
-                "deps": ["evaluate.py", "score.txt", "a.txt", "b.txt"],
-                "metrics": [{"eval.json": {"cache": False}}],
+                "cmd": "python evaluate.py --model model --out eval",
+                "deps": ["evaluate.py", "model"],
+                "outs": [{"eval/clips.csv": {"cache": False}}],
+                "metrics": [{"eval/metrics.json": {"cache": False}}],
             },
         }
     }
@@ -143,7 +173,7 @@ def repo(tmp_path):
 
 
 @pytest.mark.slow
-def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_better_model(flows, repo):
+def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_clear_gain(flows, repo):
     retrain = flows["retrain"].retrain
     run = {"repo": str(repo), "arms": [["arm_a"], ["arm_b"]], "bentofile": None, "record": "promoted.json"}
 
@@ -164,27 +194,52 @@ def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_
     assert float(b[0]) < float(a[1])
     assert a[2] == b[2] == "1"  # one thread each
     record = json.loads((repo / "promoted.json").read_text())
-    assert record["score"] == 0.25
+    first = record["score"]
+    assert first == pytest.approx(
+        json.loads((repo / "eval" / "metrics.json").read_text())["dubbing"]["model"]["lse_c"]
+    )
     assert record["bento"] is None
+    assert record["package"] == "promoted/model"
+    assert (
+        repo / "promoted" / "model" / "score.txt"
+    ).read_text() == "0.25\n"  # the copy the next run compares with
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
     assert record["revision"] == head + "+dirty"  # rows.txt and dvc.lock changed since the commit
 
-    # nothing changed: DVC reruns nothing, and an equal score is not promoted again
+    # nothing changed: DVC reruns nothing; the promoted copy, re-scored, ties clip for clip
     trained = (repo / "a.txt").stat().st_mtime
     outcome = retrain(**run)
     assert not outcome["promoted"]
-    assert "does not beat the promoted 0.25" in outcome["reason"]
+    assert "no clear gain" in outcome["reason"]
+    assert "[+0.0000, +0.0000] on 8 clips" in outcome["reason"]
     assert (repo / "a.txt").stat().st_mtime == trained
+    assert (repo / "promoted" / "rescored" / "clips.csv").is_file()
 
-    # a better evaluation is promoted; only the evaluation reran
-    (repo / "score.txt").write_text("0.3\n")
+    # a slightly higher mean that the clips cannot tell from noise is refused …
+    (repo / "score.txt").write_text("0.26\n")
     outcome = retrain(**run)
-    assert outcome["promoted"]
-    assert "0.3 beats 0.25" in outcome["reason"]
+    assert not outcome["promoted"], outcome["reason"]
+    assert outcome["score"] > first
+    assert "no clear gain" in outcome["reason"]
+
+    # … a clear gain is promoted; the promoted copy is replaced, only the model's stages reran
+    (repo / "score.txt").write_text("0.35\n")
+    outcome = retrain(**run)
+    assert outcome["promoted"], outcome["reason"]
+    assert outcome["reason"].startswith("a clear gain: dubbing.lse_c")
     assert (repo / "a.txt").stat().st_mtime == trained
-    assert json.loads((repo / "promoted.json").read_text())["score"] == 0.3
+    assert json.loads((repo / "promoted.json").read_text())["score"] == outcome["score"]
+    assert (repo / "promoted" / "model" / "score.txt").read_text() == "0.35\n"
+
+    # the promoted model's copy gone: the flow says so instead of promoting blindly
+    shutil.rmtree(repo / "promoted" / "model")
+    (repo / "score.txt").write_text("0.45\n")
+    state = retrain(**run, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="the promoted model's copy is missing"):
+        state.result()
 
 
 @pytest.mark.slow

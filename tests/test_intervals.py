@@ -34,7 +34,8 @@ def test_a_ratio_of_means_resamples_numerator_and_denominator_together():
     truth = np.array([0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
     paired = estimate(np.column_stack([0.5 * truth, truth]), ratio_of_means(0, 1), frames=6)
     assert paired.value == pytest.approx(0.5)
-    assert paired.low == pytest.approx(0.5) and paired.high == pytest.approx(0.5)
+    assert paired.low == pytest.approx(0.5)
+    assert paired.high == pytest.approx(0.5)
     shuffled = estimate(np.column_stack([0.5 * truth[::-1], truth]), ratio_of_means(0, 1), frames=6)
     assert shuffled.half_width > 0.05  # the same numbers unpaired would look uncertain
 
@@ -49,10 +50,11 @@ def test_missing_per_clip_scores_are_left_out_not_counted_as_zero():
 
 def test_a_share_gets_wilsons_interval_which_does_not_collapse_when_every_clip_agrees():
     low, high = wilson(8, 8)
-    assert high == 1.0 and low == pytest.approx(0.6756, abs=1e-4)
+    assert high == 1.0
+    assert low == pytest.approx(0.6756, abs=1e-4)
     low, high = wilson(6, 8)
     assert (low, high) == pytest.approx((0.4093, 0.9285), abs=1e-4)
     item = share_estimate(np.array([True] * 20 + [False] * 5), frames=2500)
-    assert item.value == 0.8 and item.clips == 25 and item.frames == 2500
+    assert (item.value, item.clips, item.frames) == (0.8, 25, 2500)
     assert item.as_dict()["ci_low"] == item.low
     assert all(math.isnan(v) for v in wilson(0, 0))

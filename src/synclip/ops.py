@@ -7,14 +7,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import yaml
+
+from synclip.config import PromoteParams
 from synclip.errors import UserError
-from synclip.files import write_json
+from synclip.eval.compare import PAIRED, Comparison, check_rule, compare
+from synclip.files import staged_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -114,27 +122,92 @@ def metric(values: dict, name: str):
 class Decision:
     promote: bool
     reason: str
-    score: float
-    previous: float | None
+    score: float  # the candidate's score, mean over its clips
+    previous: float | None  # the promoted model's, on the same clips (None: nothing promoted yet)
+    comparison: Comparison | None = None  # the paired table (None: first promotion, or required failed)
 
 
 def promotion(
-    values: dict, score_metric: str, required: list[str], previous: dict | None, min_gain: float = 0.0
+    values: dict,
+    rule: PromoteParams,
+    candidate: Evaluation,
+    promoted: Evaluation | None,
+    has_promoted: bool | None = None,
 ) -> Decision:
-    """Promote a candidate whose required metrics are true and whose score beats the promoted one's
-    by more than `min_gain` (an equal score is no reason to replace a model).
+    """Promote a candidate whose required metrics are true and which, scored on the same clips as the
+    promoted model, beats it clearly without a guard getting clearly worse (`synclip.eval.compare`).
 
-    `previous` is the promoted model's record (None when nothing was promoted yet).
+    `values` are the candidate's flattened metrics (`metrics`); `promoted` is the promoted model's
+    evaluation on the candidate's clips, None when nothing was promoted yet (`has_promoted` False) or
+    when it was not scored because the candidate fails a required metric.
     """
-    score = float(metric(values, score_metric))
-    failed = [name for name in required if metric(values, name) is not True]
-    old = None if previous is None else float(previous["score"])
+    check_rule(rule)
+    score = float(np.nanmean(PAIRED[rule.score].per_clip(candidate.clips)))
+    failed = failed_requirements(values, rule)
     if failed:
-        return Decision(False, f"required metrics not met: {', '.join(failed)}", score, old)
-    if old is not None and score <= old + min_gain:
-        return Decision(False, f"{score_metric} {score:.4g} does not beat the promoted {old:.4g}", score, old)
-    gain = "first promotion" if old is None else f"{score_metric} {score:.4g} beats {old:.4g}"
-    return Decision(True, gain, score, old)
+        return Decision(False, f"required metrics not met: {', '.join(failed)}", score, None)
+    if promoted is None:
+        if has_promoted:
+            raise ValueError(
+                "the promoted model's evaluation is needed for a candidate that passes the requirements"
+            )
+        return Decision(True, "first promotion", score, None)
+    comparison = compare(candidate.clips, promoted.clips, rule, candidate.photo, promoted.photo)
+    return Decision(comparison.promote, comparison.reason, score, comparison.rows[0].promoted, comparison)
+
+
+def failed_requirements(values: dict, rule: PromoteParams) -> list[str]:
+    """The rule's required metrics that are not true in the candidate's metrics."""
+    return [name for name in rule.required if metric(values, name) is not True]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An `evaluate` report folder: its per-clip table and the photo check's scores (None without one)."""
+
+    folder: Path
+    clips: pd.DataFrame
+    photo: dict | None
+
+    @classmethod
+    def read(cls, folder: Path) -> Evaluation:
+        table, summary = folder / "clips.csv", folder / "metrics.json"
+        if not table.is_file() or not summary.is_file():
+            raise UserError(f"{folder}: not an evaluation report (needs clips.csv and metrics.json)")
+        return cls(folder, pd.read_csv(table), json.loads(summary.read_text()).get("photo"))
+
+
+def stage_command(repo: Path, name: str) -> list[str]:
+    """The command of dvc.yaml's stage `name`, split into words."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text()).get("stages", {})
+    if name not in stages or "cmd" not in stages[name]:
+        raise UserError(f"{repo / 'dvc.yaml'}: no stage {name!r} with a cmd")
+    cmd = stages[name]["cmd"]
+    return shlex.split(" ".join(cmd) if isinstance(cmd, list) else cmd)
+
+
+def option(command: list[str], name: str) -> str:
+    """The value of `--name` in a command."""
+    if f"--{name}" not in command[:-1]:
+        raise UserError(f"{' '.join(command)}: has no --{name} VALUE")
+    return command[command.index(f"--{name}") + 1]
+
+
+def with_options(command: list[str], **values: str) -> list[str]:
+    """`command` with the value of each `--name` replaced."""
+    out = list(command)
+    for name, value in values.items():
+        option(out, name)
+        out[out.index(f"--{name}") + 1] = value
+    return out
+
+
+def keep_promoted(package: Path, report: Path, keep: Path) -> None:
+    """Copy the promoted package and its evaluation to `keep`/model and `keep`/eval, swapped in whole:
+    the next candidate is compared with this copy, whatever `dvc repro` later writes over `package`."""
+    with staged_folder(keep) as tmp:
+        shutil.copytree(package, tmp / "model")
+        shutil.copytree(report, tmp / "eval")
 
 
 def read_record(path: Path) -> dict | None:

@@ -655,15 +655,20 @@ class DriftParams:
 
 @dataclass(frozen=True)
 class PromoteParams:
-    """The retrain flow's rule for promoting an evaluated model to the service (flows/retrain.py)."""
+    """The retrain flow's rule for promoting an evaluated model to the service (flows/retrain.py,
+    `synclip.eval.compare`): the candidate and the promoted model are scored on the same clips."""
 
-    score: str  # a `dvc metrics show` key, higher is better; the candidate must beat the promoted one
-    required: tuple[str, ...]  # boolean metrics that must all be true
-    min_gain: float  # how much the score must improve on the promoted model's
+    score: str  # a per-clip metric ("dubbing.lse_c"): the paired difference must clear `margin`
+    margin: float  # the paired difference's 95 % interval must lie wholly above this
+    required: tuple[str, ...]  # boolean metrics of the candidate's metrics.json that must all be true
+    guards: tuple[str, ...]  # per-clip metrics that must not get significantly worse (or the photo's change)
+    photo_tolerance: float  # grey levels the photo check's change outside the mask may grow
 
     def validate(self, key: str = "promote") -> None:
-        if self.min_gain < 0:
-            raise ConfigError(f"{key}.min_gain must be >= 0, got {self.min_gain}")
+        if self.margin < 0 or self.photo_tolerance < 0:
+            raise ConfigError(
+                f"{key}.margin and photo_tolerance must be >= 0, got {self.margin}, {self.photo_tolerance}"
+            )
 
 
 @dataclass(frozen=True)

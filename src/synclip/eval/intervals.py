@@ -38,7 +38,11 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 
 def bootstrap(
-    table: np.ndarray, statistic: Statistic, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED
+    table: np.ndarray,
+    statistic: Statistic,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
 ) -> tuple[float, float]:
     """The percentile bootstrap interval of `statistic` over the rows (clips) of `table` (n, k).
 

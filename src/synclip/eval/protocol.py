@@ -403,7 +403,15 @@ TARGET_SOURCES = {
 # the model's per-clip means with a clip-bootstrap interval, by protocol (where the table has the column)
 HEADLINE_MEANS = {
     "dubbing": ("lse_c", "lse_d", "opening_r", "silent_closed", "sync_c", "sync_d"),
-    "reconstruction": ("ssim_mouth", "ssim_lower", "psnr_mouth", "psnr_lower", "lpips_lower", "lse_c", "sync_c"),
+    "reconstruction": (
+        "ssim_mouth",
+        "ssim_lower",
+        "psnr_mouth",
+        "psnr_lower",
+        "lpips_lower",
+        "lse_c",
+        "sync_c",
+    ),
 }
 
 
