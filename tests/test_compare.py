@@ -111,5 +111,5 @@ def test_only_the_same_clips_with_the_same_audio_compare():
 def test_a_rule_naming_what_cannot_be_paired_fails_early():
     with pytest.raises(UserError, match=r"cannot compare dubbing\.fvd clip by clip"):
         check_rule(PromoteParams(**{**RULE.__dict__, "score": "dubbing.fvd"}))
-    with pytest.raises(UserError, match="photo.outside_mask_change"):
+    with pytest.raises(UserError, match=r"photo\.outside_mask_change"):
         check_rule(PromoteParams(**{**RULE.__dict__, "score": "photo.outside_mask_change"}))

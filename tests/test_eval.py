@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,8 +13,9 @@ import torch
 from test_pipeline import tiny_unet, tiny_vae, tiny_whisper
 
 from synclip.artifacts import load_vae
-from synclip.config import load_params
+from synclip.config import PromoteParams, load_params
 from synclip.data.preprocess import SIDECAR_SCHEMA
+from synclip.eval.compare import compare
 from synclip.eval.photo import astronaut, photo_check
 from synclip.eval.protocol import (
     EvalClip,
@@ -307,3 +309,64 @@ def test_the_photo_check_lip_syncs_a_real_photo_and_keeps_the_face_outside_the_m
     assert set(scores["input"]) >= {"offset", "lse_c", "opening_r", "silent_closed"}  # the still photo's
     assert json.loads(json.dumps(scores)) == scores  # NaN-free: metrics.json takes it as is
     assert check.sheet.shape[0] == 2 * (2 * params.preprocess.resolution + 16)
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_promotion_refuses_a_reseeded_model_and_takes_a_real_gain(
+    processed, corpus, pretrained_dir, params, tmp_path
+):
+    """Three packaged models through `evaluate` on the same 4 clips: B is A's weights with another
+    sampling seed (they differ only by noise), C is A repainting a smaller part of the face (a real,
+    large gain in lower-face SSIM). The rule refuses B over A both ways and takes C over A, not A over C."""
+    folder, manifest, _ = processed
+    rows = manifest[manifest["gt_av_offset"].fillna(0) == 0].sort_values(["clip"])
+    rows = rows.groupby("identity").head(2).sort_values(["identity", "clip"]).iloc[:4]
+    assert rows["identity"].nunique() >= 2
+    clips = [
+        load_eval_clip(item, folder / "clips", corpus[0], params.evaluate).cut(32)
+        for item in rows.itertuples()
+    ]
+    unet, vae, whisper = tiny_unet(), tiny_vae(), tiny_whisper(tmp_path / "whisper")
+    config = PipelineConfig(resolution=params.preprocess.resolution, num_frames=8, overlap=2, steps=2, seed=3)
+    keep = np.full((config.resolution,) * 2, 255, np.uint8)
+    r = config.resolution
+    keep[int(0.68 * r) : int(0.86 * r), int(0.34 * r) : int(0.66 * r)] = 0  # the lips only
+    packages = {
+        "a": assemble(tmp_path / "a", unet, vae, whisper, config),
+        "b": assemble(tmp_path / "b", unet, vae, whisper, dataclasses.replace(config, seed=4)),
+        "c": assemble(tmp_path / "c", unet, vae, whisper, config, mask=keep),
+    }
+    syncnet = StableSyncNet(syncnet_config(params.syncnet)).eval()
+    scorer = Scorer(
+        syncnet,
+        pretrained_dir / "face_landmarker.task",
+        params.evaluate,
+        4,
+        torch.device("cpu"),
+        params.vae.mouth,
+    )
+    tables = {}
+    for name, package in packages.items():
+        pipeline = load_pipeline(package)
+        tables[name] = pd.DataFrame(
+            evaluate(pipeline, clips, scorer, steps=2, seed=pipeline.config.seed).rows
+        )
+    assert not tables["a"].equals(tables["b"])  # the seed does change what is generated
+
+    rule = PromoteParams(
+        score="dubbing.lse_c",
+        margin=0.0,
+        required=(),
+        guards=("dubbing.silent_closed", "reconstruction.ssim_mouth"),
+        photo_tolerance=0.5,
+    )
+    for candidate, promoted in (("b", "a"), ("a", "b")):
+        decision = compare(tables[candidate], tables[promoted], rule)
+        assert not decision.promote, decision.reason
+        assert decision.reason.startswith("no clear gain")
+    lower = PromoteParams(**{**rule.__dict__, "score": "reconstruction.ssim_lower", "guards": ()})
+    gain = compare(tables["c"], tables["a"], lower)
+    assert gain.promote, gain.reason
+    assert gain.rows[0].difference.low > 0.1
+    assert not compare(tables["a"], tables["c"], lower).promote

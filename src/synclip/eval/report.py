@@ -201,13 +201,37 @@ def _cell(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def headline_markdown(summary: dict) -> str:
+    """The model's headline numbers with their 95 % intervals over clips (empty for an older report)."""
+    headline = summary.get("headline")
+    if not headline:
+        return ""
+    lines = ["| model | value | 95 % interval | clips | frames |", "|---|---|---|---|---|"]
+    for protocol, items in headline.items():
+        for name, item in items.items():
+            interval = "–" if item["ci_low"] is None else f"[{item['ci_low']:g}, {item['ci_high']:g}]"
+            value = "–" if item["value"] is None else f"{item['value']:g}"
+            lines.append(f"| {protocol} {name} | {value} | {interval} | {item['clips']} | {item['frames']} |")
+    return "\n".join(lines)
+
+
 def results_markdown(summary: dict) -> str:
-    """The README's results: `markdown_table`, then each target with its value and whether it is met."""
-    lines = [markdown_table(summary), "", "| target | value | bar | met |", "|---|---|---|---|"]
+    """The README's results: `markdown_table`, each target with its value, interval and whether it is
+    met, then the headline numbers' intervals."""
+    lines = [
+        markdown_table(summary),
+        "",
+        "| target | value | 95 % interval | bar | met |",
+        "|---|---|---|---|---|",
+    ]
     for name, target in summary["targets"].items():
         value = "–" if target["value"] is None else f"{target['value']:g}"
-        lines.append(f"| {name} | {value} | {target['target']:g} | {'yes' if target['met'] else 'no'} |")
-    return "\n".join(lines)
+        low, high = target.get("ci_low"), target.get("ci_high")
+        interval = "–" if low is None or high is None else f"[{low:g}, {high:g}]"
+        met = "yes" if target["met"] else "no"
+        lines.append(f"| {name} | {value} | {interval} | {target['target']:g} | {met} |")
+    headline = headline_markdown(summary)
+    return "\n".join(lines + (["", headline] if headline else []))
 
 
 def evaluate_stage(
@@ -306,7 +330,12 @@ def evaluate_stage(
     if check is not None:
         cv2.imwrite(str(out / "photo_sheet.png"), cv2.cvtColor(check.sheet, cv2.COLOR_RGB2BGR))
     (out / "summary.md").write_text(
-        "\n\n".join([markdown_table(summary), paper_markdown(summary), photo_markdown(summary)]) + "\n"
+        "\n\n".join(
+            part
+            for part in (results_markdown(summary), paper_markdown(summary), photo_markdown(summary))
+            if part
+        )
+        + "\n"
     )
     log.info("targets: %s", {k: v["met"] for k, v in summary["targets"].items()})
     log.info("wrote %s", out)
