@@ -53,7 +53,9 @@ def measure(args) -> dict:
     rows = select_clips(
         read_manifest(repo / "data/processed/manifest.parquet"), repo / "data/raw", ev.split, args.clips
     )
-    clips = [load_eval_clip(row, repo / "data/processed/clips", repo / "data/raw", ev) for row in rows.itertuples()]
+    clips = [
+        load_eval_clip(row, repo / "data/processed/clips", repo / "data/raw", ev) for row in rows.itertuples()
+    ]
     records = []
     load_before = os.getloadavg()[0]
     with progress("clips") as bar:
@@ -68,8 +70,13 @@ def measure(args) -> dict:
                 start = time.perf_counter()
                 truth = {**scorer.sync(b_n.frames[:w], b_n.samples[: w * 640])}
                 record["runs"].append(
-                    {"variant": "truth", "window": window, "frames": w, **truth,
-                     "score_s": time.perf_counter() - start}
+                    {
+                        "variant": "truth",
+                        "window": window,
+                        "frames": w,
+                        **truth,
+                        "score_s": time.perf_counter() - start,
+                    }
                 )
             for steps in args.steps:
                 start = time.perf_counter()
@@ -129,7 +136,9 @@ def analyse(result: dict, sizes: list[int] | None = None) -> list[dict]:
                 )
                 opening = estimate(np.array([r["opening_r"] for r in m], float), mean_of(), frames)
                 silent = estimate(
-                    np.array([np.nan if r["silent_closed"] is None else r["silent_closed"] for r in m], float),
+                    np.array(
+                        [np.nan if r["silent_closed"] is None else r["silent_closed"] for r in m], float
+                    ),
                     mean_of(),
                     frames,
                 )
@@ -178,7 +187,9 @@ def markdown(table: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repo", default=".", help="a repository after `dvc repro` (data, models)")
     parser.add_argument("--clips", type=int, default=0, help="clips of the split (0: every clean clip)")
     parser.add_argument("--windows", type=int, nargs="+", default=[50, 100], help="frames per clip scored")

@@ -616,18 +616,24 @@ class EvaluateParams:
     """The `evaluate` stage: reconstruction and dubbing on test identities (`synclip.eval.protocol`)."""
 
     split: Literal["train", "val", "test", "all"]  # whose clips (test: identities never trained on)
-    clips: int  # clips evaluated, spread over identities (0 = every clean clip of the split)
+    clips: int  # clips dubbed, spread over identities (0 = every clean clip of the split)
+    reconstruction_clips: int  # of those, the first ones also reconstructed (0 = all)
     max_frames: int  # frames of each clip generated (from its start)
     steps: int  # DDIM steps (the packaged default is inference.steps)
     closed_ratio: float  # inner-lip gap / mouth width below which a measured mouth counts as closed
     silent_margin_frames: int  # a GT pause frame counts as silent this many frames inside the pause
     samples: int  # sample videos written to reports/eval/samples
     sheet_frames: int  # frames per clip in the contact sheet
+    sheet_clips: int  # clips in the contact sheet (the first ones)
     photo: bool  # the photo check (`synclip.eval.photo`): the astronaut photo lip-synced to the first clip's speech
 
     def validate(self, key: str = "evaluate") -> None:
-        if self.clips < 0 or self.samples < 0 or self.silent_margin_frames < 0:
-            raise ConfigError(f"{key}.clips, samples and silent_margin_frames must be >= 0")
+        if min(self.clips, self.reconstruction_clips, self.samples, self.silent_margin_frames) < 0:
+            raise ConfigError(
+                f"{key}.clips, reconstruction_clips, samples and silent_margin_frames must be >= 0"
+            )
+        if self.sheet_clips < 1:
+            raise ConfigError(f"{key}.sheet_clips must be >= 1, got {self.sheet_clips}")
         if not 0 < self.closed_ratio < 1 or self.sheet_frames < 1:
             raise ConfigError(
                 f"{key}.closed_ratio must be in (0, 1) ({self.closed_ratio}), sheet_frames >= 1 "

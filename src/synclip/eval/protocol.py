@@ -240,8 +240,12 @@ def evaluate(
     steps: int,
     seed: int,
     on_clip=None,
+    reconstruction_clips: int = 0,
+    keep_videos: int = 0,
 ) -> EvalResult:
-    """Both protocols on every clip; clip i is dubbed with the audio of clip i + 1 (another identity).
+    """Dubbing on every clip, reconstruction on the first `reconstruction_clips` (0: every clip); clip i
+    is dubbed with the audio of the next clip of another identity. `keep_videos` (0: all) bounds how
+    many clips' frames `videos` keeps (for samples and the contact sheet; the scores need none).
 
     Everything runs on the aligned 25 fps clips of the processed corpus (tensors through
     `LipSyncPipeline`, no paste-back), so the numbers measure the model, not the face tracker:
@@ -266,28 +270,29 @@ def evaluate(
         raise ValueError(f"dubbing needs at least two test clips, got {len(clips)}")
     rows, traces, videos, audio = [], {}, {}, {}
     reconstructed = []
+    recon_count = reconstruction_clips or len(clips)
     for index, a in enumerate(clips):
         b = next(c for c in clips[index + 1 :] + clips[:index] if c.identity != a.identity)
-        # reconstruction: A with A's audio
-        recon = generate(pipeline, a.frames, a.samples, steps, seed)
-        reconstructed.append(recon)
-        base = {"protocol": "reconstruction", "clip": a.name, "identity": a.identity, "audio_of": a.name}
-        for variant, frames in (
-            ("model", recon),
-            ("closed", closed_mouth(a, pipeline.mask)),
-            ("truth", a.frames),
-        ):
-            mouth, _ = scorer.mouth(frames, a)
-            rows.append(
-                {
-                    **base,
-                    "variant": variant,
-                    "frames": len(frames),
-                    **scorer.sync(frames, a.samples),
-                    **mouth,
-                    **scorer.image(frames, a.frames),
-                }
-            )
+        if index < recon_count:  # reconstruction: A with A's audio
+            recon = generate(pipeline, a.frames, a.samples, steps, seed)
+            reconstructed.append(recon)
+            base = {"protocol": "reconstruction", "clip": a.name, "identity": a.identity, "audio_of": a.name}
+            for variant, frames in (
+                ("model", recon),
+                ("closed", closed_mouth(a, pipeline.mask)),
+                ("truth", a.frames),
+            ):
+                mouth, _ = scorer.mouth(frames, a)
+                rows.append(
+                    {
+                        **base,
+                        "variant": variant,
+                        "frames": len(frames),
+                        **scorer.sync(frames, a.samples),
+                        **mouth,
+                        **scorer.image(frames, a.frames),
+                    }
+                )
         # dubbing: A's face with B's audio, over the frames both have
         n = min(len(a.frames), len(b.frames))
         a_n, b_n = a.cut(n), b.cut(n)
@@ -306,15 +311,18 @@ def evaluate(
                 {**base, "variant": variant, "frames": n, **scorer.sync(frames, b_n.samples), **mouth}
             )
         traces[a.name] = series
-        videos[a.name] = {"a": a_n.frames, "b": b_n.frames, "model": dubbed}
-        audio[a.name] = b_n.samples
+        if keep_videos == 0 or index < keep_videos:
+            videos[a.name] = {"a": a_n.frames, "b": b_n.frames, "model": dubbed}
+            audio[a.name] = b_n.samples
         log.info("%s: dubbed with %s (%d frames)", a.name, b.name, n)
         if on_clip is not None:
             on_clip(index + 1, len(clips))
     result = EvalResult(rows, traces, videos, audio)
     if scorer.paper is not None:  # distances between sets of videos: the model's against the real ones
         result.fidelity = {
-            "reconstruction": fidelity_scores(scorer.paper, reconstructed, [c.frames for c in clips]),
+            "reconstruction": fidelity_scores(
+                scorer.paper, reconstructed, [c.frames for c in clips[: len(reconstructed)]]
+            ),
             "dubbing": fidelity_scores(
                 scorer.paper, [v["model"] for v in videos.values()], [v["a"] for v in videos.values()]
             ),

@@ -61,14 +61,15 @@ def opening_trace(result: EvalResult, clip: str) -> pd.DataFrame:
     return pd.DataFrame({"frame": frame, **{k: np.round(v, 4) for k, v in series.items()}})
 
 
-def contact_sheet(result: EvalResult, frames_per_clip: int) -> np.ndarray:
-    """(H, W, 3) uint8: per dubbed clip, the lower faces of B (the truth), A's input and the model's output.
+def contact_sheet(result: EvalResult, frames_per_clip: int, max_clips: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8: per dubbed clip (the first `max_clips`; 0: all kept), the lower faces of B (the truth), A's input and the model's output.
 
     Frames are picked at quantiles of B's true opening (shown in time order), so every row spans
     closed to open; the label under each column is that opening.
     """
     blocks = []
-    for clip, videos in result.videos.items():
+    kept = list(result.videos.items())
+    for clip, videos in kept[:max_clips] if max_clips else kept:
         opening = result.traces[clip]["truth_opening"]
         picks = np.unique(
             np.argsort(opening)[np.linspace(0, len(opening) - 1, frames_per_clip).round().astype(int)]
@@ -265,10 +266,11 @@ def evaluate_stage(
         )
     clips = [load_eval_clip(row, processed / "clips", raw, ev) for row in rows.itertuples()]
     log.info(
-        "evaluating %d %s clips of %d identities, DDIM %d steps, guidance %g",
+        "evaluating %d %s clips of %d identities (the first %d reconstructed too), DDIM %d steps, guidance %g",
         len(clips),
         ev.split,
         rows["identity"].nunique(),
+        min(ev.reconstruction_clips or len(clips), len(clips)),
         ev.steps,
         pipeline.config.guidance,
     )
@@ -281,12 +283,15 @@ def evaluate_stage(
             ev.steps,
             pipeline.config.seed,
             on_clip=lambda done, _: bar.update(task, completed=done),
+            reconstruction_clips=ev.reconstruction_clips,
+            keep_videos=max(ev.samples, ev.sheet_clips),
         )
 
     summary = summarize(result.rows)
     summary["protocol"] = {
         "split": ev.split,
         "clips": len(clips),
+        "reconstruction_clips": min(ev.reconstruction_clips or len(clips), len(clips)),
         "identities": int(rows["identity"].nunique()),
         "frames_per_clip_max": ev.max_frames,
         "steps": ev.steps,
@@ -323,7 +328,7 @@ def evaluate_stage(
     opening_trace(result, clips[0].name).to_csv(out / "opening.csv", index=False)
     cv2.imwrite(
         str(out / "contact_sheet.png"),
-        cv2.cvtColor(contact_sheet(result, ev.sheet_frames), cv2.COLOR_RGB2BGR),
+        cv2.cvtColor(contact_sheet(result, ev.sheet_frames, ev.sheet_clips), cv2.COLOR_RGB2BGR),
     )
     for clip in list(result.videos)[: ev.samples]:
         write_sample(result, clip, out / "samples" / f"{clip}.mp4")
