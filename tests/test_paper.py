@@ -298,10 +298,16 @@ def test_evaluate_writes_the_papers_numbers_or_why_not(
     assert "| instrument | weights | sha256 | status |" in summary
     assert weights["syncnet_v2"].name in summary
 
-    # no weights: the same stage says what is off and why, and writes no paper numbers
-    bare = load_params(ROOT / "params.yaml", run)
+    assert "| target | value | 95 % interval | bar | met |" in summary
+    assert metrics["headline"]["dubbing"]["lse_c"]["clips"] == 2
+
+    # no weights: the same stage says what is off and why, and writes no paper numbers; without the
+    # photo check its sheet (a DVC output) says it is off
+    bare = load_params(ROOT / "params.yaml", [*run, "evaluate.photo=false"])
     evaluate_stage(folder, corpus[0], tiny_package, syncnet, out, bare, torch.device("cpu"))
     metrics = json.loads((out / "metrics.json").read_text())
+    assert "photo" not in metrics
+    assert (out / "photo_sheet.png").stat().st_size > 0
     assert all(item["status"].startswith("disabled: ") for item in metrics["paper"]["instruments"].values())
     assert metrics["protocol"]["lpips"].startswith("disabled: ")
     assert "sync_c" not in metrics["dubbing"]["model"]

@@ -102,6 +102,13 @@ def contact_sheet(result: EvalResult, frames_per_clip: int, max_clips: int = 0) 
     return np.concatenate(padded, axis=0)
 
 
+def _note_image(text: str) -> np.ndarray:
+    """(40, W, 3) uint8: one line of text on white."""
+    image = np.full((40, 8 * len(text) + 16, 3), 255, np.uint8)
+    cv2.putText(image, text, (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return image
+
+
 def _labelled(row: np.ndarray, label: str) -> np.ndarray:
     margin = np.full((row.shape[0], LABEL_WIDTH, 3), 255, np.uint8)
     cv2.putText(
@@ -332,8 +339,9 @@ def evaluate_stage(
     )
     for clip in list(result.videos)[: ev.samples]:
         write_sample(result, clip, out / "samples" / f"{clip}.mp4")
-    if check is not None:
-        cv2.imwrite(str(out / "photo_sheet.png"), cv2.cvtColor(check.sheet, cv2.COLOR_RGB2BGR))
+    # dvc.yaml declares the sheet: without the photo check it says so instead of being missing
+    sheet = check.sheet if check is not None else _note_image("photo check off (evaluate.photo: false)")
+    cv2.imwrite(str(out / "photo_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     (out / "summary.md").write_text(
         "\n\n".join(
             part
