@@ -132,7 +132,7 @@ def promotion(
     rule: PromoteParams,
     candidate: Evaluation,
     promoted: Evaluation | None,
-    has_promoted: bool | None = None,
+    has_promoted: bool = False,
 ) -> Decision:
     """Promote a candidate whose required metrics are true and which, scored on the same clips as the
     promoted model, beats it clearly without a guard getting clearly worse (`synclip.eval.compare`).
