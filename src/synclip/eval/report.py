@@ -62,7 +62,8 @@ def opening_trace(result: EvalResult, clip: str) -> pd.DataFrame:
 
 
 def contact_sheet(result: EvalResult, frames_per_clip: int, max_clips: int = 0) -> np.ndarray:
-    """(H, W, 3) uint8: per dubbed clip (the first `max_clips`; 0: all kept), the lower faces of B (the truth), A's input and the model's output.
+    """(H, W, 3) uint8: per dubbed clip (the first `max_clips`; 0: every clip kept), the lower faces of
+    B (the truth), A's input and the model's output.
 
     Frames are picked at quantiles of B's true opening (shown in time order), so every row spans
     closed to open; the label under each column is that opening.
