@@ -361,36 +361,26 @@ def summarize(rows: list[dict]) -> dict:
             found = group["sync_offset"].dropna()
             entry["sync_offset_zero_share"] = float((found == 0).mean()) if len(found) else float("nan")
         summary.setdefault(protocol, {})[variant] = entry
-    dub, rec = summary["dubbing"], summary["reconstruction"]
-    model, truth = dub["model"], dub["truth"]
-    checks = {
-        "offset_zero_share": model["offset_zero_share"],
-        "lse_c_of_truth": model["lse_c"] / truth["lse_c"] if truth["lse_c"] > 0 else None,
-        "opening_r": model["opening_r"],
-        "silent_closed": model["silent_closed"],
-        "reconstruction_ssim_mouth": rec["model"]["ssim_mouth"],
-        "reconstruction_ssim_lower": rec["model"].get("ssim_lower"),
+    estimates = headline(table)
+    summary["headline"] = {
+        protocol: {name: item.as_dict() for name, item in found.items()}
+        for protocol, found in estimates.items()
     }
     # the targets are SynthTalk's bar: without ground-truth openings (HDTF, your own footage) there are none
     has_truth = bool(table["ground_truth"].all()) if "ground_truth" in table else True
-    summary["targets"] = {
-        name: {
+    summary["targets"] = {}
+    for name, (protocol, key) in TARGET_SOURCES.items() if has_truth else ():
+        item = estimates.get(protocol, {}).get(key)
+        value = None if item is None else item.value
+        summary["targets"][name] = {
             "value": value,
             "target": TARGETS[name],
             "met": value is not None and np.isfinite(value) and value >= TARGETS[name],
+            "ci_low": None if item is None else item.low,
+            "ci_high": None if item is None else item.high,
         }
-        for name, value in checks.items()
-        if has_truth
-    }
-    summary["headline"] = {
-        protocol: {name: item.as_dict() for name, item in estimates.items()}
-        for protocol, estimates in headline(table).items()
-    }
-    for name, entry in summary["targets"].items():
-        protocol, key = TARGET_SOURCES[name]
-        item = summary["headline"][protocol].get(key)
-        if item is not None:
-            entry["ci_low"], entry["ci_high"] = item["ci_low"], item["ci_high"]
+    dub = summary["dubbing"]
+    model = dub["model"]
     baselines = ("input", "closed")
     summary["beats_baselines"] = {
         metric: all(_better(metric, model[metric], dub[b][metric]) for b in baselines)
