@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,8 +58,8 @@ def check_sampling(steps: int, guidance: float) -> None:
     most = NOISE_SCHEDULE["num_train_timesteps"]
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= most:
         raise ConfigError(f"steps must be an integer in [1, {most}], got {steps!r}")
-    if not guidance >= 1.0:
-        raise ConfigError(f"guidance must be >= 1.0 (1.0 turns guidance off), got {guidance!r}")
+    if not (guidance >= 1.0 and math.isfinite(guidance)):  # inf would paint a black lower face
+        raise ConfigError(f"guidance must be >= 1.0 and finite (1.0 turns guidance off), got {guidance!r}")
 
 
 # --- sections ------------------------------------------------------------------------------------

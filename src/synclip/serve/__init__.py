@@ -1,0 +1,2 @@
+"""The lip-sync service apart from BentoML: request checks, the job queue, the HTTP app, metrics and
+process housekeeping (serving/service.py hosts them)."""
