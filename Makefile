@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format lock plots serve retrain drift-check
+.PHONY: setup demo test lint format lock plots serve rollback retrain drift-check
 
 setup:  ## venv from requirements.lock + offline pretrained weights
 	VENV=$(VENV) bash scripts/setup.sh
@@ -15,6 +15,9 @@ test:  ## the test suite (CPU, tiny configs)
 
 serve:  ## the BentoML service on 127.0.0.1:3000 over models/synclip (after make demo)
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:LipSync --host 127.0.0.1 --port 3000
+
+rollback:  ## serve the model promoted before the current one again (BentoML's store; restart serve after)
+	$(BIN)/synclip model rollback
 
 # Prefect flows, run once here (a temporary local Prefect server; its database in .prefect/)
 PREFECT_LOCAL := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1

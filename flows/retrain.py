@@ -8,7 +8,8 @@
 4. promotion: the promoted model (its copy in models/promoted/model) is re-scored by the `evaluate`
    stage's own command on the candidate's clips, and the candidate replaces it only when params.yaml's
    `promote` rule holds on the paired, clip-by-clip difference (`synclip.eval.compare`); it is then
-   copied to models/promoted, built into a bento (`bentoml build`) and recorded.
+   copied to models/promoted and into BentoML's model store (`synclip.store`), built into a bento
+   (`bentoml build`), recorded, and its store tag becomes the served one.
 
 DVC decides what to rerun, so a flow run on unchanged data and params trains nothing.
 Run it once with `python flows/retrain.py`, or deploy it with flows/prefect.yaml.
@@ -24,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 
-from synclip import ops
+from synclip import ops, store
 from synclip.config import load_params
 from synclip.errors import UserError
 from synclip.eval.compare import check_rule
@@ -72,6 +73,12 @@ def build_bento(repo: Path, bentofile: str, labels: dict[str, str]) -> str:
     return found.group(1)
 
 
+@task
+def store_model(package: Path, labels: dict[str, str], metrics: dict) -> str:
+    """The promoted package copied into BentoML's model store (`synclip.store`); its tag."""
+    return store.import_package(package, labels, {"metrics": metrics})
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(
     repo: str = ".",
@@ -111,6 +118,9 @@ def retrain(
         ops.keep_promoted(package, report, keep)
         revision = ops.git_revision(root)
         labels = {"score": f"{decision.score:.4f}", "metric": rule.score, "revision": revision[:12]}
+        numbers = {name: values[name] for name in sorted(values) if not isinstance(values[name], str)}
+        params = store.params_hash(root / "params.yaml")
+        tag = store_model(keep / "model", {**labels, "revision": revision, "params": params}, numbers)
         bento = build_bento(root, bentofile, labels) if bentofile else None
         ops.write_record(
             record_path,
@@ -118,15 +128,15 @@ def retrain(
                 "score": decision.score,
                 "metric": rule.score,
                 "package": str((keep / "model").relative_to(root)),
+                "model_tag": tag,
                 "bento": bento,
                 "revision": revision,
                 "time": datetime.now(UTC).isoformat(timespec="seconds"),
-                "metrics": {
-                    name: values[name] for name in sorted(values) if not isinstance(values[name], str)
-                },
+                "metrics": numbers,
             },
         )
-        outcome["bento"] = bento
+        store.promote(tag)  # last: the service switches only once the rest succeeded
+        outcome |= {"model_tag": tag, "bento": bento}
     create_markdown_artifact(
         key="retrain-outcome",
         markdown=_table(decision, rule.score, values, rule.required),

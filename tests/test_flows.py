@@ -14,6 +14,9 @@ import pytest
 import yaml
 from test_drift import table
 from test_serving import free_port, wait_until_ready
+from test_store import bentoml_home
+
+from synclip import store
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,9 +91,10 @@ start = time.time()
 time.sleep(1.5)
 open(sys.argv[1] + ".txt", "w").write(f"{start} {time.time()} {os.environ.get('OMP_NUM_THREADS')}")
 """
-ASSEMBLE = """import os, shutil
+ASSEMBLE = """import json, os, shutil
 os.makedirs("model", exist_ok=True)
 shutil.copyfile("score.txt", "model/score.txt")
+json.dump({"kind": "synclip-pipeline"}, open("model/pipeline.json", "w"))  # what marks a package
 """
 # the model's LSE-C on 8 clips: the clips' own spread, the model's level and its sampling noise (seeded
 # by the level: another model, other noise); the promoted model's copy scores exactly as it did
@@ -172,7 +176,15 @@ def repo(tmp_path):
     return repo
 
 
+@pytest.fixture
+def store_home(tmp_path):
+    """BentoML's model store in a temporary home: the flow imports what it promotes into it."""
+    with bentoml_home(tmp_path / "bentoml") as home:
+        yield home
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("store_home")
 def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_clear_gain(flows, repo):
     retrain = flows["retrain"].retrain
     run = {"repo": str(repo), "arms": [["arm_a"], ["arm_b"]], "bentofile": None, "record": "promoted.json"}
@@ -207,6 +219,15 @@ def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
     assert record["revision"] == head + "+dirty"  # rows.txt and dvc.lock changed since the commit
+    # the promoted copy is in BentoML's store too, labelled, and served
+    first_tag = record["model_tag"]
+    assert outcome["model_tag"] == first_tag == store.served()
+    folder, _ = store.resolve(None)
+    assert (folder / "score.txt").read_text() == "0.25\n"
+    labels = store.get(first_tag).info.labels
+    assert labels["revision"] == record["revision"]
+    assert labels["params"] == store.params_hash(repo / "params.yaml")
+    assert labels["score"] == f"{first:.4f}"
 
     # nothing changed: DVC reruns nothing; the promoted copy, re-scored, ties clip for clip
     trained = (repo / "a.txt").stat().st_mtime
@@ -214,6 +235,8 @@ def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_
     assert not outcome["promoted"]
     assert "no clear gain" in outcome["reason"]
     assert "[+0.0000, +0.0000] on 8 clips" in outcome["reason"]
+    assert "model_tag" not in outcome
+    assert store.served() == first_tag
     assert (repo / "a.txt").stat().st_mtime == trained
     assert (repo / "promoted" / "rescored" / "clips.csv").is_file()
 
@@ -232,6 +255,10 @@ def test_retrain_stops_at_the_gate_then_trains_side_by_side_and_promotes_only_a_
     assert (repo / "a.txt").stat().st_mtime == trained
     assert json.loads((repo / "promoted.json").read_text())["score"] == outcome["score"]
     assert (repo / "promoted" / "model" / "score.txt").read_text() == "0.35\n"
+    assert store.served() == outcome["model_tag"] != first_tag
+    assert (store.resolve(None)[0] / "score.txt").read_text() == "0.35\n"
+    assert store.rollback() == first_tag  # `make rollback`
+    assert (store.resolve(None)[0] / "score.txt").read_text() == "0.25\n"
 
     # the promoted model's copy gone: the flow says so instead of promoting blindly
     shutil.rmtree(repo / "promoted" / "model")

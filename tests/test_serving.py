@@ -517,6 +517,7 @@ def test_a_synchronous_request_whose_client_left_is_dropped(server, media, tmp_p
     running = post(url, video, speech, path="/jobs", steps="50").json()["job"]
     cancelled_before = metric(url, "synclip_jobs_total", outcome="cancelled")
     gone_before = metric(url, "synclip_jobs_total", outcome="client_gone")
+    done_before = metric(url, "synclip_jobs_total", outcome="done")
     short = speech_wav(tmp_path / "short.wav", 0.5)
     with video.open("rb") as v, short.open("rb") as a, pytest.raises(requests.Timeout):
         # the client gives up while its request waits in the queue
@@ -527,6 +528,7 @@ def test_a_synchronous_request_whose_client_left_is_dropped(server, media, tmp_p
     # the dropped request never ran: the only job that ended since is the one cancelled above, and
     # the dropped one's end is counted as a cancellation from the queue
     assert metric(url, "synclip_jobs_total", outcome="cancelled") == cancelled_before + 2
+    assert metric(url, "synclip_jobs_total", outcome="done") == done_before
     assert leftover_files(work) == []
 
 

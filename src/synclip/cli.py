@@ -36,10 +36,14 @@ corpus_app = typer.Typer(
 data_app = typer.Typer(
     help="Public data sets: fetch their sources and cut synclip's clips.", no_args_is_help=True
 )
+model_app = typer.Typer(
+    help="Promoted models in BentoML's model store: import, promote, roll back.", no_args_is_help=True
+)
 app.add_typer(params_app, name="params")
 app.add_typer(weights_app, name="weights")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
 
 ParamsPath = Annotated[Path, typer.Option("--params", help="The params file.")]
 Overrides = Annotated[
@@ -254,6 +258,71 @@ def weights_import_latentsync(
         print(f"{auxiliary_out}: set these in params.yaml (or -S) to turn the instruments on:")
         for key, path in settings.items():
             print(f"  {key}: {path}")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The store's synclip models, newest first: tag, creation time, labels; * marks the served one."""
+    from synclip import store
+
+    served = store.served()
+    found = store.models()
+    print(f"{store.home() / 'models'}: {len(found)} synclip models")
+    for model in reversed(found):
+        mark = "*" if str(model.tag) == served else " "
+        created = model.creation_time.astimezone().isoformat(timespec="seconds")
+        labels = " ".join(f"{key}={value}" for key, value in sorted(model.info.labels.items()))
+        print(f"{mark} {model.tag}  {created}  {labels}")
+    if served is None:
+        print(f"served: none promoted; the service loads {store.DEFAULT_PACKAGE}")
+    elif served not in {str(model.tag) for model in found}:
+        print(f"served: {served}, which is no longer in the store (`synclip model rollback`)")
+
+
+@model_app.command("import")
+def model_import(
+    package: Annotated[Path, typer.Argument(help="A packaged synclip model folder (e.g. models/synclip).")],
+    extra: Annotated[
+        list[str] | None, typer.Option("--label", help="Another label KEY=VALUE (repeatable).")
+    ] = None,
+    params: ParamsPath = Path("params.yaml"),
+) -> None:
+    """Copy PACKAGE into the store as a new synclip:<version> and serve it; labelled with the git
+    revision and the params file's hash when run in the repository."""
+    from synclip import ops, store
+
+    labels: dict[str, str] = {}
+    revision = ops.git_revision(Path.cwd())
+    if revision != "unknown":
+        labels["revision"] = revision
+    if params.is_file():
+        labels["params"] = store.params_hash(params)
+    for label in extra or ():
+        key, equals, value = label.partition("=")
+        if not key or not equals:
+            raise UserError(f"--label takes KEY=VALUE, got {label!r}")
+        labels[key] = value
+    tag = store.import_package(package, labels, {})
+    store.promote(tag)
+    print(f"{tag} is served now; restart the service to load it")
+
+
+@model_app.command("promote")
+def model_promote(
+    tag: Annotated[str, typer.Argument(help="synclip:<version> (see `synclip model list`).")],
+) -> None:
+    """Serve TAG from the service's next start on."""
+    from synclip import store
+
+    print(f"{store.promote(tag)} is served now; restart the service to load it")
+
+
+@model_app.command("rollback")
+def model_rollback() -> None:
+    """Serve again the tag served before the current one."""
+    from synclip import store
+
+    print(f"{store.rollback()} is served now; restart the service to load it")
 
 
 @app.command()

@@ -258,6 +258,7 @@ class Guard:
                 log.log(level, "%s %s %d: %s", method, path, status, message)
             if state is not None and state.metrics is not None and path not in UNTRACKED:
                 state.metrics.requests.labels(endpoint(path), outcome(status)).inc()
+                state.metrics.queue_depth.set(state.queue.waiting)
 
         declared = dict(scope["headers"]).get(b"content-length")
         if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
