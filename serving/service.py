@@ -36,6 +36,7 @@ from synclip.serve import host
 from synclip.serve.http import Guard, Live, State, create_app
 from synclip.serve.jobs import Job, JobQueue
 from synclip.serve.metrics import ServiceMetrics
+from synclip.serve.openapi import add_paths
 from synclip.serve.requests import RequestLog, ServiceLimits, lipsync_request
 
 LIVE = Live()
@@ -74,6 +75,7 @@ class LipSync:
             metrics=self.metrics,
             page=PAGE,
             docs=DOCS,
+            openapi=add_paths(LipSync.openapi_spec.asdict(), self.limits),
         )
 
     def run(self, job: Job, progress) -> tuple[Path, dict]:

@@ -58,6 +58,7 @@ class State:
     metrics: ServiceMetrics | None
     page: Path  # the web page at /
     docs: Path  # the OpenAPI page at /docs
+    openapi: dict  # what /docs.json answers
 
 
 class Live:
@@ -122,6 +123,8 @@ async def accept(request: Request, state: State, sync: bool) -> Job:
         await anyio.to_thread.run_sync(
             check_request, paths["video"], paths["audio"], options, state.limits, max_seconds
         )
+        if await request.is_disconnected():  # the client gave up during the upload or the checks
+            raise ClientDisconnect
         return state.queue.submit(
             folder, {"video": paths["video"], "audio": paths["audio"], "options": options}
         )
@@ -202,6 +205,10 @@ async def docs(request: Request) -> Response:
     return FileResponse(request.app.state.live.get().docs, media_type="text/html")
 
 
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.live.get().openapi)
+
+
 async def _refused(request: Request, error: Exception) -> Response:
     return refusal(error)
 
@@ -215,13 +222,18 @@ def create_app(live: Live) -> Starlette:
         routes=[
             Route("/", page, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
+            Route("/docs.json", openapi, methods=["GET"]),
             Route("/lipsync", lipsync, methods=["POST"]),
             Route("/jobs", submit, methods=["POST"]),
             Route("/jobs/{job:str}", status, methods=["GET"]),
             Route("/jobs/{job:str}", cancel, methods=["DELETE"]),
             Route("/jobs/{job:str}/result", result, methods=["GET"]),
         ],
-        exception_handlers={RequestError: _refused, QueueFullError: _refused, ClientDisconnect: _disconnected},
+        exception_handlers={
+            RequestError: _refused,
+            QueueFullError: _refused,
+            ClientDisconnect: _disconnected,
+        },
     )
     app.state.live = live
     return app
