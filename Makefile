@@ -13,7 +13,7 @@ demo:  ## setup + the main job on the built-in corpus (SynthTalk, dvc repro)
 test:  ## the test suite (CPU, tiny configs)
 	$(BIN)/pytest
 
-serve:  ## the BentoML service on 127.0.0.1:3000 over models/synclip (after make demo)
+serve:  ## the BentoML service and its web page on 127.0.0.1:3000 (the served model, or models/synclip)
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:LipSync --host 127.0.0.1 --port 3000
 
 rollback:  ## serve the model promoted before the current one again (BentoML's store; restart serve after)

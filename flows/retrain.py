@@ -11,7 +11,10 @@
    copied to models/promoted and into BentoML's model store (`synclip.store`), built into a bento
    (`bentoml build`), recorded, and its store tag becomes the served one.
 
-DVC decides what to rerun, so a flow run on unchanged data and params trains nothing.
+DVC decides what to rerun, so a flow run on unchanged data and params trains nothing. With a DVC
+`remote` (.dvc/config's `storage`), the run starts from what that remote holds (`dvc pull` before
+the gate) and leaves its outputs there (`dvc push` after the repro), so a worker on another machine
+trains only what changed since the last run anywhere (docs/scale-out.md).
 Run it once with `python flows/retrain.py`, or deploy it with flows/prefect.yaml.
 """
 
@@ -37,6 +40,16 @@ ARMS = [["train_syncnet", "sync_filter"], ["train_vae", "pretrain_videomae"]]
 def repro(repo: Path, name: str, targets: list[str] | None, single_item: bool, env: dict[str, str]) -> str:
     logger = get_run_logger()
     return ops.repro(repo, targets, single_item, env, echo=logger.info)
+
+
+@task(task_run_name="dvc pull --remote {remote}")
+def pull(repo: Path, remote: str) -> str:
+    return ops.pull(repo, remote, echo=get_run_logger().info)
+
+
+@task(task_run_name="dvc push --remote {remote}")
+def push(repo: Path, remote: str) -> str:
+    return ops.push(repo, remote, echo=get_run_logger().info)
 
 
 @task
@@ -88,14 +101,20 @@ def retrain(
     bentofile: str | None = "serving/bentofile.yaml",
     record: str = "models/promoted.json",
     evaluate_stage: str = "evaluate",
+    remote: str | None = None,
 ) -> dict:
-    """Rebuild what changed, evaluate, and promote the model when it clearly beats the promoted one."""
+    """Rebuild what changed, evaluate, and promote the model when it clearly beats the promoted one.
+
+    `remote`: the DVC remote to pull from first and push to after the repro (None: this machine only).
+    """
     logger = get_run_logger()
     root = Path(repo).resolve()
     rule = load_params(root / "params.yaml").promote
     check_rule(rule)  # a rule that cannot be applied fails before hours of training
     command = ops.stage_command(root, evaluate_stage)
     package, report = root / ops.option(command, "model"), root / ops.option(command, "out")
+    if remote is not None:
+        pull(root, remote)
     repro(root, "gate: " + " ".join(gate), gate, False, {})
     env = {} if threads_per_arm is None else {"OMP_NUM_THREADS": str(threads_per_arm)}
     futures = [repro.submit(root, " ".join(arm), arm, True, env) for arm in arms]
@@ -103,6 +122,10 @@ def retrain(
     for future in futures:
         future.result()  # the first failed arm fails the flow, with its error
     repro(root, "(the rest)", None, False, {})
+    if remote is not None:
+        # now, not after the promotion: it writes nothing DVC tracks, and a failed bentoml build
+        # should not keep the trained outputs from the other workers
+        push(root, remote)
     values = read_metrics(root)
     candidate = ops.Evaluation.read(report)
     record_path = root / record

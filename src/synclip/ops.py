@@ -1,5 +1,6 @@
-"""What the Prefect flows do, without Prefect: run DVC stages, read their metrics, decide on promotion.
-Every path stays in dvc.yaml (a stage is named, never its files); the flows in flows/ wrap these as tasks.
+"""What the Prefect flows do, without Prefect: run DVC stages, move their outputs to and from a DVC
+remote, read their metrics, decide on promotion. Every path stays in dvc.yaml (a stage is named, never
+its files); the flows in flows/ wrap these as tasks.
 """
 
 from __future__ import annotations
@@ -81,6 +82,33 @@ def repro(
     command = [*dvc_command(), "--wait-for-lock", "repro", *(["--single-item"] if single_item else [])]
     what = f"dvc repro {' '.join(targets)}" if targets else "dvc repro"
     return run_command([*command, *(targets or [])], repo, what, env, echo)
+
+
+def pull(repo: Path, remote: str, echo: Callable[[str], None] | None = None) -> str:
+    """`dvc pull --remote REMOTE --allow-missing` in `repo`: the outputs dvc.lock and the .dvc files
+    record, so that `dvc repro` then reruns only what changed since; its output.
+
+    Outputs the remote lacks (stages never run or never pushed) are left for `dvc repro` to build.
+    An output changed in the workspace but not recorded (a killed run's checkpoint) is not
+    overwritten: DVC fails, and so does this (CommandError).
+    """
+    command = [*dvc_command(), "pull", "--remote", _remote(remote), "--allow-missing"]
+    return run_command(command, repo, f"dvc pull --remote {remote}", echo=echo)
+
+
+def push(repo: Path, remote: str, echo: Callable[[str], None] | None = None) -> str:
+    """`dvc push --remote REMOTE` in `repo`: every cached output dvc.lock and the .dvc files record
+    (what the remote holds already is skipped); its output."""
+    command = [*dvc_command(), "push", "--remote", _remote(remote)]
+    return run_command(command, repo, f"dvc push --remote {remote}", echo=echo)
+
+
+def _remote(name: str) -> str:
+    if not name.strip():
+        raise ValueError(
+            f"a DVC remote is named by a non-empty name (one of `dvc remote list`), got {name!r}"
+        )
+    return name
 
 
 def metrics(repo: Path) -> dict[str, float | bool | str]:

@@ -150,7 +150,7 @@ async def lipsync(request: Request) -> Response:
             )
             if state.metrics is not None:
                 state.metrics.jobs.labels("client_gone").inc()
-            return Response(status_code=499)  # nobody reads it
+            return error_response("the client went away; its request was dropped", 499)  # for the log
     if job.status != DONE:
         state.queue.release(job)
         return error_response(job.error or f"job {job.status}", job.error_status or 500)
