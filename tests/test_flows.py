@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.utilities.templating import apply_values
 from test_drift import table
 from test_serving import free_port, wait_until_ready
 from test_store import bentoml_home
@@ -301,10 +302,33 @@ def test_the_deployments_register_and_a_worker_runs_one(server, tmp_path):
 
     for pool in ("gpu", "cpu"):
         prefect("work-pool", "create", pool, "--type", "process")
+    template = "flows/gpu-kubernetes.json"
+    prefect("work-pool", "create", "gpu-k8s", "--type", "kubernetes", "--base-job-template", template)
+    env = {**env, "SYNCLIP_GIT_URL": "https://git.example.com/synclip.git"}
     prefect("--no-prompt", "deploy", "--all", "--prefect-file", "flows/prefect.yaml")
     listed = prefect("deployment", "ls")
-    assert "retrain/retrain-weekly" in listed
-    assert "drift-check/drift-daily" in listed
+    for name in ("retrain/retrain-weekly", "retrain/retrain-kubernetes", "drift-check/drift-daily"):
+        assert name in listed
+    # the GPU job: the server kept the template, and the deployment's values fill it in
+    pool = json.loads(prefect("work-pool", "inspect", "gpu-k8s", "--output", "json"))
+    assert pool["type"] == "kubernetes"
+    deployment = json.loads(
+        prefect("deployment", "inspect", "retrain/retrain-kubernetes", "--output", "json")
+    )
+    assert (
+        deployment["pull_steps"][0]["prefect.deployments.steps.git_clone"]["repository"]
+        == env["SYNCLIP_GIT_URL"]
+    )
+    assert deployment["parameters"]["remote"] == "storage"
+    variables = pool["base_job_template"]["variables"]["properties"]
+    values = {name: spec["default"] for name, spec in variables.items() if "default" in spec}
+    values |= deployment["job_variables"]
+    job = apply_values(pool["base_job_template"]["job_configuration"], values)
+    (container,) = job["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"] == "synclip-worker:latest"
+    assert container["envFrom"] == [{"secretRef": {"name": "synclip-dvc-remote"}}]
+    assert container["env"] == {"OMP_NUM_THREADS": "8"}
 
     table(120, seed=0).to_parquet(tmp_path / "reference.parquet")
     table(40, seed=1).to_parquet(tmp_path / "current.parquet")
