@@ -247,15 +247,15 @@ def test_a_starting_worker_removes_what_dead_processes_left(tmp_path):
 
 @contextlib.contextmanager
 def served(
-    model: Path, tmp: Path, port: int | None = None, **env: str
+    model: Path | None, tmp: Path, port: int | None = None, **env: str
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`bentoml serve serving.service:LipSync` over `model` on a loopback port, as a user starts it;
+    """`bentoml serve serving.service:LipSync` over `model` (None: the store's served tag) on a loopback port;
     yields its URL and process. `env`: more SYNCLIP_* settings; BentoML's home and the server log
     (appended) are under `tmp`."""
     port = port or free_port()
     environment = {
         **os.environ,
-        "SYNCLIP_MODEL": str(model),
+        "SYNCLIP_MODEL": "" if model is None else str(model),  # empty: the store's served tag
         "BENTOML_HOME": str(tmp / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "OMP_NUM_THREADS": "1",
@@ -395,7 +395,11 @@ def test_every_bad_request_gets_a_4xx_in_one_shape_and_one_log_line(server, medi
         (lambda: post(url, truncated, speech), 400, "video: not a readable media file"),
         (lambda: post(url, video, truncated), 400, "audio: not a readable media file"),
         (lambda: post(url, video, long_speech), 413, "4.0 s long; the service's limit is 3 s"),
-        (lambda: post(url, video, medium_speech), 413, "endpoint's limit is 2 s (submit it as a job: POST /jobs)"),
+        (
+            lambda: post(url, video, medium_speech),
+            413,
+            "endpoint's limit is 2 s (submit it as a job: POST /jobs)",
+        ),
         (lambda: post(url, video, speech, steps="99"), 400, "steps must be an integer in [1, 50], got 99"),
         (lambda: post(url, video, speech, guidance="inf"), 400, "guidance must be a finite number, got inf"),
         (lambda: post(url, video, speech, face_index="-1"), 400, "face_index must be an integer in [0, 9]"),
@@ -559,7 +563,16 @@ def test_kill_9_of_the_server_frees_the_port_and_a_restart_clears_the_leftovers(
             time.sleep(0.2)
         wait_for(lambda: not host.alive(int(worker.name)), 10)
         assert worker.exists()  # what the killed request left, until a restart
-    with served(model, tmp_path, port, **settings) as (url, _):
+    # the restart serves the model promoted into the store (SYNCLIP_MODEL unset), as after a promotion
+    home = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    synclip = Path(sys.executable).parent / "synclip"
+    imported = subprocess.run(
+        [str(synclip), "model", "import", str(model)], env=home, capture_output=True, text=True, check=True
+    )
+    tag = re.search(r"(synclip:\w+) is served now", imported.stdout).group(1)
+    with served(None, tmp_path, port, **settings) as (url, _):
         assert not worker.exists()
-        assert requests.post(f"{url}/model_info", json={}, timeout=30).ok
+        info = requests.post(f"{url}/model_info", json={}, timeout=30).json()
+        assert info["tag"] == tag
+        assert info["model"] == str(tmp_path / "bentoml" / "models" / "synclip" / tag.split(":")[1])
     assert "left by a process that is gone" in (tmp_path / "server.log").read_text()
