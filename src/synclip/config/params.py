@@ -72,6 +72,9 @@ class RuntimeParams:
     device: str  # auto | cpu | cuda | cuda:N | mps
     threads: int  # torch intra-op threads; 0 keeps torch's default
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    # auto: launched by torchrun (WORLD_SIZE > 1), join its process group and train data-parallel
+    # (docs/scale-out.md); off: always one process, and a torchrun launch is an error
+    distributed: Literal["auto", "off"]
 
     def validate(self, key: str = "runtime") -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
@@ -181,7 +184,9 @@ class PreprocessParams:
     crf: int  # x264 quality of the aligned clips
     val_fraction: float  # for sources without ground truth: share of sources in val
     test_fraction: float  # ... and in test
-    workers: int
+    workers: int  # processes here; with scheduler dask and no address, the LocalCluster's
+    scheduler: Literal["local", "dask"]  # dask: one Dask task per source (or set SYNCLIP_DASK_SCHEDULER)
+    dask_address: str  # a running scheduler, tcp://host:8786; empty: a LocalCluster of `workers`
 
     def validate(self, key: str = "preprocess") -> None:
         if self.resolution % 8 or self.resolution < 32:
@@ -199,6 +204,11 @@ class PreprocessParams:
             raise ConfigError(f"{key}.val_fraction and test_fraction must be >= 0 and sum to less than 1")
         if self.workers < 1:
             raise ConfigError(f"{key}.workers must be >= 1, got {self.workers}")
+        if self.dask_address and (self.scheduler != "dask" or "://" not in self.dask_address):
+            raise ConfigError(
+                f"{key}.dask_address {self.dask_address!r} needs {key}.scheduler dask (got {self.scheduler!r}) "
+                "and a scheduler address like tcp://host:8786"
+            )
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,32 @@ _SCALE = 1 << _SHIFT
 
 SKIN_TONES = np.array(
     [
-        (255, 226, 202), (244, 204, 176), (232, 185, 150), (214, 160, 120),
-        (186, 130, 94), (156, 104, 72), (122, 80, 56), (92, 62, 44),
+        (255, 226, 202),
+        (244, 204, 176),
+        (232, 185, 150),
+        (214, 160, 120),
+        (186, 130, 94),
+        (156, 104, 72),
+        (122, 80, 56),
+        (92, 62, 44),
     ],
     dtype=np.float64,
 )
 HAIR_COLOURS = np.array(
-    [(24, 20, 18), (58, 40, 30), (98, 66, 40), (150, 108, 62), (214, 180, 120), (160, 70, 40), (150, 150, 150)],
+    [
+        (24, 20, 18),
+        (58, 40, 30),
+        (98, 66, 40),
+        (150, 108, 62),
+        (214, 180, 120),
+        (160, 70, 40),
+        (150, 150, 150),
+    ],
     dtype=np.float64,
 )
-IRIS_COLOURS = np.array([(90, 56, 30), (60, 40, 25), (70, 110, 160), (80, 120, 80), (120, 95, 50)], dtype=np.float64)
+IRIS_COLOURS = np.array(
+    [(90, 56, 30), (60, 40, 25), (70, 110, 160), (80, 120, 80), (120, 95, 50)], dtype=np.float64
+)
 HAIR_STYLES = ("short", "long", "bald", "fringe", "bun")
 
 
@@ -61,7 +77,9 @@ class Identity:
     def sample(name: str, rng: np.random.Generator) -> Identity:
         tone = SKIN_TONES[rng.integers(len(SKIN_TONES))] * rng.uniform(0.93, 1.05, 3)
         skin = np.clip(tone, 30, 255)
-        lip = np.clip(skin * np.array([0.82, 0.52, 0.55]) + np.array([30, 0, 8]) * rng.uniform(0.5, 1.5), 20, 255)
+        lip = np.clip(
+            skin * np.array([0.82, 0.52, 0.55]) + np.array([30, 0, 8]) * rng.uniform(0.5, 1.5), 20, 255
+        )
         hair_style = HAIR_STYLES[rng.integers(len(HAIR_STYLES))]
         hair = HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))] * rng.uniform(0.85, 1.15)
         bg_a = _hsv(rng.uniform(0, 1), rng.uniform(0.03, 0.45), rng.uniform(0.25, 0.92))
@@ -188,7 +206,9 @@ class FaceRenderer:
         y = y + jaw_drop * np.clip((y - 0.3 * ident.aspect) / (0.7 * ident.aspect), 0, 1)
         return np.stack([x, y], axis=1)
 
-    def draw(self, image: np.ndarray, pose: Pose, mouth: MouthState, eye_open: float) -> dict[str, np.ndarray]:
+    def draw(
+        self, image: np.ndarray, pose: Pose, mouth: MouthState, eye_open: float
+    ) -> dict[str, np.ndarray]:
         """Draw the person into `image` (H, W, 3 RGB uint8, in place); returns key points in pixels."""
         ident = self.id
         h = ident.aspect
@@ -201,7 +221,14 @@ class FaceRenderer:
         neck = np.array([[-0.42, 0.4 * h], [0.42, 0.4 * h], [0.46, 1.9 * h], [-0.46, 1.9 * h]])
         _fill(image, neck, _shade(skin, 0.82), body_pose)
         torso = np.array(
-            [[-2.3, 3.5 * h], [-2.1, 1.9 * h], [-0.9, 1.5 * h], [0.9, 1.5 * h], [2.1, 1.9 * h], [2.3, 3.5 * h]]
+            [
+                [-2.3, 3.5 * h],
+                [-2.1, 1.9 * h],
+                [-0.9, 1.5 * h],
+                [0.9, 1.5 * h],
+                [2.1, 1.9 * h],
+                [2.3, 3.5 * h],
+            ]
         )
         _fill(image, torso, ident.clothing, body_pose)
         collar = np.array([[-0.5, 1.5 * h], [0.0, 1.9 * h], [0.5, 1.5 * h]])
@@ -227,7 +254,9 @@ class FaceRenderer:
             for side in (-1, 1):
                 ring = _ellipse(side * ident.eye_spacing, ident.eye_y * h, 0.27, 0.2, 32)
                 _line(image, np.vstack([ring, ring[:1]]), (30, 30, 30), 0.035, pose)
-            _line(image, np.array([[-0.15, ident.eye_y * h], [0.15, ident.eye_y * h]]), (30, 30, 30), 0.03, pose)
+            _line(
+                image, np.array([[-0.15, ident.eye_y * h], [0.15, ident.eye_y * h]]), (30, 30, 30), 0.03, pose
+            )
 
         outline = self.face_outline(jaw_drop)
         keypoints = {
@@ -290,9 +319,13 @@ class FaceRenderer:
         bridge = np.array([[-0.05, top], [0.05, top], [w, tip], [0, tip + 0.05], [-w, tip]])
         _fill(image, bridge, _shade(ident.skin, 0.88), pose)
         for side in (-1, 1):
-            _fill(image, _ellipse(side * 0.45 * w, tip + 0.01, 0.045, 0.028, 12), _shade(ident.skin, 0.45), pose)
+            _fill(
+                image, _ellipse(side * 0.45 * w, tip + 0.01, 0.045, 0.028, 12), _shade(ident.skin, 0.45), pose
+            )
 
-    def _draw_mouth(self, image: np.ndarray, pose: Pose, mouth: MouthState, gap: float) -> dict[str, np.ndarray]:
+    def _draw_mouth(
+        self, image: np.ndarray, pose: Pose, mouth: MouthState, gap: float
+    ) -> dict[str, np.ndarray]:
         ident = self.id
         cy = self.mouth_centre_y()
         half = ident.mouth_width * (0.78 + 0.4 * mouth.width - 0.3 * mouth.roundness)
@@ -324,14 +357,23 @@ class FaceRenderer:
         if gap > 0.004:
             _fill(image, inner, (45, 14, 20), pose)
             if mouth.opening > 0.35:  # tongue
-                tongue = np.stack([xs * 0.7, np.minimum(lower_inner[:, 1], bottom) - 0.35 * gap * profile], axis=1)
+                tongue = np.stack(
+                    [xs * 0.7, np.minimum(lower_inner[:, 1], bottom) - 0.35 * gap * profile], axis=1
+                )
                 _fill(image, np.vstack([tongue, lower_inner[::-1] * [0.7, 1]]), (170, 70, 80), pose)
             tooth = 0.075 * mouth.teeth
             if tooth > 0.005:
                 teeth_bottom = np.minimum(upper_inner[:, 1] + tooth, lower_inner[:, 1])
-                _fill(image, np.vstack([upper_inner, np.stack([xs, teeth_bottom], 1)[::-1]]), (238, 234, 222), pose)
+                _fill(
+                    image,
+                    np.vstack([upper_inner, np.stack([xs, teeth_bottom], 1)[::-1]]),
+                    (238, 234, 222),
+                    pose,
+                )
                 low_top = np.maximum(lower_inner[:, 1] - 0.5 * tooth, teeth_bottom)
-                _fill(image, np.vstack([np.stack([xs, low_top], 1), lower_inner[::-1]]), (220, 214, 200), pose)
+                _fill(
+                    image, np.vstack([np.stack([xs, low_top], 1), lower_inner[::-1]]), (220, 214, 200), pose
+                )
         _line(image, upper_inner, _shade(ident.lip, 0.45), 0.018, pose)
         return {
             "mouth_left": np.array([-half, cy]),

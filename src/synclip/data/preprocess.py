@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from fractions import Fraction
+import itertools
 import json
 import logging
 import multiprocessing
 import os
+import socket
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -18,15 +20,17 @@ import pandas as pd
 
 from synclip.config import Params, PreprocessParams, to_dict
 from synclip.constants import AUDIO_SAMPLE_RATE, VIDEO_FPS
+from synclip.data.cluster import dask_address, map_on_dask
+from synclip.errors import UserError
 from synclip.face.align import apply, track_transforms, warp_face
 from synclip.face.landmarks import LIPS, MOUTH_LEFT, MOUTH_RIGHT, FaceLandmarker, find_small_faces
 from synclip.face.track import FaceTrack, FaceTracker
+from synclip.files import atomic_path, write_json
 from synclip.log import progress
-from synclip.media.memory import reproducible_encoding
 from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
+from synclip.media.memory import reproducible_encoding
 from synclip.media.probe import MediaError, MediaInfo, probe, require_video
-from synclip.files import atomic_path, write_json
 from synclip.pretrained.store import require, sha256_file
 
 log = logging.getLogger(__name__)
@@ -86,12 +90,14 @@ def list_sources(raw_dir: Path) -> list[Path]:
     )
 
 
-def segments_of(cuts: list[int], frames: int, min_seconds: float, max_seconds: float) -> tuple[list[Segment], list[Segment]]:
+def segments_of(
+    cuts: list[int], frames: int, min_seconds: float, max_seconds: float
+) -> tuple[list[Segment], list[Segment]]:
     """(kept, too short): the shots between `cuts` (25 fps frame indices), cut into equal segments."""
     kept, short = [], []
     index = 0
     bounds = [0, *sorted(c for c in cuts if 0 < c < frames), frames]
-    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+    for first, last in itertools.pairwise(bounds):
         length = last - first
         if length < min_seconds * VIDEO_FPS:
             short.append(Segment(index, first, last))
@@ -99,7 +105,7 @@ def segments_of(cuts: list[int], frames: int, min_seconds: float, max_seconds: f
             continue
         pieces = int(np.ceil(length / (max_seconds * VIDEO_FPS)))
         edges = np.linspace(first, last, pieces + 1).round().astype(int)
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
+        for a, b in itertools.pairwise(edges):
             kept.append(Segment(index, int(a), int(b)))
             index += 1
     return kept, short
@@ -111,8 +117,12 @@ def shot_cuts(index: int, frame: np.ndarray, detector) -> list[int]:
 
     # PySceneDetect's own SceneManager scores frames downscaled to about 256 px wide; so do we
     factor = min(1.0, SHOT_DETECT_WIDTH / frame.shape[1])
-    small = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) if factor < 1 else frame
-    cuts = detector.process_frame(FrameTimecode(index, fps=Fraction(VIDEO_FPS)), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    small = (
+        cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) if factor < 1 else frame
+    )
+    cuts = detector.process_frame(
+        FrameTimecode(index, fps=Fraction(VIDEO_FPS)), cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
+    )
     return [cut.frame_num for cut in cuts]
 
 
@@ -213,13 +223,17 @@ def process_source(job: Job) -> tuple[list[dict], list[dict]]:
         audio = read_audio(path)
         peak = _dbfs(np.abs(audio).max(initial=0.0))
         if peak < params.min_audio_dbfs:
-            return [], [_reject(job, "silent_audio", f"audio peak {peak:.1f} dBFS < {params.min_audio_dbfs} dBFS")]
+            return [], [
+                _reject(job, "silent_audio", f"audio peak {peak:.1f} dBFS < {params.min_audio_dbfs} dBFS")
+            ]
         track = detect_pass(path, params, job.model_path, keep_frames=_fits_in_memory(info))
     except MediaError as error:
         return [], [_reject(job, "truncated" if "truncated" in str(error) else "unreadable", str(error))]
 
     gt = ground_truth(path)
-    segments, short = segments_of(track.cuts, len(track.faces.counts), params.min_segment_seconds, params.max_segment_seconds)
+    segments, short = segments_of(
+        track.cuts, len(track.faces.counts), params.min_segment_seconds, params.max_segment_seconds
+    )
     rows: list[dict] = []
     rejects = [_short_reject(job, s, track) for s in short]
     for segment in segments:
@@ -240,7 +254,9 @@ def _short_reject(job: Job, segment: Segment, track: Scan) -> dict:
     if np.mean(counts == 1) < job.params.min_one_face_fraction:
         none, many = float(np.mean(counts == 0)), float(np.mean(counts >= 2))
         if many >= none:
-            return _reject(job, "several_faces", f"2+ faces in {many:.0%} of a {len(counts)}-frame shot", segment)
+            return _reject(
+                job, "several_faces", f"2+ faces in {many:.0%} of a {len(counts)}-frame shot", segment
+            )
         return _reject(job, "no_face", f"no face in {none:.0%} of a {len(counts)}-frame shot", segment)
     return _reject(job, "too_short", f"{segment.end - segment.start:.2f} s shot", segment)
 
@@ -284,8 +300,13 @@ def _process_segment(
     clips_dir = Path(job.out_dir) / CLIPS
     samples = []
     with VideoWriter(
-        clips_dir / f"{clip_id}.mp4", resolution, resolution, VIDEO_FPS, audio_rate=AUDIO_SAMPLE_RATE,
-        crf=params.crf, threads=1,
+        clips_dir / f"{clip_id}.mp4",
+        resolution,
+        resolution,
+        VIDEO_FPS,
+        audio_rate=AUDIO_SAMPLE_RATE,
+        crf=params.crf,
+        threads=1,
     ) as writer:
         if track.frames is not None:
             source = iter(track.frames[part])
@@ -298,7 +319,9 @@ def _process_segment(
             if index in (0, frames // 2, frames - 1):
                 samples.append(crop)
         if writer.frames != frames:
-            raise MediaError(f"{path}: truncated: {writer.frames} of {frames} frames decoded for segment {segment.index}")
+            raise MediaError(
+                f"{path}: truncated: {writer.frames} of {frames} frames decoded for segment {segment.index}"
+            )
     quality = _piqe(samples)
     if quality > params.max_piqe:
         (clips_dir / f"{clip_id}.mp4").unlink()
@@ -351,8 +374,14 @@ def align_video(path: str | Path, out: str | Path, params: PreprocessParams, mod
     matrices = track_transforms(faces.stable, params.resolution, params.smoothing_frames)
     audio = read_audio(path) if info.audio else None
     per_frame = AUDIO_SAMPLE_RATE // VIDEO_FPS
-    with VideoWriter(out, params.resolution, params.resolution, VIDEO_FPS, crf=params.crf,
-                     audio_rate=AUDIO_SAMPLE_RATE if audio is not None else None) as writer:
+    with VideoWriter(
+        out,
+        params.resolution,
+        params.resolution,
+        VIDEO_FPS,
+        crf=params.crf,
+        audio_rate=AUDIO_SAMPLE_RATE if audio is not None else None,
+    ) as writer:
         for index, frame in enumerate(iter_frames(path)):
             writer.write_frame(warp_face(frame, matrices[index], params.resolution))
             if audio is not None:
@@ -440,11 +469,19 @@ def _piqe(crops: list[np.ndarray]) -> float:
 def _code_digest() -> str:
     """A digest of the code that shapes the outputs, so a code change invalidates remembered work."""
     package = Path(__file__).resolve().parents[1]
-    files = [Path(__file__).resolve(), *sorted((package / "face").glob("*.py")), *sorted((package / "media").glob("*.py"))]
+    files = [
+        Path(__file__).resolve(),
+        *sorted((package / "face").glob("*.py")),
+        *sorted((package / "media").glob("*.py")),
+    ]
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+# Where and how wide the work runs: a source's result does not depend on them.
+_HOW_NOT_WHAT = {"workers", "scheduler", "dask_address"}
 
 
 def _work_key(path: Path, params: PreprocessParams, model_path: str) -> str:
@@ -453,8 +490,9 @@ def _work_key(path: Path, params: PreprocessParams, model_path: str) -> str:
     Content hashes, not timestamps, so a fresh clone reproduces the same `.work` records (and
     DVC sees the same output).
     """
+    shaping = {name: value for name, value in to_dict(params).items() if name not in _HOW_NOT_WHAT}
     payload = json.dumps(
-        [to_dict(params), _file_digest(Path(path)), _file_digest(Path(model_path)), _code_digest()], sort_keys=True
+        [shaping, _file_digest(Path(path)), _file_digest(Path(model_path)), _code_digest()], sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -477,6 +515,31 @@ def _run_job(job: Job) -> tuple[str, list[dict], list[dict]]:
     with atomic_path(work) as tmp:
         tmp.write_text(json.dumps(record, default=_json_default))
     return job.key, rows, rejects
+
+
+def _run_job_on_worker(job: Job, expected_key: str) -> tuple[str, list[dict], list[dict]]:
+    """`_run_job` as a Dask task: the worker writes the source's `.work` record on the shared file system.
+
+    Dask reruns a finished task whose result died with its worker before the client fetched it:
+    then the record is already there and the source is not processed again.
+    """
+    found = job_key(job)
+    if found != expected_key:
+        raise UserError(
+            f"{job.key}: job key {found} on Dask worker {socket.gethostname()} (pid {os.getpid()}) but "
+            f"{expected_key} on the client: the worker runs other synclip code or reads other bytes at "
+            f"{job.path} or {job.model_path}"
+        )
+    cached = _cached(job)
+    if cached is not None:
+        return job.key, *cached
+    return _run_job(job)
+
+
+def dask_task_key(job: Job) -> str:
+    """The Dask task of one source: named by its key, unique per output folder and job key."""
+    digest = hashlib.sha256(json.dumps([job.out_dir, job_key(job)]).encode()).hexdigest()[:12]
+    return f"preprocess-{digest}-{job.key}"
 
 
 def job_key(job: Job) -> str:
@@ -503,7 +566,11 @@ def _cached(job: Job) -> tuple[list[dict], list[dict]] | None:
 
 
 def preprocess_corpus(
-    raw_dir: str | Path, out_dir: str | Path, params: PreprocessParams, model_path: str | Path, workers: int | None = None
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    params: PreprocessParams,
+    model_path: str | Path,
+    workers: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Process every source under `raw_dir` into `out_dir`; returns (manifest, rejects).
 
@@ -511,12 +578,19 @@ def preprocess_corpus(
     the manifest (from an earlier run with other parameters). Nothing in the raw folder is ever
     modified. A bad file or segment becomes a row of `rejects.csv` and the run goes on. Finished
     sources are remembered in `<out>/.work/`, so a rerun (or a killed run) resumes.
+
+    The sources run in this process (`workers` 1), on a pool of `workers` processes, or, with
+    `params.scheduler: dask` or `SYNCLIP_DASK_SCHEDULER` set, as one Dask task each
+    (`synclip.data.cluster`). The manifest and rejects list the sources in path order however
+    they completed.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     sources = list_sources(raw_dir)
     (out_dir / CLIPS).mkdir(parents=True, exist_ok=True)
     (out_dir / WORK).mkdir(parents=True, exist_ok=True)
-    jobs = [Job(str(p), p.relative_to(raw_dir).as_posix(), str(out_dir), params, str(model_path)) for p in sources]
+    # absolute paths: what a Dask worker on a shared file system opens is what this process lists
+    out, model = str(out_dir.absolute()), str(Path(model_path).absolute())
+    jobs = [Job(str(p.absolute()), p.relative_to(raw_dir).as_posix(), out, params, model) for p in sources]
     results: dict[str, tuple[list[dict], list[dict]]] = {}
     todo = []
     for job in jobs:
@@ -526,10 +600,22 @@ def preprocess_corpus(
         else:
             results[job.key] = cached
     workers = workers or params.workers
-    log.info("preprocess: %d sources (%d to process, %d cached), %d worker(s)", len(jobs), len(todo), len(results), workers)
+    address = dask_address(params.scheduler, params.dask_address)
+    where = (
+        f"{workers} worker(s)" if address is None else f"Dask at {address or f'a LocalCluster of {workers}'}"
+    )
+    log.info(
+        "preprocess: %d sources (%d to process, %d cached), %s", len(jobs), len(todo), len(results), where
+    )
     with progress("sources") as bar:
         task = bar.add_task("preprocess", total=len(todo))
-        if workers == 1:
+        if address is not None:
+            remote = [(job, job_key(job)) for job in todo]
+            keys = [dask_task_key(job) for job in todo]
+            for key, rows, rejects in map_on_dask(_run_job_on_worker, remote, keys, address, workers):
+                results[key] = (rows, rejects)
+                bar.advance(task)
+        elif workers == 1:
             outcomes = map(_run_job, todo)
             for key, rows, rejects in outcomes:
                 results[key] = (rows, rejects)
@@ -551,8 +637,23 @@ def preprocess_corpus(
 
 
 _MANIFEST_COLUMNS = [
-    "clip", "source", "segment", "start", "end", "fps", "frames", "resolution", "face_width_px", "face_width_min_px",
-    "one_face_fraction", "eye_jitter_px", "mouth_jitter_px", "quality_piqe", "audio_peak_dbfs", "identity", "split",
+    "clip",
+    "source",
+    "segment",
+    "start",
+    "end",
+    "fps",
+    "frames",
+    "resolution",
+    "face_width_px",
+    "face_width_min_px",
+    "one_face_fraction",
+    "eye_jitter_px",
+    "mouth_jitter_px",
+    "quality_piqe",
+    "audio_peak_dbfs",
+    "identity",
+    "split",
     "gt_av_offset",
 ]
 
@@ -572,8 +673,12 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
     source must be split within one frame of the cut (pieces may still be too short to keep).
     """
     expected = {
-        "no_face": "no_face", "two_faces": "several_faces", "tiny_face": "face_too_small",
-        "silent_audio": "silent_audio", "no_audio": "no_audio", "truncated": "truncated",
+        "no_face": "no_face",
+        "two_faces": "several_faces",
+        "tiny_face": "face_too_small",
+        "silent_audio": "silent_audio",
+        "no_audio": "no_audio",
+        "truncated": "truncated",
         "not_a_video": "unreadable",
     }
     raw_dir = Path(raw_dir)
@@ -593,7 +698,10 @@ def ground_truth_report(raw_dir: str | Path, rejects: pd.DataFrame, manifest: pd
         stats["clips"] += 1
         stats["rejected"] += int(rejected)
         if kind == "shot_cut":
-            bounds = [*manifest.loc[manifest["source"] == key, "start"], *rejects.loc[rejects["source"] == key, "start"]]
+            bounds = [
+                *manifest.loc[manifest["source"] == key, "start"],
+                *rejects.loc[rejects["source"] == key, "start"],
+            ]
             found = any(abs(b - gt["defect"]["cut_time"]) <= 1 / VIDEO_FPS + 1e-6 for b in bounds if b > 0)
             cuts += 1
             cuts_found += int(found)
@@ -618,14 +726,19 @@ def preprocess_stage(raw: Path, out: Path, metrics: Path, params: Params) -> Non
     model = require("face_landmarker", params.pretrained.face_landmarker, "pretrained.face_landmarker")
     manifest, rejects = preprocess_corpus(raw, out, params.preprocess, model)
     accepted = len(manifest) > 0
-    write_json(metrics, {
-        "clips": len(manifest),
-        "hours": round(float(manifest["frames"].sum()) / VIDEO_FPS / 3600, 4),
-        "sources_rejected_whole": int((rejects["segment"] == -1).sum()),
-        "segments_rejected": int((rejects["segment"] >= 0).sum()),
-        "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
-        "clips_by_split": manifest["split"].value_counts().sort_index().to_dict(),
-        "median_eye_jitter_px": round(float(manifest["eye_jitter_px"].median()), 4) if accepted else None,
-        "median_mouth_jitter_px": round(float(manifest["mouth_jitter_px"].median()), 4) if accepted else None,
-        "ground_truth": ground_truth_report(raw, rejects, manifest),
-    })
+    write_json(
+        metrics,
+        {
+            "clips": len(manifest),
+            "hours": round(float(manifest["frames"].sum()) / VIDEO_FPS / 3600, 4),
+            "sources_rejected_whole": int((rejects["segment"] == -1).sum()),
+            "segments_rejected": int((rejects["segment"] >= 0).sum()),
+            "rejects_by_reason": rejects["reason"].value_counts().sort_index().to_dict(),
+            "clips_by_split": manifest["split"].value_counts().sort_index().to_dict(),
+            "median_eye_jitter_px": round(float(manifest["eye_jitter_px"].median()), 4) if accepted else None,
+            "median_mouth_jitter_px": round(float(manifest["mouth_jitter_px"].median()), 4)
+            if accepted
+            else None,
+            "ground_truth": ground_truth_report(raw, rejects, manifest),
+        },
+    )

@@ -6,8 +6,8 @@ import ctypes
 import os
 import pickle
 import traceback
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,7 +41,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 class SpeechError(UserError):
@@ -103,11 +105,19 @@ class _Engine:
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_void_p,
         ]
         data_parent = str(Path(espeakng_loader.get_data_path()).parent).encode()
-        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, _INITIALIZE_PHONEME_EVENTS)
+        rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, _INITIALIZE_PHONEME_EVENTS
+        )
         if rate <= 0:
             raise SpeechError(f"eSpeak NG failed to initialise (returned {rate})")
         self.sample_rate = rate
@@ -155,7 +165,9 @@ def _symbol(event: _Event) -> str:
     return event.id.string.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
 
-def _utterance(samples: np.ndarray, rate: int, events: list[tuple[int, int, int, str]], text: str) -> Utterance:
+def _utterance(
+    samples: np.ndarray, rate: int, events: list[tuple[int, int, int, str]], text: str
+) -> Utterance:
     duration = len(samples) / rate
     starts = []
     words = []

@@ -72,7 +72,8 @@ def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     if shifted.any():
         log.info(
             "validating without %d val clip(s) whose audio is shifted by their ground truth: %s",
-            int(shifted.sum()), ", ".join(val.loc[shifted, "clip"]),
+            int(shifted.sum()),
+            ", ".join(val.loc[shifted, "clip"]),
         )
     return val[~shifted]
 
@@ -85,7 +86,13 @@ def load_clip(path: Path, view: SyncView, name: str = "", identity: str = "", sh
 def load_clips(manifest: pd.DataFrame, clips_dir: Path, view: SyncView, description: str) -> list[Clip]:
     """Every clip of `manifest` (rows of the preprocessing manifest) in memory, as the SyncNet sees them."""
     return [
-        load_clip(clips_dir / f"{row.clip}.mp4", view, row.clip, row.identity, int(getattr(row, "audio_shift", 0) or 0))
+        load_clip(
+            clips_dir / f"{row.clip}.mp4",
+            view,
+            row.clip,
+            row.identity,
+            int(getattr(row, "audio_shift", 0) or 0),
+        )
         for row in track(list(manifest.itertuples()), description, unit="clips")
     ]
 
@@ -192,7 +199,9 @@ class PairSampler:
         while len(anchors) < size:
             index = int(self.rng.choice(len(self.clips), p=self.weights))
             starts = self.starts[index]
-            picks = self.rng.choice(starts, size=min(per_clip, len(starts), size - len(anchors)), replace=False)
+            picks = self.rng.choice(
+                starts, size=min(per_clip, len(starts), size - len(anchors)), replace=False
+            )
             anchors.extend((index, int(start)) for start in picks)
         return anchors
 
@@ -204,7 +213,10 @@ class PairSampler:
         anchors = self.anchors(size, per_clip)
         frames = torch.stack([visual_window(self.clips[c], s, self.num_frames) for c, s in anchors])
         mel = torch.stack(
-            [torch.stack([audio_window(self.clips[c], s + d, self.num_frames) for d in deltas]) for c, s in anchors]
+            [
+                torch.stack([audio_window(self.clips[c], s + d, self.num_frames) for d in deltas])
+                for c, s in anchors
+            ]
         )
         return frames, mel, torch.tensor([c for c, _ in anchors])
 

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import multiprocessing
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from importlib.resources import files
@@ -24,8 +23,8 @@ from synclip.data.visemes import MOUTH_PARAMS, mouth_track, segments
 from synclip.errors import UserError
 from synclip.files import atomic_path
 from synclip.log import progress
-from synclip.media.memory import reproducible_encoding
 from synclip.media.io import VideoWriter
+from synclip.media.memory import reproducible_encoding
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,19 @@ DEFECTS = (
 # English eSpeak voices whose output is the same in every process. The female variants f2, f3 and
 # f5 are not (their breath/echo settings read memory that differs between runs), so they are left out.
 VOICES = (
-    "en-us", "en", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc", "en-us+m1", "en+m3", "en-us+m7",
-    "en-us+f1", "en+f4", "en-us+f4", "en-us+linda",
+    "en-us",
+    "en",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-scotland",
+    "en-us-nyc",
+    "en-us+m1",
+    "en+m3",
+    "en-us+m7",
+    "en-us+f1",
+    "en+f4",
+    "en-us+f4",
+    "en-us+linda",
 )
 
 
@@ -193,7 +203,12 @@ def _pink_noise(rng: np.random.Generator, length: int) -> np.ndarray:
 
 
 def _mix_audio(
-    speech: Speech, plan: ClipPlan, spec: CorpusParams, frames: int, shift_frames: int, rng: np.random.Generator
+    speech: Speech,
+    plan: ClipPlan,
+    spec: CorpusParams,
+    frames: int,
+    shift_frames: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, dict]:
     """The audio track as written: (C, N) float32 at the plan's rate, and its description."""
     rate = plan.audio_rate
@@ -217,16 +232,21 @@ def _mix_audio(
     hum = np.zeros(length, np.float32)
     if rng.random() < 0.3:  # mains hum, 50 or 60 Hz
         mains = 50 if rng.random() < 0.5 else 60
-        hum = (float(rng.uniform(0.2, 0.6)) * noise_rms * np.sin(2 * np.pi * mains * np.arange(length) / rate)).astype(
-            np.float32
-        )
+        hum = (
+            float(rng.uniform(0.2, 0.6)) * noise_rms * np.sin(2 * np.pi * mains * np.arange(length) / rate)
+        ).astype(np.float32)
     channels = []
     for channel in range(plan.channels):
         noise = _pink_noise(rng, length) * noise_rms + hum
         level = 1.0 if channel == 0 else float(rng.uniform(0.8, 1.0))
         channels.append(clean * level + noise)
     audio = np.clip(np.stack(channels), -1, 1).astype(np.float32)
-    info = {"sample_rate": rate, "channels": plan.channels, "gain_db": round(gain_db, 2), "snr_db": round(snr_db, 2)}
+    info = {
+        "sample_rate": rate,
+        "channels": plan.channels,
+        "gain_db": round(gain_db, 2),
+        "snr_db": round(snr_db, 2),
+    }
     if plan.defect == "silent_audio":
         audio[:] = 0.0
         info["snr_db"] = None
@@ -236,22 +256,30 @@ def _mix_audio(
 # --- motion ------------------------------------------------------------------------------------
 
 
-def _wander(rng: np.random.Generator, times: np.ndarray, amplitude: float, slow: float = 0.05, fast: float = 0.4):
+def _wander(
+    rng: np.random.Generator, times: np.ndarray, amplitude: float, slow: float = 0.05, fast: float = 0.4
+):
     """A smooth random signal: three sinusoids of random frequency and phase, peak about ±amplitude."""
     freqs = rng.uniform(slow, fast, 3)
     phases = rng.uniform(0, 2 * np.pi, 3)
     weights = rng.dirichlet(np.ones(3))
-    return amplitude * sum(w * np.sin(2 * np.pi * f * times + p) for w, f, p in zip(weights, freqs, phases, strict=True))
+    return amplitude * sum(
+        w * np.sin(2 * np.pi * f * times + p) for w, f, p in zip(weights, freqs, phases, strict=True)
+    )
 
 
-def _poses(rng: np.random.Generator, plan: ClipPlan, times: np.ndarray, face_width: float, anchor: float) -> list[Pose]:
+def _poses(
+    rng: np.random.Generator, plan: ClipPlan, times: np.ndarray, face_width: float, anchor: float
+) -> list[Pose]:
     width, height = plan.width, plan.height
     half = min(face_width * width / 2, 0.16 * height)
     cx = anchor * width + _wander(rng, times, 0.04 * width)
     cy = rng.uniform(0.4, 0.48) * height + _wander(rng, times, 0.03 * height)
     scale = half * (1 + _wander(rng, times, 0.05))
     angle = _wander(rng, times, np.deg2rad(rng.uniform(3, 10)))
-    return [Pose(float(x), float(y), float(s), float(a)) for x, y, s, a in zip(cx, cy, scale, angle, strict=True)]
+    return [
+        Pose(float(x), float(y), float(s), float(a)) for x, y, s, a in zip(cx, cy, scale, angle, strict=True)
+    ]
 
 
 def _eyes(rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
@@ -312,14 +340,24 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
     if plan.defect == "shot_cut":
         cut = int(frames * rng.uniform(0.35, 0.65))
         other = identity_of(plan.partner, spec.seed)
-        second = (FaceRenderer(other), background(other, plan.width, plan.height, rng), light_map(other, plan.width, plan.height))
-        other_poses = _poses(rng, plan, times, float(rng.uniform(*spec.face_width)), float(rng.uniform(0.4, 0.6)))
+        second = (
+            FaceRenderer(other),
+            background(other, plan.width, plan.height, rng),
+            light_map(other, plan.width, plan.height),
+        )
+        other_poses = _poses(
+            rng, plan, times, float(rng.uniform(*spec.face_width)), float(rng.uniform(0.4, 0.6))
+        )
         other_mouth = mouth_track(segs, times, other.articulation)
         shots.append({"start_frame": cut, "identity": plan.partner})
     companion = None
     if plan.defect == "two_faces":
         other = identity_of(plan.partner, spec.seed)
-        companion = (FaceRenderer(other), _poses(rng, plan, times, face_width * 0.85, 0.72), _eyes(rng, times))
+        companion = (
+            FaceRenderer(other),
+            _poses(rng, plan, times, face_width * 0.85, 0.72),
+            _eyes(rng, times),
+        )
     hidden = np.zeros(frames, bool)
     if plan.defect == "no_face":
         length = int(round(float(rng.uniform(1.0, 2.5)) * float(fps)))
@@ -353,7 +391,9 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
                         image, other_poses[index], MouthState.from_vector(other_mouth[index]), eyes[index]
                     )
                 else:
-                    points = renderer.draw(image, poses[index], MouthState.from_vector(mouth[index]), eyes[index])
+                    points = renderer.draw(
+                        image, poses[index], MouthState.from_vector(mouth[index]), eyes[index]
+                    )
             if companion is not None:
                 rest = MouthState(0.0, 0.45, 0.1, 0.0, 0.7)
                 companion[0].draw(image, companion[1][index], rest, companion[2][index])
@@ -378,7 +418,8 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
     boxes = [_box(points["face_box"], plan) if points else None for points in drawn]
     names = sorted({name for points in drawn if points for name in points} - {"face_box"})
     keypoints = {
-        name: [[round(float(v), 2) for v in points[name]] if points else None for points in drawn] for name in names
+        name: [[round(float(v), 2) for v in points[name]] if points else None for points in drawn]
+        for name in names
     }
     gt = {
         "schema": GT_SCHEMA,
@@ -400,7 +441,10 @@ def make_clip(plan: ClipPlan, spec: CorpusParams, out_dir: Path, words: list[str
         "audio": audio_info if with_audio else None,
         "voice": dataclasses.asdict(speech.voice),
         "text": speech.sentences,
-        "phonemes": [[s, round(a + shift / VIDEO_FPS, 4), round(b + shift / VIDEO_FPS, 4)] for s, a, b in speech.phonemes],
+        "phonemes": [
+            [s, round(a + shift / VIDEO_FPS, 4), round(b + shift / VIDEO_FPS, 4)]
+            for s, a, b in speech.phonemes
+        ],
         "words": [[w, round(t + shift / VIDEO_FPS, 4)] for w, t in speech.words],
         "visemes": [[s.viseme.value, round(s.start, 4), round(s.end, 4)] for s in segs],
         "shots": shots,
@@ -437,8 +481,12 @@ def _track_25fps(segs, articulation: float, video_seconds: float) -> dict[str, l
 def _box(outline: np.ndarray, plan: ClipPlan) -> list[float]:
     x0, y0 = outline.min(axis=0)
     x1, y1 = outline.max(axis=0)
-    return [round(float(max(x0, 0)), 2), round(float(max(y0, 0)), 2), round(float(min(x1, plan.width)), 2),
-            round(float(min(y1, plan.height)), 2)]
+    return [
+        round(float(max(x0, 0)), 2),
+        round(float(max(y0, 0)), 2),
+        round(float(min(x1, plan.width)), 2),
+        round(float(min(y1, plan.height)), 2),
+    ]
 
 
 def _defect_info(plan: ClipPlan, shift: int, cut: int, hidden: np.ndarray, fps: Fraction) -> dict | None:
@@ -476,7 +524,9 @@ def _work(job: tuple[ClipPlan, CorpusParams, str]) -> dict:
     return make_clip(plan, spec, Path(out), load_words())
 
 
-def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | None = None, force: bool = False) -> dict:
+def synthesize_corpus(
+    spec: CorpusParams, out_dir: str | Path, workers: int | None = None, force: bool = False
+) -> dict:
     """Generate (or complete) the corpus under `out_dir`; returns the corpus manifest.
 
     Clips whose sidecar already exists are kept unless `force`. The manifest `synthtalk.json`
@@ -502,8 +552,14 @@ def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | No
         if plan not in todo:
             rows[plan.name] = _row_from_sidecar(out_dir / f"{plan.name}.json")
     workers = workers or spec.workers
-    log.info("SynthTalk: %d clips (%d to make) from %d identities, %d worker(s) -> %s",
-             len(plans), len(todo), len(splits), workers, out_dir)
+    log.info(
+        "SynthTalk: %d clips (%d to make) from %d identities, %d worker(s) -> %s",
+        len(plans),
+        len(todo),
+        len(splits),
+        workers,
+        out_dir,
+    )
     jobs = [(plan, spec, str(out_dir)) for plan in todo]
     with progress("clips") as bar:
         task = bar.add_task("SynthTalk", total=len(todo))
@@ -520,8 +576,15 @@ def synthesize_corpus(spec: CorpusParams, out_dir: str | Path, workers: int | No
     identities = []
     for name, split in sorted(splits.items()):
         identity = identity_of(name, spec.seed)
-        identities.append({"identity": name, "split": split, "hair_style": identity.hair_style,
-                           "glasses": identity.glasses, "skin": [round(c) for c in identity.skin]})
+        identities.append(
+            {
+                "identity": name,
+                "split": split,
+                "hair_style": identity.hair_style,
+                "glasses": identity.glasses,
+                "skin": [round(c) for c in identity.skin],
+            }
+        )
     manifest = {
         "schema": CORPUS_SCHEMA,
         "params": to_dict(spec),

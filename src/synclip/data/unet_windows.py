@@ -8,8 +8,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +54,6 @@ class UNetBatch:
     def unet_input(self, noisy: torch.Tensor) -> torch.Tensor:
         """The 13 channels in LatentSync's order: z_t, mask, masked latent, reference latent."""
         return torch.cat([noisy, self.mask, self.masked_latents, self.reference_latents], dim=1)
-
 
 
 def region_slices(
@@ -153,8 +150,13 @@ class WindowSampler:
         self.clips = [c for c in clips if len(target_starts(c, num_frames, gap))]
         self.skipped = [c.name for c in clips if not len(target_starts(c, num_frames, gap))]
         if self.skipped:
-            log.info("%d clips too short for %d-frame target + reference windows %d frames apart: %s",
-                     len(self.skipped), num_frames, max(num_frames, gap), ", ".join(self.skipped[:5]))
+            log.info(
+                "%d clips too short for %d-frame target + reference windows %d frames apart: %s",
+                len(self.skipped),
+                num_frames,
+                max(num_frames, gap),
+                ", ".join(self.skipped[:5]),
+            )
         if not self.clips:
             raise ValueError(
                 f"no clip holds two {num_frames}-frame windows {max(num_frames, gap)} frames apart"
@@ -189,7 +191,11 @@ class WindowSampler:
             parts["latents"].append(latent(clip, window.start, "mean"))
             parts["masked"].append(latent(clip, window.start, "masked_mean"))
             parts["reference"].append(latent(clip, window.reference, "mean"))
-            parts["audio"].append(frame_tokens(clip.features, range(window.start + clip.shift, window.start + clip.shift + frames)))
+            parts["audio"].append(
+                frame_tokens(
+                    clip.features, range(window.start + clip.shift, window.start + clip.shift + frames)
+                )
+            )
             parts["mel"].append(mel_window(clip.mel, window.start + clip.shift, frames)[None])
             if clip.pixels is not None:
                 pixels = unit_range(clip.pixels[window.start : window.start + frames])

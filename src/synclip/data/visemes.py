@@ -14,6 +14,7 @@ MOUTH_PARAMS = ("opening", "width", "roundness", "teeth", "lip_contact")
 # the five mouth parameters above and a dominance (how firmly the mouth reaches it). Silence is a
 # class of its own, so pauses close the mouth. Diphthongs get two targets, one per half of their interval.
 
+
 class Viseme(StrEnum):
     REST = "rest"  # silence: lips together, relaxed
     CLOSED = "closed"  # p b m
@@ -138,7 +139,9 @@ def segments(phonemes: Sequence[tuple[str, float, float]], duration: float) -> l
             result.append(Segment(Viseme.REST, cursor, start))
         parts = visemes_of(symbol)
         edges = np.linspace(start, end, len(parts) + 1)
-        result.extend(Segment(v, float(a), float(b)) for v, a, b in zip(parts, edges[:-1], edges[1:], strict=True))
+        result.extend(
+            Segment(v, float(a), float(b)) for v, a, b in zip(parts, edges[:-1], edges[1:], strict=True)
+        )
         cursor = end
     if cursor < duration - 1e-6:
         result.append(Segment(Viseme.REST, cursor, duration))
