@@ -265,3 +265,13 @@ def test_the_quality_gate_passes_good_data_and_names_what_is_wrong(processed, pa
     assert ("clips", "expect_column_values_to_be_in_set", "fps") in failed
     assert ("identities", "expect_column_values_to_be_in_set", "splits") in failed
     assert "fps" in outcome.summary()
+
+
+def test_reject_details_name_a_source_as_given_not_where_the_checkout_is(params, tmp_path):
+    # jobs carry absolute paths for Dask workers; rejects.csv must be the same in every clone
+    from synclip.data import preprocess
+
+    source = tmp_path / "checkout" / "data" / "raw" / "x.mp4"
+    job = preprocess.Job(str(source), "x.mp4", str(tmp_path), params.preprocess, "m", shown="data/raw/x.mp4")
+    reject = preprocess._reject(job, "unreadable", f"{source}: not a readable media file")
+    assert reject["detail"] == "data/raw/x.mp4: not a readable media file"

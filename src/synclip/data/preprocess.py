@@ -153,11 +153,12 @@ def split_of(source_key: str, val_fraction: float, test_fraction: float) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    path: str
+    path: str  # absolute: what every worker opens
     key: str  # the source's path relative to the raw folder
     out_dir: str
     params: PreprocessParams
     model_path: str
+    shown: str = ""  # the path as the caller named it, for messages (outputs must not depend on the checkout)
 
 
 def _reject(job: Job, reason: str, detail: str, segment: Segment | None = None) -> dict:
@@ -167,7 +168,7 @@ def _reject(job: Job, reason: str, detail: str, segment: Segment | None = None) 
         "start": np.nan if segment is None else segment.start,
         "end": np.nan if segment is None else segment.end,
         "reason": reason,
-        "detail": detail,
+        "detail": detail.replace(job.path, job.shown) if job.shown else detail,
     }
 
 
@@ -590,7 +591,10 @@ def preprocess_corpus(
     (out_dir / WORK).mkdir(parents=True, exist_ok=True)
     # absolute paths: what a Dask worker on a shared file system opens is what this process lists
     out, model = str(out_dir.absolute()), str(Path(model_path).absolute())
-    jobs = [Job(str(p.absolute()), p.relative_to(raw_dir).as_posix(), out, params, model) for p in sources]
+    jobs = [
+        Job(str(p.absolute()), p.relative_to(raw_dir).as_posix(), out, params, model, shown=str(p))
+        for p in sources
+    ]
     results: dict[str, tuple[list[dict], list[dict]]] = {}
     todo = []
     for job in jobs:
