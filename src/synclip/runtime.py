@@ -1,13 +1,17 @@
-"""Device, dtype and thread choice, made once at an entry point (never inside library code)."""
+"""Device, dtype and thread choice, made once at an entry point (never inside library code), and the
+process group of a torchrun launch (one rank per device)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import torch
+import torch.distributed as dist
 
 from synclip.config import RuntimeParams
 from synclip.errors import UserError
@@ -73,10 +77,56 @@ def contiguous_layout(model: M) -> M:
     return model.to(memory_format=torch.contiguous_format)
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this job (its WORLD_SIZE); 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join_process_group(spec: str) -> torch.device:
+    """Join the process group of a torchrun launch (env:// rendezvous: RANK, WORLD_SIZE, MASTER_ADDR/PORT)
+    and return this rank's device: cuda:LOCAL_RANK with NCCL, or the CPU with gloo. `spec` is
+    runtime.device; a device index would put several ranks on one GPU, so it is refused."""
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if spec in ("auto", "cuda") and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s): "
+                "start at most one rank per GPU (torchrun --nproc-per-node)"
+            )
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+    elif spec in ("auto", "cpu"):
+        device, backend = torch.device("cpu"), "gloo"
+    else:
+        reason = "CUDA is not available" if spec == "cuda" else "each rank takes cuda:LOCAL_RANK"
+        raise UserError(f"runtime.device {spec!r} under torchrun ({reason}): use auto, cuda or cpu")
+    dist.init_process_group(backend)
+    atexit.register(leave_process_group)
+    log.info("rank %d of %d on %s (%s)", dist.get_rank(), dist.get_world_size(), device, backend)
+    if dist.get_rank():  # the other ranks would repeat rank 0's lines: warnings and errors only
+        library = logging.getLogger("synclip")
+        library.setLevel(max(library.getEffectiveLevel(), logging.WARNING))
+    return device
+
+
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    """Whether this process writes the outputs: rank 0 of a torchrun launch, or the only process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def configure(runtime: RuntimeParams) -> torch.device:
-    """Apply thread settings and return the chosen device; call once per process."""
+    """Apply thread settings, join torchrun's process group where there is one, and return the chosen
+    device; call once per process."""
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    device = select_device(runtime.device)
+    world = launched_world_size()
+    if world > 1 and runtime.distributed == "off":
+        raise UserError(f"launched as {world} processes (WORLD_SIZE) but runtime.distributed is off")
+    device = join_process_group(runtime.device) if world > 1 else select_device(runtime.device)
     log.debug("device %s, %d torch threads", device, torch.get_num_threads())
     return device

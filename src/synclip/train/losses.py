@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from synclip.artifacts import CheckpointError, read_state_dict
 from synclip.config import VaeParams
 from synclip.images import SSIM_RADIUS, box_slices, ssim_map
+from synclip.train.distributed import Shard
 
 # --- SyncNet -------------------------------------------------------------------------------------
 
@@ -77,7 +79,11 @@ def sobel(images: torch.Tensor) -> torch.Tensor:
 
 
 def vae_losses(
-    model: AutoencoderKL, images: torch.Tensor, params: VaeParams, generator: torch.Generator | None = None
+    model: AutoencoderKL,
+    images: torch.Tensor,
+    params: VaeParams,
+    generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, torch.Tensor]:
     """Named loss terms and their weighted `total` for images (B, 3, H, W) in [−1, 1]: weighted L1,
     Sobel-edge and SSIM terms with a KL.
@@ -85,9 +91,15 @@ def vae_losses(
     The pixel terms are means weighted 1 + mouth_weight inside the mouth box and 1 elsewhere:
     the lower face is what the UNet generates, the rest of the frame is pasted back from the
     source. The latent is sampled from the posterior, as LatentSync encodes for the UNet (§2.5).
+    With a `shard`, `images` are this rank's rows of the batch: the posterior's noise is drawn for the
+    whole batch, as one process draws it (`DiagonalGaussianDistribution.sample`), and its rows taken.
     """
+    shard = shard or Shard()
     posterior = model.encode(images).latent_dist
-    recon = model.decode(posterior.sample(generator)).sample.float()
+    shape = (len(images) * shard.world, *posterior.mean.shape[1:])
+    parameters = posterior.parameters
+    noise = randn_tensor(shape, generator=generator, device=parameters.device, dtype=parameters.dtype)
+    recon = model.decode(posterior.mean + posterior.std * shard.take(noise)).sample.float()
     height, width = images.shape[-2:]
     rows, cols = box_slices(params.mouth, height, width)
     weight = torch.ones(height, width, device=images.device)

@@ -26,7 +26,7 @@ from synclip.data.sync_pairs import (
 from synclip.errors import UserError
 from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet, syncnet_config
-from synclip.runtime import channels_last
+from synclip.runtime import channels_last, is_main
 from synclip.train.losses import offset_losses, sync_loss, sync_probability
 from synclip.train.trainer import Recipe, Trainer
 
@@ -87,28 +87,33 @@ class SyncNetRecipe(Recipe):
     def loss(
         self, step: int, autocast: AbstractContextManager
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        params, model = self.params, self.model
+        """The whole batch is drawn and augmented on every rank; each embeds its `shard` of it."""
+        params, model, shard = self.params, self.model, self.shard
         if params.contrastive_weight > 0:
             deltas = (0, *[d for k in params.contrastive_offsets for d in (k, -k)])
             frames, mel, clips = self.sampler.offset_batch(params.batch_size, deltas, params.windows_per_clip)
-            frames, mel = self.augment(frames).to(self.device), mel.to(self.device)
+            frames = shard.take(self.augment(frames)).to(self.device)
+            mel = shard.take(mel).to(self.device)
             with autocast:
                 visual = model.embed_visual(frames)
                 audio = model.embed_audio(mel.flatten(0, 1)).view(len(frames), len(deltas), -1)
+            # every window is scored against the whole batch's audio: the loss needs all the embeddings
+            visual, audio = shard.gather(visual.float()), shard.gather(audio.float())
             same = clips.to(self.device) if params.bce_negatives == "same_clip" else None
-            bce, match = offset_losses(visual.float(), audio.float(), params.contrastive_temperature, same)
+            bce, match = offset_losses(visual, audio, params.contrastive_temperature, same)
             loss = bce + params.contrastive_weight * match
         else:  # LatentSync's recipe: balanced single pairs, BCE on the cosine
             frames, mel, labels = self.sampler.batch(params.batch_size)
             frames, mel, labels = (
-                self.augment(frames).to(self.device),
-                mel.to(self.device),
-                labels.to(self.device),
+                shard.take(self.augment(frames)).to(self.device),
+                shard.take(mel).to(self.device),
+                shard.take(labels).to(self.device),
             )
             with autocast:
                 visual, audio = model(frames, mel)
             bce = loss = sync_loss(visual.float(), audio.float(), labels)
-        self.smoothed = 0.95 * self.smoothed + 0.05 * bce.item()  # the BCE part, comparable with ln 2
+        # the BCE part (the whole batch's), comparable with ln 2
+        self.smoothed = 0.95 * self.smoothed + 0.05 * shard.mean(bce)
         if self.left_chance_step is None and self.smoothed < 0.6:
             self.left_chance_step = step + 1
         return loss, {"loss": loss}
@@ -143,8 +148,10 @@ def syncnet_stage(
     """The `train_syncnet` stage: train on the train split (or load the published weights), validate
     on held-out identities; the artifact in `out`, the summary in `metrics`, the curve in `history`.
     With `syncnet.source: pretrained` the stage copies a published StableSyncNet instead and only
-    validates it."""
+    validates it. Under torchrun every rank trains; rank 0 alone writes (and alone copies)."""
     sync = params.syncnet
+    if sync.source == "pretrained" and not is_main():
+        return
     manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "the SyncNet")
     view = SyncView.of(syncnet_config(sync))
     val_rows = validation_rows(manifest)
@@ -167,6 +174,8 @@ def syncnet_stage(
     else:
         train = load_clips(manifest[manifest["split"] == "train"], processed / "clips", view, "train clips")
         _, trained = Trainer(SyncNetRecipe(train, val, sync), out, device, params.seed).fit()
+        if not is_main():
+            return
         rows, last = trained.rows, trained.rows[-1]
         summary = {
             "source": "trained",

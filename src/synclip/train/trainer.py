@@ -1,5 +1,6 @@
 """The one training loop: AdamW on a warm-up + cosine schedule, mixed precision, gradient clipping,
-validation rows, complete checkpoints and exact resumption; what differs per network is a `Recipe`."""
+validation rows, complete checkpoints and exact resumption, in one process or data-parallel over the
+ranks of a torchrun launch; what differs per network is a `Recipe`."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 
 from synclip.config import OptimParams, to_dict
+from synclip.errors import UserError
 from synclip.log import progress
 from synclip.runtime import autocast_dtype
 from synclip.train.checkpoint import load_training_state, save_training_state
+from synclip.train.distributed import Shard, current_shard, data_parallel
 from synclip.train.optim import adamw, learning_rate
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,17 @@ class History:
 
 class Recipe:
     """What the Trainer needs to know about one network's training. Subclasses set `name` and
-    `params`, build their network in `setup` and say how a step's loss is made in `loss`."""
+    `params`, build their network in `setup` and say how a step's loss is made in `loss`.
+
+    Under torchrun every rank runs `setup` and `loss`; `loss` draws the whole global batch and computes
+    on `shard.take(...)` of it (`synclip.train.distributed.Shard`). `begin`, `opening_row`, `validate`
+    and `finish` run on rank 0 only: they write files or score what rank 0 then writes.
+    """
 
     name: str  # the progress bar's label
     params: OptimParams
     model: torch.nn.Module  # what `setup` built
+    shard: Shard = Shard()  # this process's rows of every batch; the Trainer sets it before `setup`
     adam_betas: tuple[float, float] | None = None  # None: AdamW's default
     digits = 5  # history rounding of the training terms
 
@@ -107,6 +116,13 @@ class Trainer:
     row, then the recipe's validation scores. Every `checkpoint_every` steps (and at the last) it writes
     `out_dir/checkpoint.pt` with everything a killed run needs (`synclip.train.checkpoint`); a rerun
     with the same inputs continues from it and ends with the same weights as an uninterrupted run.
+
+    Launched by torchrun (`synclip.runtime.join_process_group`), every rank runs this loop on its
+    rows of the same global batch (`params.batch_size`, a multiple of the world size) under DDP, so
+    the update is a single process's up to float summation order, at the same learning rate. The
+    logged terms are means over the ranks; rank 0 alone validates and writes the history, the
+    checkpoints and the artifact while the others wait, then they take its RNG states. Every rank
+    resumes from the checkpoint in `out_dir`, which must therefore be a folder they all see.
     """
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, device: torch.device, seed: int) -> None:
@@ -115,6 +131,12 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> tuple[torch.nn.Module, History]:
         """Train (or resume) to the end and write the artifact; `stop_after` steps end early (tests)."""
         recipe, params, device = self.recipe, self.recipe.params, self.device
+        shard = recipe.shard = current_shard()
+        if params.batch_size % shard.world:
+            raise UserError(
+                f"{recipe.name}: batch_size {params.batch_size} (the global batch) does not split over "
+                f"{shard.world} ranks; make it a multiple of the number of processes"
+            )
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         model = recipe.setup(self.seed, rng, device)
@@ -137,7 +159,9 @@ class Trainer:
             history, window = History(**extra["history"]), extra["window"]
             recipe.load_state(extra["recipe"])
             log.info("resuming %s from step %d (%s)", recipe.name, step, checkpoint)
-        recipe.begin(step, resumed is not None)
+        shard.agree(step, f"the step to resume from (is {self.out_dir} a folder every rank sees?)")
+        if shard.main:
+            recipe.begin(step, resumed is not None)
         log.info(
             "%s: %.2f M parameters (%.2f M trainable), %d steps on %s; %s",
             recipe.name,
@@ -148,14 +172,18 @@ class Trainer:
             recipe.describe(),
         )
         started = time.perf_counter() - history.seconds
-        if not history.rows and (opening := recipe.opening_row()) is not None:
+        if shard.main and not history.rows and (opening := recipe.opening_row()) is not None:
             history.rows.append({"step": 0, **opening, "seconds": 0.0})
-        with progress("steps") as bar:
+        shard.follow_main(rng, device)  # after rank 0's opening row; a checkpoint holds rank 0's device RNG
+        loss_of = data_parallel(model, recipe.loss, shard, device)
+        bar = progress("steps")
+        bar.disable = not shard.main  # one bar, rank 0's
+        with bar:
             task = bar.add_task(recipe.name, total=params.max_steps, completed=step)
             while step < params.max_steps:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(params, step)
-                loss, terms = recipe.loss(step, autocast)
+                loss, terms = loss_of(step, autocast)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -164,9 +192,11 @@ class Trainer:
                 scaler.update()
                 recipe.after_update()
                 step += 1
-                window.append({name: term.item() for name, term in terms.items()})
+                window.append(shard.means(terms))
                 bar.advance(task)
-                if step % params.val_every == 0 or step == params.max_steps:
+                validating = step % params.val_every == 0 or step == params.max_steps
+                saving = step % params.checkpoint_every == 0 or step == params.max_steps
+                if validating and shard.main:
                     row = {"step": step}
                     row |= {
                         f"train_{name}": round(float(np.mean([w[name] for w in window])), recipe.digits)
@@ -175,10 +205,11 @@ class Trainer:
                     row |= recipe.validate(step)
                     row["seconds"] = round(time.perf_counter() - started, 1)
                     history.rows.append(row)
-                    window = []
                     log.info("%s step %d: %s", recipe.name, step, _shown(row))
+                if validating:
+                    window = []
                 history.seconds = time.perf_counter() - started
-                if step % params.checkpoint_every == 0 or step == params.max_steps:
+                if saving and shard.main:
                     history.notes = recipe.notes()
                     extra = {
                         "history": dataclasses.asdict(history),
@@ -195,11 +226,15 @@ class Trainer:
                         fingerprint=key,
                         extra=extra,
                     )
+                if validating or saving:  # the others wait for rank 0's files and take its RNG states
+                    shard.follow_main(rng, device)
                 if stop_after is not None and step >= stop_after:
                     history.notes = recipe.notes()
                     return recipe.result(), history
         history.notes = recipe.notes()
-        return recipe.finish(self.out_dir, step), history
+        result = recipe.finish(self.out_dir, step) if shard.main else recipe.result()
+        shard.barrier()  # every rank returns once the artifact is written
+        return result, history
 
     def fingerprint(self) -> str:
         """What a checkpoint must share with this run to be resumed: params, seed, the recipe's data

@@ -29,11 +29,19 @@ from synclip.artifacts import (
 )
 from synclip.config import Params, UNetStageParams
 from synclip.data.manifest import read_manifest
-from synclip.data.unet_windows import Window, WindowClip, WindowSampler, load_window_clips, training_rows
+from synclip.data.unet_windows import (
+    UNetBatch,
+    Window,
+    WindowClip,
+    WindowSampler,
+    load_window_clips,
+    training_rows,
+)
 from synclip.errors import UserError
 from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, unet_config
+from synclip.runtime import is_main
 from synclip.train.diffusion import DiffusionObjective, mixed_noise
 from synclip.train.losses import load_lpips
 from synclip.train.trainer import Recipe, Trainer
@@ -259,15 +267,20 @@ class UNetRecipe(Recipe):
     def loss(
         self, step: int, autocast: AbstractContextManager
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        stage = self.params
+        """The whole batch, its dropped audio, noise and timesteps are drawn on every rank; each
+        computes the loss of its `shard` of them."""
+        stage, shard = self.params, self.shard
         batch = self.sampler.batch([self.sampler.draw() for _ in range(stage.batch_size)])
         dropped = torch.rand(stage.batch_size) < stage.audio_dropout  # the CFG branch: no audio
         batch.audio[dropped] = 0
         noise = mixed_noise(tuple(batch.latents.shape), stage.mixed_noise_alpha)
         timesteps = torch.randint(0, self.objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
-        batch = batch.to(self.device)
+        batch = UNetBatch(**{k: v if v is None else shard.take(v) for k, v in vars(batch).items()})
+        noise, timesteps = shard.take(noise), shard.take(timesteps)
         with autocast:
-            terms = self.objective(self.model, batch, noise.to(self.device), timesteps.to(self.device))
+            terms = self.objective(
+                self.model, batch.to(self.device), noise.to(self.device), timesteps.to(self.device)
+            )
         return terms["total"], terms
 
     def after_update(self) -> None:
@@ -364,14 +377,17 @@ def unet_stage(
 ) -> None:
     """One UNet training stage on cached latents, from data/synced's manifest; with `samples`, its
     validation samples are made by `make_sample(params, stage, manifest, clips, vae, whisper, judge, out)`
-    (a callable the caller passes: `synclip.eval.samples`)."""
+    (a callable the caller passes: `synclip.eval.samples`). Under torchrun every rank trains on its
+    rows of each batch; rank 0 alone samples and writes (the latent caches are written atomically by
+    whichever rank encodes a clip first)."""
     number, stage_params = stage, params.train_unet.stage(stage)
     if stage_params.init_from is not None:
         init = Path(stage_params.init_from)
     if number == 2 and init is None:
         raise UserError("stage 2 starts from the stage-1 UNet: pass --init")
     if stage_params.max_steps == 0:
-        adopt_unet(number, init, out, metrics, history, samples, params)
+        if is_main():
+            adopt_unet(number, init, out, metrics, history, samples, params)
         return
     autoencoder = load_vae(vae, param="--vae").to(device).requires_grad_(False)
     judge = load_syncnet(syncnet).to(device).requires_grad_(False) if syncnet else None
@@ -391,7 +407,7 @@ def unet_stage(
     train = load_window_clips(train_rows, clips, description="train clips", **common)
     val = load_window_clips(val_rows, clips, description="val clips", **common)
     sample = None
-    if samples is not None:
+    if samples is not None and is_main():
         samples.mkdir(parents=True, exist_ok=True)  # a DVC out, also when sampling is off
         if stage_params.sample_every and make_sample is not None:
             sample = make_sample(params, stage_params, table, clips, autoencoder, whisper, judge, samples)
@@ -404,6 +420,8 @@ def unet_stage(
     info = {"stage": number, "manifest": str(manifest)}
     recipe = UNetRecipe(train, val, objective, config, stage_params, init, info, sample)
     _, trained = Trainer(recipe, out, device, params.seed).fit()
+    if not is_main():
+        return
     rows, last = trained.rows, trained.rows[-1]
     summary = {
         "stage": number,

@@ -24,7 +24,7 @@ from synclip.files import write_csv, write_json
 from synclip.images import box_slices, image_metrics, to_uint8, to_unit
 from synclip.nn.vae import build_vae
 from synclip.pretrained.store import require
-from synclip.runtime import channels_last, frozen_autocast
+from synclip.runtime import channels_last, frozen_autocast, is_main
 from synclip.train.losses import vae_losses
 from synclip.train.trainer import Recipe, Trainer
 
@@ -149,10 +149,11 @@ class VaeRecipe(Recipe):
     def loss(
         self, step: int, autocast: AbstractContextManager
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The whole batch's frames and posterior noise are drawn on every rank; each computes its `shard`."""
         frames = self.train_faces.frames
-        images = to_unit(frames[self.rng.integers(0, len(frames), self.params.batch_size)], self.device)
+        picks = self.shard.take(self.rng.integers(0, len(frames), self.params.batch_size))
         with autocast:
-            terms = vae_losses(self.model, images, self.params)
+            terms = vae_losses(self.model, to_unit(frames[picks], self.device), self.params, shard=self.shard)
         return terms["total"], terms
 
     def validate(self, step: int) -> dict:
@@ -198,8 +199,11 @@ def vae_stage(
     """The `train_vae` stage: train on the train split (or copy pretrained.sd_vae), then evaluate on
     test identities; the grid shows original | reconstruction | difference | mouths of some of them.
     The full profile loads sd-vae-ft-mse instead (`vae.source: pretrained`) and only evaluates it; every
-    later stage reads the latent scaling from the VAE's own config, whichever VAE it is."""
+    later stage reads the latent scaling from the VAE's own config, whichever VAE it is. Under torchrun
+    every rank trains the VAE; rank 0 alone evaluates and writes (and alone does the rest)."""
     vae = params.vae
+    if vae.source != "trained" and not is_main():
+        return
     needed = {"pretrained": ("test",), "taef2": ("train", "test")}.get(vae.source, ("train", "val", "test"))
     manifest = read_manifest(processed / "manifest.parquet", needed, "the VAE stage")
     clips = processed / "clips"
@@ -230,6 +234,8 @@ def vae_stage(
         train = load_faces(manifest[manifest["split"] == "train"], clips, vae.frame_stride, "train clips")
         val = load_faces(manifest[manifest["split"] == "val"], clips, vae.frame_stride, "val clips")
         model, trained = Trainer(VaeRecipe(train, val, vae), out, device, params.seed).fit()
+        if not is_main():
+            return
         rows = trained.rows
         summary = {"source": "trained", "steps": rows[-1]["step"], "train_seconds": round(trained.seconds, 1)}
     test = load_faces(manifest[manifest["split"] == "test"], clips, vae.test_stride, "test clips")

@@ -23,6 +23,7 @@ from synclip.data.manifest import read_manifest
 from synclip.files import write_csv, write_json
 from synclip.images import to_unit
 from synclip.nn.videomae import videomae_config
+from synclip.runtime import is_main
 from synclip.train.optim import learning_rate
 from synclip.train.trainer import Recipe, Trainer
 from synclip.train.trepa import TrepaLoss, load_trepa
@@ -157,10 +158,11 @@ class VideoMAERecipe(Recipe):
     def loss(
         self, step: int, autocast: AbstractContextManager
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        pixels = to_pixel_values(self.sampler.windows(self.params.batch_size), self.device)  # (B, F, 3, S, S)
-        masks = tube_mask(self.params.batch_size, self.config, self.params.mask_ratio, self.rng).to(
-            self.device
-        )
+        """The whole batch's windows and masks are drawn on every rank; each computes its `shard`."""
+        windows = self.sampler.windows(self.params.batch_size)
+        masks = tube_mask(self.params.batch_size, self.config, self.params.mask_ratio, self.rng)
+        pixels = to_pixel_values(self.shard.take(windows), self.device)  # (B, F, 3, S, S)
+        masks = self.shard.take(masks).to(self.device)  # (B, N)
         with autocast:
             loss = self.model(pixels, bool_masked_pos=masks).loss  # (B, N) masks
         return loss, {"loss": loss}
@@ -220,8 +222,11 @@ def videomae_stage(
 ) -> None:
     """The `pretrain_videomae` stage: pretrain TREPA's VideoMAE on the train split (or install
     pretrained.videomae), then probe what TREPA says about val windows. The full profile copies a
-    VideoMAE-v2 folder instead (`install_pretrained`), checked by loading it."""
+    VideoMAE-v2 folder instead (`install_pretrained`), checked by loading it. Under torchrun every
+    rank pretrains; rank 0 alone probes and writes (and alone installs)."""
     mae = params.videomae
+    if mae.source == "pretrained" and not is_main():
+        return
     manifest = read_manifest(processed / "manifest.parquet", ("train", "val"), "pretrain_videomae")
     clips_dir = processed / "clips"
     val_rows = manifest[manifest["split"] == "val"]
@@ -235,6 +240,8 @@ def videomae_stage(
         train = load_clip_frames(train_rows, clips_dir, mae.image_size, mae.num_frames, "train clips")
         val = load_clip_frames(val_rows, clips_dir, mae.image_size, mae.num_frames, "val clips")
         _, trained = Trainer(VideoMAERecipe(train, val, mae), out, device, params.seed).fit()
+        if not is_main():
+            return
         rows = trained.rows
         summary = {
             "source": "trained",
