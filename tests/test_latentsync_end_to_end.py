@@ -106,9 +106,12 @@ def test_lipsync_cli_runs_the_imported_model_the_way_latentsync_runs_it(imported
 @pytest.fixture(scope="module")
 def service(imported, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("latentsync-service")
-    with served(
-        imported, tmp, SYNCLIP_MAX_SECONDS="3", SYNCLIP_REQUEST_LOG=str(tmp / "requests.jsonl")
-    ) as url:
+    settings = {
+        "SYNCLIP_MAX_SECONDS": "3",
+        "SYNCLIP_REQUEST_LOG": str(tmp / "requests.jsonl"),
+        "SYNCLIP_WORK_DIR": str(tmp / "work"),
+    }
+    with served(imported, tmp, **settings) as (url, _):
         yield url
 
 
