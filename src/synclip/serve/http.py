@@ -260,7 +260,7 @@ class Guard:
         state = self.live.state
         limit = state.limits.max_body_bytes if state is not None else None
         method, path = scope["method"], scope["path"]
-        answer = {"status": 200, "too_large": False}
+        too_large = False  # set once the streamed body passes the limit
 
         def finished(status: int, message: str | None) -> None:
             if status >= 400 and message is not None:
@@ -282,27 +282,25 @@ class Guard:
         received = 0
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request" and limit is not None:
                 received += len(message.get("body", b""))
                 if received > limit:
-                    answer["too_large"] = True
+                    too_large = True
                     return {"type": "http.disconnect"}  # the app stops reading; `shaped` answers 413
             return message
 
         pending: dict = {}
 
         async def shaped(message: Message) -> None:
-            if answer["too_large"]:
+            if too_large:
                 if message["type"] == "http.response.start":
                     text = f"the request body is over the service's limit of {limit / 2**20:.0f} MB"
                     await error_response(text, 413)(scope, receive, send)
-                    answer["status"] = 413
                     finished(413, text)
                 return
             if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
                 if message["status"] < 400:
                     finished(message["status"], None)
                     await send(message)

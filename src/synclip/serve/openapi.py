@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synclip.serve.requests import ServiceLimits
+from synclip.serve.requests import MAX_FACE_INDEX, MAX_SEED, ServiceLimits
 
 ERROR = {
     "type": "object",
@@ -44,8 +44,8 @@ def upload_form(limits: ServiceLimits) -> dict:
         "audio": {"type": "string", "format": "binary", "description": "the speech (any file with audio)"},
         "steps": {"type": "integer", "minimum": 1, "maximum": limits.max_steps},
         "guidance": {"type": "number", "minimum": 1.0},
-        "seed": {"type": "integer", "minimum": 0},
-        "face_index": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
+        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        "face_index": {"type": "integer", "minimum": 0, "maximum": MAX_FACE_INDEX, "default": 0},
         "cut": {"type": "boolean", "default": False, "description": "cut the speech to the video"},
         "pad": {"type": "boolean", "default": False, "description": "pad the speech to the video"},
     }
