@@ -50,7 +50,9 @@ RES, WIDTH, TOKENS = 32, 16, 30  # face size, audio width D, S = 10 tokens × 3 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_unet(joint: bool = False, seed: int = 0, latent_channels: int = 4) -> UNet3DConditionModel:
+def tiny_unet(
+    joint: bool = False, seed: int = 0, latent_channels: int = 4, prediction_type: str = "epsilon"
+) -> UNet3DConditionModel:
     """Two levels, 16/32 channels; `joint=False` makes frames independent (chunking cannot matter)."""
     torch.manual_seed(seed)
     return UNet3DConditionModel(
@@ -65,6 +67,7 @@ def tiny_unet(joint: bool = False, seed: int = 0, latent_channels: int = 4) -> U
             norm_num_groups=8,
             cross_attention_dim=WIDTH,
             joint_frame_groupnorm=joint,
+            prediction_type=prediction_type,
         )
     )
 
@@ -287,6 +290,22 @@ def test_packaged_folder_round_trips(model_dir, pipe):
     assert torch.equal(pipe.mask.cpu(), load_mask(RES))
     for name, tensor in tiny_unet().state_dict().items():
         assert torch.equal(pipe.unet.state_dict()[name], tensor), name
+
+
+def test_a_v_prediction_unet_is_packaged_and_sampled_as_v(tmp_path, model_dir, pipe):
+    config = PipelineConfig(resolution=RES, num_frames=4, overlap=1, steps=2, guidance=1.0, seed=7)
+    unet = tiny_unet(prediction_type="v_prediction")
+    folder = assemble(tmp_path / "v", unet, tiny_vae(), model_dir / "whisper", config)
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    v_pipe = load_pipeline(folder)
+    assert v_pipe.scheduler_config["prediction_type"] == "v_prediction"
+    assert pipe.scheduler_config["prediction_type"] == "epsilon"
+    # the same weights read as v and as ε sample different faces
+    faces, audio = inputs(4)
+    as_eps = with_config(v_pipe, unet=tiny_unet())
+    assert as_eps.scheduler_config["prediction_type"] == "epsilon"
+    assert not torch.equal(v_pipe(faces, audio, seed=3), as_eps(faces, audio, seed=3))
 
 
 def test_assemble_replaces_a_folder_whole(tmp_path, model_dir):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from synclip.artifacts import load_unet, save_unet
+from synclip.artifacts import CheckpointError, load_unet, save_unet
 from synclip.audio.mel import mel_window
 from synclip.audio.tokens import frame_tokens
 from synclip.config import load_params
@@ -28,6 +28,7 @@ from synclip.train.diffusion import (
     noise_correlation,
     noise_scheduler,
     predict_x0,
+    velocity,
 )
 from synclip.train.losses import load_lpips
 from synclip.train.optim import learning_rate
@@ -96,6 +97,62 @@ def test_one_step_x0_inverts_the_forward_process_when_the_noise_is_known():
     noisy = add_noise(scheduler, latents, noise, timesteps)
     torch.testing.assert_close(noisy, scheduler.add_noise(latents, noise, timesteps), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(predict_x0(scheduler, noisy, noise, timesteps), latents, rtol=0, atol=1e-4)
+
+
+def test_v_prediction_target_and_its_x0_match_diffusers():
+    scheduler = noise_scheduler()
+    latents, noise = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4)
+    timesteps = torch.tensor([0, 500, 999])
+    noisy = add_noise(scheduler, latents, noise, timesteps)
+    v = velocity(scheduler, latents, noise, timesteps)
+    torch.testing.assert_close(v, scheduler.get_velocity(latents, noise, timesteps), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        predict_x0(scheduler, noisy, v, timesteps, "v_prediction"), latents, atol=1e-5, rtol=0
+    )
+    # at t = 999 ε's x̂0 multiplies an output error by 1/sqrt(ᾱ) ≈ 15, v's by sqrt(1 − ᾱ) < 1
+    error = torch.full_like(noise, 0.01)
+    eps_x0 = predict_x0(scheduler, noisy, noise + error, timesteps)
+    v_x0 = predict_x0(scheduler, noisy, v + error, timesteps, "v_prediction")
+    assert float((eps_x0 - latents)[2].abs().max()) > 0.1
+    assert float((v_x0 - latents)[2].abs().max()) < 0.01
+    with pytest.raises(ValueError, match="prediction_type"):
+        predict_x0(scheduler, noisy, v, timesteps, "sample")
+
+
+def test_a_v_prediction_objective_scores_the_unet_against_v():
+    clips = [synthetic_clip("m000", 30)]
+    sampler = WindowSampler(clips, 2, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw()])
+    noise, timesteps = torch.randn_like(batch.latents), torch.tensor([700])
+    v = velocity(noise_scheduler(), batch.latents, noise, timesteps)
+
+    class Exact(torch.nn.Module):  # outputs the true target of one prediction type
+        def __init__(self, target):
+            super().__init__()
+            self.target = target
+
+        def forward(self, sample, timestep, audio):
+            return self.target
+
+    for prediction, exact, other in (("v_prediction", v, noise), ("epsilon", noise, v)):
+        objective = DiffusionObjective({"recon": 1.0}, prediction_type=prediction)
+        assert float(objective(Exact(exact), batch, noise, timesteps)["recon"]) < 1e-10
+        assert float(objective(Exact(other), batch, noise, timesteps)["recon"]) > 0.01
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionObjective({"recon": 1.0}, prediction_type="sample")
+
+
+def test_a_unet_trained_for_epsilon_does_not_start_a_v_prediction_stage(params, tmp_path):
+    unet_params = dataclasses.replace(tiny_unet_params(params), prediction_type="epsilon")
+    stage1 = params.train_unet.stage(1)
+    save_unet(tmp_path / "eps", UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH)))
+    v_params = dataclasses.replace(unet_params, prediction_type="v_prediction")
+    with pytest.raises(
+        CheckpointError, match=r"trained to predict epsilon; unet\.prediction_type is v_prediction"
+    ):
+        initial_unet(unet_config(v_params, stage1, audio_width=WIDTH), tmp_path / "eps")
+    model, _ = initial_unet(unet_config(unet_params, stage1, audio_width=WIDTH), tmp_path / "eps")
+    assert model.config.prediction_type == "epsilon"
 
 
 def test_reference_windows_never_overlap_and_audio_follows_the_shift():

@@ -465,6 +465,9 @@ class UNetParams:
     joint_frame_groupnorm: bool = True
     motion_num_attention_heads: int = 8
     motion_module_decoder_only: bool = False  # motion modules in the up blocks only
+    # what the UNet outputs: ε (LatentSync) or v = √ᾱ·ε − √(1 − ᾱ)·z0 (Salimans & Ho 2022), whose x̂0 stays
+    # exact at high noise, where ε's divides the error by √ᾱ (≈ 0.07 at t = 999)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
     def validate(self, key: str = "unet") -> None:
         levels = len(self.block_out_channels)

@@ -78,7 +78,8 @@ def assemble(
         save_unet(tmp / UNET_DIR, unet)
         save_vae(vae, tmp / VAE_DIR)
         shutil.copytree(whisper_dir, tmp / WHISPER_DIR, ignore=shutil.ignore_patterns(".*"))
-        DDIMScheduler.from_config(dict(scheduler_config)).save_pretrained(tmp / SCHEDULER_DIR)
+        scheduler = {**scheduler_config, "prediction_type": unet.config.prediction_type}
+        DDIMScheduler.from_config(scheduler).save_pretrained(tmp / SCHEDULER_DIR)
         if isinstance(mask, np.ndarray):
             if mask.dtype != np.uint8 or mask.ndim != 2:
                 raise ValueError(f"mask: expected an (R, R) uint8 array, got {mask.dtype} {mask.shape}")

@@ -92,7 +92,8 @@ class LipSyncPipeline:
             )
         self.unet, self.vae, self.audio_encoder = unet.eval(), vae.eval(), audio_encoder
         self.config = config
-        self.scheduler_config = dict(scheduler_config)
+        # what the UNet was trained to output (ε or v) decides how DDIM reads it
+        self.scheduler_config = {**scheduler_config, "prediction_type": unet.config.prediction_type}
         parameter = next(unet.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.mask = mask.to(self.device, self.dtype)  # (1, R, R), 1 keep, 0 generate
@@ -184,11 +185,11 @@ class LipSyncPipeline:
             sample = torch.cat([latents, condition], dim=1)  # (1, 13, F, h, w)
             if guided:
                 uncond, cond = self.unet(torch.cat([sample, sample]), t, audio_in).chunk(2)
-                eps = uncond + guidance * (cond - uncond)
+                output = uncond + guidance * (cond - uncond)  # ε or v: both are affine in x̂0
             else:
-                eps = self.unet(sample, t, audio_in)
+                output = self.unet(sample, t, audio_in)
             variance = shared[1 + index] if eta > 0 else None
-            latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=variance).prev_sample
+            latents = scheduler.step(output, t, latents, eta=eta, variance_noise=variance).prev_sample
         generated = self.decode(rearrange(latents, "1 c f h w -> f c h w"))
         return generated * (1 - self.mask) + faces * self.mask
 

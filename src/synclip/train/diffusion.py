@@ -66,18 +66,36 @@ def add_noise(
     return (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise).to(latents.dtype)
 
 
-def predict_x0(
-    scheduler: DDPMScheduler, noisy: torch.Tensor, epsilon: torch.Tensor, timesteps: torch.Tensor
+def velocity(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
-    """One-step x̂0 = (z_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t) (DDIM eq. 12), at every t as LatentSync."""
+    """The v-prediction target v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·z_0 (Salimans & Ho 2022, eq. 9)."""
+    alpha_bar = _alpha_bar(scheduler, timesteps, latents)
+    return (alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents).to(noise.dtype)
+
+
+def predict_x0(
+    scheduler: DDPMScheduler,
+    noisy: torch.Tensor,
+    output: torch.Tensor,
+    timesteps: torch.Tensor,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """One-step x̂0 from the UNet's output, at every t as LatentSync: (z_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t)
+    (DDIM eq. 12) for ε, sqrt(ᾱ_t)·z_t − sqrt(1 − ᾱ_t)·v̂ for v."""
     alpha_bar = _alpha_bar(scheduler, timesteps, noisy)
-    return ((noisy - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()).to(epsilon.dtype)
+    if prediction_type == "v_prediction":
+        return (alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output).to(output.dtype)
+    if prediction_type != "epsilon":
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon or v_prediction")
+    return ((noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()).to(output.dtype)
 
 
 class DiffusionObjective:
     """LatentSync's loss: weighted named terms on one batch, given the noise and timesteps.
 
-    The loss is a dict of named terms: `recon` (ε MSE, optionally weighted toward the mouth) and, on
+    The loss is a dict of named terms: `recon` (the MSE of the UNet's output against its target, ε or v by
+    `prediction_type`, optionally weighted toward the mouth) and, on
     the decoded x̂0, `sync` (frozen SyncNet), `lpips` (lower half of the face) and `trepa` (video
     features). A term whose weight is 0 or whose network is missing is not computed; `disabled` says
     why. Shapes: latents (B, 4, F, h, w), pixels (B, 3, F, H, W) in [−1, 1], audio tokens (B, F, S, D),
@@ -96,6 +114,7 @@ class DiffusionObjective:
         *,
         recon_mouth: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
         recon_mouth_weight: float = 0.0,
+        prediction_type: str = "epsilon",
         pixel_region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
         vae: AutoencoderKL | Taef2 | None = None,
         vae_precision: str = "fp32",
@@ -108,7 +127,10 @@ class DiffusionObjective:
         if unknown:
             raise ValueError(f"unknown loss terms {unknown}; known: {TERMS}")
         self.scheduler = noise_scheduler()
+        if prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon or v_prediction")
         self.recon_mouth, self.recon_mouth_weight = recon_mouth, recon_mouth_weight
+        self.prediction_type = prediction_type
         self.pixel_region, self.vae_precision = pixel_region, vae_precision
         self.vae, self.syncnet, self.lpips, self.trepa = vae, syncnet, lpips, trepa
         networks = {"sync": syncnet, "lpips": lpips, "trepa": trepa}
@@ -206,14 +228,18 @@ class DiffusionObjective:
         `recon_only` skips the pixel terms (and leaves "total" out).
         """
         noisy = add_noise(self.scheduler, batch.latents, noise, timesteps)
-        epsilon = unet(batch.unet_input(noisy), timesteps, batch.audio).float()  # (B, 4, F, h, w)
-        weights = self.recon_weights(tuple(epsilon.shape[-2:]), epsilon.device)
-        error = (epsilon - noise.float()) ** 2
+        output = unet(batch.unet_input(noisy), timesteps, batch.audio).float()  # (B, C, F, h, w)
+        prediction = self.prediction_type
+        target = (
+            noise if prediction == "epsilon" else velocity(self.scheduler, batch.latents, noise, timesteps)
+        )
+        weights = self.recon_weights(tuple(output.shape[-2:]), output.device)
+        error = (output - target.float()) ** 2
         terms = {"recon": error.mean() if weights is None else (error * weights).mean()}
         if recon_only:
             return terms
         if any(t in self.weights for t in PIXEL_TERMS):
-            x0 = predict_x0(self.scheduler, noisy.float(), epsilon, timesteps)
+            x0 = predict_x0(self.scheduler, noisy.float(), output, timesteps, prediction)
             region = self.decode_region(x0).float()  # (B, 3, F, H', W')
             if "sync" in self.weights:
                 visual = self.syncnet.embed_visual(self.sync_view(region, x0.shape[-2:]))

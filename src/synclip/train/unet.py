@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synclip.artifacts import (
     UNET,
+    CheckpointError,
     load_syncnet,
     load_unet_state,
     load_vae,
@@ -103,10 +104,16 @@ def select_trainable(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[
 
 def initial_unet(config: UNetConfig, init: str | Path | None) -> tuple[UNet3DConditionModel, list[str]]:
     """A fresh UNet, or one started from the artifact `init` (stage 1's): motion modules absent there
-    keep their (identity) initialisation and are returned; any other mismatch is a CheckpointError."""
+    keep their (identity) initialisation and are returned; any other mismatch is a CheckpointError,
+    as is an `init` trained for another output (ε or v: its weights would load and predict the wrong thing)."""
     model = UNet3DConditionModel(config)
     if init is None:
         return model, []
+    trained_for = UNetConfig.from_dict(read_config(init, UNET)["model"]).prediction_type
+    if trained_for != config.prediction_type:
+        raise CheckpointError(
+            f"{init}: a UNet trained to predict {trained_for}; unet.prediction_type is {config.prediction_type}"
+        )
     allow = (MOTION_MODULES,) if config.motion_modules else ()
     return model, load_unet_state(model, read_weights(init), f"{init}/model.safetensors", allow)
 
@@ -344,6 +351,7 @@ def build_objective(
         dataclasses.asdict(weights),
         recon_mouth=params.vae.mouth,
         recon_mouth_weight=stage.recon_mouth_weight,
+        prediction_type=params.unet.prediction_type,
         pixel_region=stage.pixel_region,
         vae=vae,
         vae_precision=params.vae.precision,
