@@ -31,10 +31,11 @@ printf '\n==> dvc repro\n'
 # each, which gets a little more out of two cores than one after the other on two threads
 # (measured: train_syncnet 12.0 min and train_vae 9.0 side by side, then sync_filter 1.7 and
 # pretrain_videomae 2.0; alone on 2 threads 1800 SyncNet steps took 8.0; the arms are balanced by
-# such times; drift_reference, which needs only the processed corpus, joins the shorter arm). dvc releases its repo lock while a stage's command runs, and --wait-for-lock makes
-# each arm wait out the other's bookkeeping instead of failing; --single-item keeps both off the
-# shared upstream stages, whose outputs they would otherwise both lock at once. Each arm's log
-# lines carry its name.
+# such times). With TAEF2 the VAE arm is the shorter one, so drift_reference, which needs only the
+# processed corpus, runs there. dvc releases its repo lock while a stage's command runs, and
+# --wait-for-lock makes each arm wait out the other's bookkeeping instead of failing; --single-item
+# keeps both off the shared upstream stages, whose outputs they would otherwise both lock at once.
+# Each arm's log lines carry its name.
 arm() {
     local name=$1
     shift
