@@ -66,6 +66,14 @@ def add_noise(
     return (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise).to(latents.dtype)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a UNet outputs: `unet.prediction_type`
+
+
+def check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+
+
 def velocity(
     scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
@@ -83,11 +91,10 @@ def predict_x0(
 ) -> torch.Tensor:
     """One-step x̂0 from the UNet's output, at every t as LatentSync: (z_t − sqrt(1 − ᾱ_t)·ε̂) / sqrt(ᾱ_t)
     (DDIM eq. 12) for ε, sqrt(ᾱ_t)·z_t − sqrt(1 − ᾱ_t)·v̂ for v."""
+    check_prediction_type(prediction_type)
     alpha_bar = _alpha_bar(scheduler, timesteps, noisy)
     if prediction_type == "v_prediction":
         return (alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output).to(output.dtype)
-    if prediction_type != "epsilon":
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon or v_prediction")
     return ((noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()).to(output.dtype)
 
 
@@ -127,8 +134,7 @@ class DiffusionObjective:
         if unknown:
             raise ValueError(f"unknown loss terms {unknown}; known: {TERMS}")
         self.scheduler = noise_scheduler()
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon or v_prediction")
+        check_prediction_type(prediction_type)
         self.recon_mouth, self.recon_mouth_weight = recon_mouth, recon_mouth_weight
         self.prediction_type = prediction_type
         self.pixel_region, self.vae_precision = pixel_region, vae_precision
