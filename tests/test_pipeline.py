@@ -51,7 +51,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(
-    joint: bool = False, seed: int = 0, latent_channels: int = 4, prediction_type: str = "epsilon"
+    joint: bool = False,
+    seed: int = 0,
+    latent_channels: int = 4,
+    prediction_type: str = "epsilon",
+    latent_norm: str = "none",
 ) -> UNet3DConditionModel:
     """Two levels, 16/32 channels; `joint=False` makes frames independent (chunking cannot matter)."""
     torch.manual_seed(seed)
@@ -68,6 +72,7 @@ def tiny_unet(
             cross_attention_dim=WIDTH,
             joint_frame_groupnorm=joint,
             prediction_type=prediction_type,
+            latent_norm=latent_norm,
         )
     )
 
@@ -306,6 +311,32 @@ def test_a_v_prediction_unet_is_packaged_and_sampled_as_v(tmp_path, model_dir, p
     as_eps = with_config(v_pipe, unet=tiny_unet())
     assert as_eps.scheduler_config["prediction_type"] == "epsilon"
     assert not torch.equal(v_pipe(faces, audio, seed=3), as_eps(faces, audio, seed=3))
+
+
+def test_a_reference_normalised_unet_samples_in_its_standardised_latents(tmp_path, model_dir, pipe):
+    config = PipelineConfig(resolution=RES, num_frames=4, overlap=1, steps=2, guidance=1.0, seed=7)
+    folder = assemble(
+        tmp_path / "n", tiny_unet(latent_norm="reference"), tiny_vae(), model_dir / "whisper", config
+    )
+    normalised = load_pipeline(folder)
+    assert normalised.unet.config.latent_norm == "reference"
+    seen = []
+    hook = normalised.unet.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    try:
+        faces, audio = inputs(4)
+        out = normalised(faces, audio, seed=3)
+    finally:
+        hook.remove()
+    # (1, 13, F, h, w): z_t, mask, masked, reference. The reference channels on the kept cells have
+    # mean 0 and at most unit std in every channel; the raw latents of these faces do not
+    keep = seen[0][0, 4] > 0.5  # (F, h, w)
+    reference = seen[0][0, 9:13][:, keep]  # (C, kept cells)
+    assert float(reference.mean(dim=1).abs().max()) < 1e-4
+    assert float(reference.std(dim=1, unbiased=False).max()) <= 1.0
+    raw = normalised.encode(faces).detach()[:, :, keep[0]]  # (F, C, kept cells per frame)
+    assert float(raw.mean(dim=(0, 2)).abs().max()) > 0.01
+    # the same weights on raw latents sample other faces
+    assert not torch.equal(out, with_config(normalised, unet=tiny_unet())(faces, audio, seed=3))
 
 
 def test_assemble_replaces_a_folder_whole(tmp_path, model_dir):

@@ -19,6 +19,7 @@ from synclip.eval.samples import SampleSource, ValidationSample
 from synclip.face.mask import load_mask
 from synclip.inference.pipeline import PipelineConfig
 from synclip.media.decode import iter_frames, read_audio
+from synclip.nn.latent_norm import LatentNorm
 from synclip.nn.syncnet import StableSyncNet, syncnet_config
 from synclip.nn.unet import UNet3DConditionModel, unet_config
 from synclip.train.diffusion import (
@@ -153,6 +154,80 @@ def test_a_unet_trained_for_epsilon_does_not_start_a_v_prediction_stage(params, 
         initial_unet(unet_config(v_params, stage1, audio_width=WIDTH), tmp_path / "eps")
     model, _ = initial_unet(unet_config(unet_params, stage1, audio_width=WIDTH), tmp_path / "eps")
     assert model.config.prediction_type == "epsilon"
+
+
+def test_latent_norm_reads_only_the_kept_cells_and_inverts_exactly():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(2, 4, 3, 8, 8, generator=generator) * 3 + 5
+    keep = torch.zeros(1, 1, 1, 8, 8)
+    keep[..., :4, :] = 1  # the upper half, as the mask keeps it
+    norm = LatentNorm.of_reference(reference, keep)
+    upper = reference[..., :4, :]
+    torch.testing.assert_close(norm.mean, upper.mean(dim=(2, 3, 4), keepdim=True))
+    torch.testing.assert_close(norm.std**2, upper.var(dim=(2, 3, 4), unbiased=False, keepdim=True) + 0.01)
+    # the generated (lower) cells, where the mouth is, do not move the statistics
+    mouth = reference.clone()
+    mouth[..., 4:, :] = torch.randn(2, 4, 3, 4, 8, generator=generator) * 10
+    moved = LatentNorm.of_reference(mouth, keep)
+    assert torch.equal(moved.mean, norm.mean)
+    assert torch.equal(moved.std, norm.std)
+    latents = torch.randn(2, 4, 3, 8, 8, generator=generator)
+    torch.testing.assert_close(norm.invert(norm.apply(latents)), latents)
+    with pytest.raises(ValueError, match="keeps no latent cell"):
+        LatentNorm.of_reference(reference, torch.zeros_like(keep))
+
+
+def test_a_reference_normalised_objective_sees_a_recoloured_face_as_the_same_face():
+    """Every latent of a window moved by a per-channel affine map (another face colour, as far as the
+    latent space is concerned): with latent_norm reference the UNet gets the same input and the loss
+    is the same; without, it sees another face."""
+    clips = [synthetic_clip("m000", 30)]
+    sampler = WindowSampler(clips, 2, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw()])
+    gain, shift = (
+        torch.linspace(1.0, 2.0, 4).view(1, 4, 1, 1, 1),
+        torch.linspace(-3, 3, 4).view(1, 4, 1, 1, 1),
+    )
+    recoloured = dataclasses.replace(
+        batch,
+        latents=batch.latents * gain + shift,
+        masked_latents=batch.masked_latents * gain + shift,
+        reference_latents=batch.reference_latents * gain + shift,
+    )
+    noise, timesteps = torch.randn_like(batch.latents), torch.tensor([700])
+
+    class Record(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, sample, timestep, audio):
+            self.seen.append(sample)
+            return torch.zeros_like(sample[:, :4])
+
+    for latent_norm in ("reference", "none"):
+        objective = DiffusionObjective(
+            {"recon": 1.0}, prediction_type="v_prediction", latent_norm=latent_norm
+        )
+        unet = Record()
+        losses = [float(objective(unet, b, noise, timesteps)["recon"]) for b in (batch, recoloured)]
+        same_input = torch.allclose(unet.seen[0], unet.seen[1], atol=0.02)
+        same_loss = abs(losses[0] - losses[1]) < 0.02 * losses[0]
+        assert same_input == same_loss == (latent_norm == "reference"), latent_norm
+    with pytest.raises(ValueError, match="latent_norm"):
+        DiffusionObjective({"recon": 1.0}, latent_norm="batch")
+
+
+def test_a_unet_trained_on_raw_latents_does_not_start_a_normalised_stage(params, tmp_path):
+    unet_params = dataclasses.replace(tiny_unet_params(params), latent_norm="none")
+    stage1 = params.train_unet.stage(1)
+    save_unet(tmp_path / "raw", UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH)))
+    normalised = dataclasses.replace(unet_params, latent_norm="reference")
+    with pytest.raises(CheckpointError, match=r"latent_norm none latents; unet\.latent_norm is reference"):
+        initial_unet(unet_config(normalised, stage1, audio_width=WIDTH), tmp_path / "raw")
+    model, _ = initial_unet(unet_config(normalised, stage1, audio_width=WIDTH), None)
+    save_unet(tmp_path / "normalised", model)
+    assert load_unet(tmp_path / "normalised").config.latent_norm == "reference"
 
 
 def test_reference_windows_never_overlap_and_audio_follows_the_shift():

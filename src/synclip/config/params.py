@@ -468,6 +468,9 @@ class UNetParams:
     # what the UNet outputs: ε (LatentSync) or v = √ᾱ·ε − √(1 − ᾱ)·z0 (Salimans & Ho 2022), whose x̂0 stays
     # exact at high noise, where ε's divides the error by √ᾱ (≈ 0.07 at t = 999)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # none (LatentSync) or reference: each latent channel standardised by its mean and std on the reference
+    # latents' kept cells, per window, and mapped back before decoding (synclip.nn.latent_norm)
+    latent_norm: Literal["none", "reference"] = "none"
 
     def validate(self, key: str = "unet") -> None:
         levels = len(self.block_out_channels)

@@ -14,6 +14,7 @@ from einops import rearrange, repeat
 from synclip.artifacts import CheckpointError
 from synclip.config import ConfigError, InferenceParams, check_sampling, from_dict
 from synclip.constants import NOISE_SCHEDULE
+from synclip.nn.latent_norm import LatentNorm
 from synclip.nn.vae import scale_latents, unscale_latents
 from synclip.runtime import frozen_autocast
 
@@ -170,8 +171,13 @@ class LipSyncPipeline:
         latent_mask = F.interpolate(
             self.mask[None], size=reference.shape[-2:], mode="nearest"
         )  # (1, 1, h, w)
-        condition = torch.cat([latent_mask.expand(frames, -1, -1, -1), masked, reference], dim=1)
-        condition = rearrange(condition, "f c h w -> 1 c f h w")
+        masked, reference = (rearrange(z, "f c h w -> 1 c f h w") for z in (masked, reference))
+        norm = None
+        if self.unet.config.latent_norm == "reference":  # as the UNet was trained: synclip.nn.latent_norm
+            norm = LatentNorm.of_reference(reference, latent_mask[:, :, None])
+            masked, reference = norm.apply(masked), norm.apply(reference)
+        keep = repeat(latent_mask, "1 1 h w -> 1 1 f h w", f=frames)
+        condition = torch.cat([keep, masked, reference], dim=1)  # (1, 2C + 1, F, h, w)
         scheduler = DDIMScheduler.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
         draws = noise if noise.ndim == 4 else noise[None]  # (1 + steps, C, h, w)
@@ -190,6 +196,7 @@ class LipSyncPipeline:
                 output = self.unet(sample, t, audio_in)
             variance = shared[1 + index] if eta > 0 else None
             latents = scheduler.step(output, t, latents, eta=eta, variance_noise=variance).prev_sample
+        latents = norm.invert(latents) if norm is not None else latents
         generated = self.decode(rearrange(latents, "1 c f h w -> f c h w"))
         return generated * (1 - self.mask) + faces * self.mask
 

@@ -3,6 +3,7 @@ the one-step x̂0 and the named loss terms, apart from the network and the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from torch import nn
 
 from synclip.constants import NOISE_SCHEDULE
 from synclip.data.unet_windows import UNetBatch, region_pixels, region_slices
+from synclip.nn.latent_norm import LatentNorm, check_latent_norm
 from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.taef2 import Taef2
 from synclip.nn.unet import UNet3DConditionModel
@@ -112,7 +114,9 @@ class DiffusionObjective:
     UNet. `sync_crop`/`sync_size` are the SyncNet's view (fractions of the face, (H, W)).
     `recon_mouth_weight` > 0 weighs the ε MSE toward the cells of the `recon_mouth` box (`vae.mouth`;
     synclip's addition: with plain MSE the tiny UNet took far more steps to start using the audio;
-    docs/experiments/2026-12-01-unet-stage1-recipe.md).
+    docs/experiments/2026-12-01-unet-stage1-recipe.md). `latent_norm` "reference" standardises every
+    latent of a window by its reference's statistics (`synclip.nn.latent_norm`) before noising, and
+    maps x̂0 back before decoding; it must be the UNet's `latent_norm`, as inference applies that.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class DiffusionObjective:
         recon_mouth: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
         recon_mouth_weight: float = 0.0,
         prediction_type: str = "epsilon",
+        latent_norm: str = "none",
         pixel_region: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0),
         vae: AutoencoderKL | Taef2 | None = None,
         vae_precision: str = "fp32",
@@ -137,6 +142,8 @@ class DiffusionObjective:
         check_prediction_type(prediction_type)
         self.recon_mouth, self.recon_mouth_weight = recon_mouth, recon_mouth_weight
         self.prediction_type = prediction_type
+        check_latent_norm(latent_norm)
+        self.latent_norm = latent_norm
         self.pixel_region, self.vae_precision = pixel_region, vae_precision
         self.vae, self.syncnet, self.lpips, self.trepa = vae, syncnet, lpips, trepa
         networks = {"sync": syncnet, "lpips": lpips, "trepa": trepa}
@@ -233,6 +240,15 @@ class DiffusionObjective:
 
         `recon_only` skips the pixel terms (and leaves "total" out).
         """
+        norm = None
+        if self.latent_norm == "reference":
+            norm = LatentNorm.of_reference(batch.reference_latents, batch.mask)
+            batch = dataclasses.replace(
+                batch,
+                latents=norm.apply(batch.latents),
+                masked_latents=norm.apply(batch.masked_latents),
+                reference_latents=norm.apply(batch.reference_latents),
+            )
         noisy = add_noise(self.scheduler, batch.latents, noise, timesteps)
         output = unet(batch.unet_input(noisy), timesteps, batch.audio).float()  # (B, C, F, h, w)
         prediction = self.prediction_type
@@ -246,6 +262,7 @@ class DiffusionObjective:
             return terms
         if any(t in self.weights for t in PIXEL_TERMS):
             x0 = predict_x0(self.scheduler, noisy.float(), output, timesteps, prediction)
+            x0 = norm.invert(x0) if norm is not None else x0
             region = self.decode_region(x0).float()  # (B, 3, F, H', W')
             if "sync" in self.weights:
                 visual = self.syncnet.embed_visual(self.sync_view(region, x0.shape[-2:]))

@@ -105,14 +105,21 @@ def select_trainable(model: torch.nn.Module, patterns: tuple[str, ...]) -> list[
 def initial_unet(config: UNetConfig, init: str | Path | None) -> tuple[UNet3DConditionModel, list[str]]:
     """A fresh UNet, or one started from the artifact `init` (stage 1's): motion modules absent there
     keep their (identity) initialisation and are returned; any other mismatch is a CheckpointError,
-    as is an `init` trained for another output (ε or v: its weights would load and predict the wrong thing)."""
+    as is an `init` trained for another output (ε or v) or on other latents (`latent_norm`): its weights
+    would load and predict the wrong thing."""
     model = UNet3DConditionModel(config)
     if init is None:
         return model, []
-    trained_for = UNetConfig.from_dict(read_config(init, UNET)["model"]).prediction_type
-    if trained_for != config.prediction_type:
+    trained = UNetConfig.from_dict(read_config(init, UNET)["model"])
+    if trained.prediction_type != config.prediction_type:
         raise CheckpointError(
-            f"{init}: a UNet trained to predict {trained_for}; unet.prediction_type is {config.prediction_type}"
+            f"{init}: a UNet trained to predict {trained.prediction_type}; "
+            f"unet.prediction_type is {config.prediction_type}"
+        )
+    if trained.latent_norm != config.latent_norm:
+        raise CheckpointError(
+            f"{init}: a UNet trained on latent_norm {trained.latent_norm} latents; "
+            f"unet.latent_norm is {config.latent_norm}"
         )
     allow = (MOTION_MODULES,) if config.motion_modules else ()
     return model, load_unet_state(model, read_weights(init), f"{init}/model.safetensors", allow)
@@ -352,6 +359,7 @@ def build_objective(
         recon_mouth=params.vae.mouth,
         recon_mouth_weight=stage.recon_mouth_weight,
         prediction_type=params.unet.prediction_type,
+        latent_norm=params.unet.latent_norm,
         pixel_region=stage.pixel_region,
         vae=vae,
         vae_precision=params.vae.precision,
