@@ -14,8 +14,14 @@ RULE = PromoteParams(
     score="dubbing.lse_c",
     margin=0.0,
     required=(),
-    guards=("dubbing.silent_closed", "reconstruction.ssim_mouth", "photo.outside_mask_change"),
+    guards=(
+        "dubbing.silent_closed",
+        "reconstruction.ssim_mouth",
+        "photo.outside_mask_change",
+        "photo.opening_r",
+    ),
     photo_tolerance=0.5,
+    photo_opening_tolerance=0.2,
 )
 
 
@@ -83,14 +89,25 @@ def test_a_guard_that_gets_clearly_worse_vetoes_a_gain():
     assert compare(table(BASE + 0.1, ssim=0.8 + wobble), table(BASE), RULE).promote
 
 
-def test_the_photo_guard_allows_its_tolerance_and_no_more():
-    promoted_photo = {"outside_mask_change": 0.4}
-    ok = compare(table(BASE + 0.1), table(BASE), RULE, {"outside_mask_change": 0.8}, promoted_photo)
+def photo(change: float, opening_r: float | None) -> dict:
+    return {"outside_mask_change": change, "model": {"opening_r": opening_r}}
+
+
+def test_the_photo_guards_allow_their_tolerance_and_no_more():
+    promoted_photo = photo(0.4, 0.6)
+    ok = compare(table(BASE + 0.1), table(BASE), RULE, photo(0.8, 0.45), promoted_photo)
     assert ok.promote
-    bad = compare(table(BASE + 0.1), table(BASE), RULE, {"outside_mask_change": 1.2}, promoted_photo)
+    bad = compare(table(BASE + 0.1), table(BASE), RULE, photo(1.2, 0.6), promoted_photo)
     assert not bad.promote
     assert "photo.outside_mask_change (1.2 vs 0.4)" in bad.reason
-    assert len(compare(table(BASE + 0.1), table(BASE), RULE).rows) == 3  # no photo: no photo row
+    # SynthTalk gains do not buy a photo whose mouth stopped following the speech
+    still = compare(table(BASE + 0.1), table(BASE), RULE, photo(0.4, 0.3), promoted_photo)
+    assert not still.promote
+    assert "photo.opening_r (0.3 vs 0.6)" in still.reason
+    frozen = compare(table(BASE + 0.1), table(BASE), RULE, photo(0.4, None), promoted_photo)  # r undefined
+    assert not frozen.promote
+    assert compare(table(BASE + 0.1), table(BASE), RULE, photo(0.4, 0.9), photo(0.4, None)).promote
+    assert len(compare(table(BASE + 0.1), table(BASE), RULE).rows) == 3  # no photo: no photo rows
 
 
 def test_only_the_same_clips_with_the_same_audio_compare():

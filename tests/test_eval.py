@@ -380,6 +380,7 @@ def test_promotion_refuses_a_reseeded_model_and_takes_a_real_gain(
         required=(),
         guards=("dubbing.silent_closed", "reconstruction.ssim_mouth"),
         photo_tolerance=0.5,
+        photo_opening_tolerance=0.2,
     )
     for candidate, promoted in (("b", "a"), ("a", "b")):
         decision = compare(tables[candidate], tables[promoted], rule)

@@ -144,6 +144,7 @@ def repo(tmp_path):
         "required": ["beats_baselines.lse_c"],
         "guards": ["dubbing.silent_closed"],
         "photo_tolerance": 0.5,
+        "photo_opening_tolerance": 0.2,
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(ROOT / "params", repo / "params")

@@ -686,11 +686,14 @@ class PromoteParams:
     required: tuple[str, ...]  # boolean metrics of the candidate's metrics.json that must all be true
     guards: tuple[str, ...]  # per-clip metrics that must not get significantly worse (or the photo's change)
     photo_tolerance: float  # grey levels the photo check's change outside the mask may grow
+    photo_opening_tolerance: float  # how far the photo's mouth-opening r may fall
 
     def validate(self, key: str = "promote") -> None:
-        if self.margin < 0 or self.photo_tolerance < 0:
+        tolerances = (self.margin, self.photo_tolerance, self.photo_opening_tolerance)
+        if min(tolerances) < 0:
             raise ConfigError(
-                f"{key}.margin and photo_tolerance must be >= 0, got {self.margin}, {self.photo_tolerance}"
+                f"{key}.margin, photo_tolerance and photo_opening_tolerance must be >= 0, got "
+                + ", ".join(f"{t:g}" for t in tolerances)
             )
 
 

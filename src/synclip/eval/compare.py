@@ -47,14 +47,39 @@ PAIRED = {
     "reconstruction.psnr_mouth": PairedMetric("reconstruction", "psnr_mouth"),
     "reconstruction.lse_c": PairedMetric("reconstruction", "lse_c"),
 }
-PHOTO = "photo.outside_mask_change"  # one photo: no clips to resample, so a tolerance in grey levels
+
+
+@dataclass(frozen=True)
+class PhotoMetric:
+    """A number of the photo check (`metrics.json`'s `photo`). One photo: no clips to resample, so the
+    guard is a tolerance (`promote.<tolerance>`), not an interval."""
+
+    path: tuple[str, ...]  # keys into the photo scores
+    higher_is_better: bool
+    tolerance: str  # the PromoteParams field
+    unit: str
+
+    def value(self, scores: dict) -> float:
+        for key in self.path:
+            scores = scores[key]
+        return float("nan") if scores is None else float(scores)
+
+
+PHOTO = {
+    "photo.outside_mask_change": PhotoMetric(
+        ("outside_mask_change",), False, "photo_tolerance", "grey levels"
+    ),
+    # a model that draws no moving mouth on a real face must not replace one that does, however it scores
+    # on SynthTalk (the v-prediction model did exactly that: docs/experiments/2026-12-06-v-prediction.md)
+    "photo.opening_r": PhotoMetric(("model", "opening_r"), True, "photo_opening_tolerance", "r"),
+}
 
 
 def check_rule(rule: PromoteParams) -> None:
     """Fail early (before any training) on a rule that names metrics the comparison cannot pair."""
-    unknown = [name for name in (rule.score, *rule.guards) if name not in PAIRED and name != PHOTO]
-    if rule.score == PHOTO or unknown:
-        known = ", ".join([*PAIRED, PHOTO + " (guards only)"])
+    unknown = [name for name in (rule.score, *rule.guards) if name not in PAIRED and name not in PHOTO]
+    if rule.score in PHOTO or unknown:
+        known = ", ".join([*PAIRED, *(f"{name} (guards only)" for name in PHOTO)])
         raise UserError(
             f"promote: cannot compare {', '.join(unknown) or rule.score} clip by clip; known: {known}"
         )
@@ -132,8 +157,8 @@ def compare(
     check_rule(rule)
     rows = []
     for metric, role in [(rule.score, "score"), *((g, "guard") for g in rule.guards)]:
-        if metric == PHOTO:
-            row = _photo_guard(candidate_photo, promoted_photo, rule.photo_tolerance)
+        if metric in PHOTO:
+            row = _photo_guard(metric, candidate_photo, promoted_photo, rule)
             if row is not None:
                 rows.append(row)
             continue
@@ -159,13 +184,21 @@ def compare(
     return Comparison(True, f"a clear gain: {what}; no guard worse", rows)
 
 
-def _photo_guard(candidate: dict | None, promoted: dict | None, tolerance: float) -> PairedRow | None:
-    """The photo check's change outside the mask (lower is better): worse beyond `tolerance` grey levels.
-    Left out when either evaluation ran without the photo check."""
+def _photo_guard(
+    metric: str, candidate: dict | None, promoted: dict | None, rule: PromoteParams
+) -> PairedRow | None:
+    """A photo check number: worse when it moved the wrong way by more than its tolerance; a NaN
+    (no mouth movement to correlate) is worse than any number. Left out when either evaluation ran
+    without the photo check."""
     if not candidate or not promoted:
         return None
-    mine, theirs = float(candidate["outside_mask_change"]), float(promoted["outside_mask_change"])
-    worse = mine > theirs + tolerance
-    better = mine < theirs - tolerance
+    spec = PHOTO[metric]
+    mine, theirs = spec.value(candidate), spec.value(promoted)
+    tolerance = getattr(rule, spec.tolerance)
+    sign = 1 if spec.higher_is_better else -1
+    if np.isnan(mine) or np.isnan(theirs):
+        worse, better = np.isnan(mine) and not np.isnan(theirs), np.isnan(theirs) and not np.isnan(mine)
+    else:
+        worse, better = sign * (theirs - mine) > tolerance, sign * (mine - theirs) > tolerance
     verdict = "worse" if worse else ("better" if better else "no clear difference")
-    return PairedRow(PHOTO, "guard", mine, theirs, None, verdict, not worse)
+    return PairedRow(metric, "guard", mine, theirs, None, verdict, not worse)
