@@ -57,7 +57,6 @@ class PhotoMetric:
     path: tuple[str, ...]  # keys into the photo scores
     higher_is_better: bool
     tolerance: str  # the PromoteParams field
-    unit: str
 
     def value(self, scores: dict) -> float:
         for key in self.path:
@@ -66,12 +65,10 @@ class PhotoMetric:
 
 
 PHOTO = {
-    "photo.outside_mask_change": PhotoMetric(
-        ("outside_mask_change",), False, "photo_tolerance", "grey levels"
-    ),
+    "photo.outside_mask_change": PhotoMetric(("outside_mask_change",), False, "photo_tolerance"),
     # a model that draws no moving mouth on a real face must not replace one that does, however it scores
     # on SynthTalk (the v-prediction model did exactly that: docs/experiments/2026-12-06-v-prediction.md)
-    "photo.opening_r": PhotoMetric(("model", "opening_r"), True, "photo_opening_tolerance", "r"),
+    "photo.opening_r": PhotoMetric(("model", "opening_r"), True, "photo_opening_tolerance"),
 }
 
 
