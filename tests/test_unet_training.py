@@ -120,40 +120,30 @@ def test_v_prediction_target_and_its_x0_match_diffusers():
         predict_x0(scheduler, noisy, v, timesteps, "sample")
 
 
+class FakeUNet(torch.nn.Module):
+    """Outputs `output` (None: zeros shaped like the latents) and keeps every input it was given."""
+
+    def __init__(self, output: torch.Tensor | None = None):
+        super().__init__()
+        self.output, self.seen = output, []
+
+    def forward(self, sample, timestep, audio):
+        self.seen.append(sample)
+        return self.output if self.output is not None else torch.zeros_like(sample[:, :4])
+
+
 def test_a_v_prediction_objective_scores_the_unet_against_v():
     clips = [synthetic_clip("m000", 30)]
     sampler = WindowSampler(clips, 2, np.random.default_rng(0))
     batch = sampler.batch([sampler.draw()])
     noise, timesteps = torch.randn_like(batch.latents), torch.tensor([700])
     v = velocity(noise_scheduler(), batch.latents, noise, timesteps)
-
-    class Exact(torch.nn.Module):  # outputs the true target of one prediction type
-        def __init__(self, target):
-            super().__init__()
-            self.target = target
-
-        def forward(self, sample, timestep, audio):
-            return self.target
-
     for prediction, exact, other in (("v_prediction", v, noise), ("epsilon", noise, v)):
         objective = DiffusionObjective({"recon": 1.0}, prediction_type=prediction)
-        assert float(objective(Exact(exact), batch, noise, timesteps)["recon"]) < 1e-10
-        assert float(objective(Exact(other), batch, noise, timesteps)["recon"]) > 0.01
+        assert float(objective(FakeUNet(exact), batch, noise, timesteps)["recon"]) < 1e-10
+        assert float(objective(FakeUNet(other), batch, noise, timesteps)["recon"]) > 0.01
     with pytest.raises(ValueError, match="prediction_type"):
         DiffusionObjective({"recon": 1.0}, prediction_type="sample")
-
-
-def test_a_unet_trained_for_epsilon_does_not_start_a_v_prediction_stage(params, tmp_path):
-    unet_params = dataclasses.replace(tiny_unet_params(params), prediction_type="epsilon")
-    stage1 = params.train_unet.stage(1)
-    save_unet(tmp_path / "eps", UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH)))
-    v_params = dataclasses.replace(unet_params, prediction_type="v_prediction")
-    with pytest.raises(
-        CheckpointError, match=r"trained to predict epsilon; unet\.prediction_type is v_prediction"
-    ):
-        initial_unet(unet_config(v_params, stage1, audio_width=WIDTH), tmp_path / "eps")
-    model, _ = initial_unet(unet_config(unet_params, stage1, audio_width=WIDTH), tmp_path / "eps")
-    assert model.config.prediction_type == "epsilon"
 
 
 def test_latent_norm_reads_only_the_kept_cells_and_inverts_exactly():
@@ -195,21 +185,11 @@ def test_a_reference_normalised_objective_sees_a_recoloured_face_as_the_same_fac
         reference_latents=batch.reference_latents * gain + shift,
     )
     noise, timesteps = torch.randn_like(batch.latents), torch.tensor([700])
-
-    class Record(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def forward(self, sample, timestep, audio):
-            self.seen.append(sample)
-            return torch.zeros_like(sample[:, :4])
-
     for latent_norm in ("reference", "none"):
         objective = DiffusionObjective(
             {"recon": 1.0}, prediction_type="v_prediction", latent_norm=latent_norm
         )
-        unet = Record()
+        unet = FakeUNet()
         losses = [float(objective(unet, b, noise, timesteps)["recon"]) for b in (batch, recoloured)]
         same_input = torch.allclose(unet.seen[0], unet.seen[1], atol=0.02)
         same_loss = abs(losses[0] - losses[1]) < 0.02 * losses[0]
@@ -218,16 +198,33 @@ def test_a_reference_normalised_objective_sees_a_recoloured_face_as_the_same_fac
         DiffusionObjective({"recon": 1.0}, latent_norm="batch")
 
 
-def test_a_unet_trained_on_raw_latents_does_not_start_a_normalised_stage(params, tmp_path):
-    unet_params = dataclasses.replace(tiny_unet_params(params), latent_norm="none")
+@pytest.mark.parametrize(
+    ("key", "stored", "wanted", "message"),
+    [
+        (
+            "prediction_type",
+            "epsilon",
+            "v_prediction",
+            r"trained to predict epsilon; unet\.prediction_type is v_prediction",
+        ),
+        ("latent_norm", "none", "reference", r"latent_norm none latents; unet\.latent_norm is reference"),
+    ],
+)
+def test_a_stage_does_not_start_from_a_unet_trained_for_other_latents_or_outputs(
+    params, tmp_path, key, stored, wanted, message
+):
+    """ε against v, raw against standardised latents: the weights would load and predict the wrong thing."""
+    unet_params = dataclasses.replace(tiny_unet_params(params), **{key: stored})
     stage1 = params.train_unet.stage(1)
-    save_unet(tmp_path / "raw", UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH)))
-    normalised = dataclasses.replace(unet_params, latent_norm="reference")
-    with pytest.raises(CheckpointError, match=r"latent_norm none latents; unet\.latent_norm is reference"):
-        initial_unet(unet_config(normalised, stage1, audio_width=WIDTH), tmp_path / "raw")
-    model, _ = initial_unet(unet_config(normalised, stage1, audio_width=WIDTH), None)
-    save_unet(tmp_path / "normalised", model)
-    assert load_unet(tmp_path / "normalised").config.latent_norm == "reference"
+    save_unet(tmp_path / "init", UNet3DConditionModel(unet_config(unet_params, stage1, audio_width=WIDTH)))
+    other = dataclasses.replace(unet_params, **{key: wanted})
+    with pytest.raises(CheckpointError, match=message):
+        initial_unet(unet_config(other, stage1, audio_width=WIDTH), tmp_path / "init")
+    model, _ = initial_unet(unet_config(unet_params, stage1, audio_width=WIDTH), tmp_path / "init")
+    assert getattr(model.config, key) == stored
+    fresh, _ = initial_unet(unet_config(other, stage1, audio_width=WIDTH), None)
+    save_unet(tmp_path / "fresh", fresh)
+    assert getattr(load_unet(tmp_path / "fresh").config, key) == wanted
 
 
 def test_reference_windows_never_overlap_and_audio_follows_the_shift():
