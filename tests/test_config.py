@@ -95,6 +95,18 @@ def test_validation_samples_must_fit_the_validations_and_the_sync_scoring(params
         load_params(params_file)
 
 
+def test_stage_two_may_not_inherit_the_lower_face_jitter_with_pixel_losses(params_file):
+    """Stage 2 compares decoded frames with the real pixels, which a jittered latent no longer shows."""
+    edit(params_file, lambda d: d["train_unet"]["stage2"].pop("lower_face_jitter"))
+    with pytest.raises(
+        ConfigError, match=r"train_unet\.stage2: lower_face_jitter \[0\.1, 0\.25\] with the pixel"
+    ):
+        load_params(params_file)
+    edit(params_file, lambda d: d["train_unet"]["stage1"].update(lower_face_jitter=[-0.1, 0.5]))
+    with pytest.raises(ConfigError, match=r"lower_face_jitter must be >= 0"):
+        load_params(params_file)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

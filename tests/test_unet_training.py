@@ -24,6 +24,7 @@ from synclip.nn.syncnet import StableSyncNet, syncnet_config
 from synclip.nn.unet import UNet3DConditionModel, unet_config
 from synclip.train.diffusion import (
     DiffusionObjective,
+    LowerFaceJitter,
     add_noise,
     mixed_noise,
     noise_correlation,
@@ -196,6 +197,39 @@ def test_a_reference_normalised_objective_sees_a_recoloured_face_as_the_same_fac
         assert same_input == same_loss == (latent_norm == "reference"), latent_norm
     with pytest.raises(ValueError, match="latent_norm"):
         DiffusionObjective({"recon": 1.0}, latent_norm="batch")
+
+
+def test_lower_face_jitter_changes_the_generated_cells_of_target_and_reference_alike():
+    """The same per-channel gain and shift on the generated cells of the target and the reference; the kept
+    cells and the masked latents (the UNet's view of the upper face) stay as they are."""
+    sampler = WindowSampler([synthetic_clip("m000", 30)], 2, np.random.default_rng(0))
+    batch = sampler.batch([sampler.draw(), sampler.draw()], sample=False)
+    torch.manual_seed(0)
+    jitter = LowerFaceJitter.draw(2, 4, 0.2, 0.5)
+    assert jitter.gain.shape == jitter.shift.shape == (2, 4, 1, 1, 1)
+    assert not torch.allclose(jitter.gain[0], jitter.gain[1])  # one draw per window
+    kept = (batch.mask > 0.5).expand_as(batch.latents)
+    for latents in (batch.latents, batch.reference_latents):
+        moved = jitter.apply(latents, batch.mask)
+        torch.testing.assert_close(moved[kept], latents[kept], rtol=0, atol=0)
+        torch.testing.assert_close(moved[~kept], (latents * jitter.gain + jitter.shift)[~kept])
+
+    noise, timesteps = torch.randn_like(batch.latents), torch.tensor([700, 300])
+    objective = DiffusionObjective({"recon": 1.0}, prediction_type="v_prediction", latent_norm="reference")
+    unet = FakeUNet()
+    plain = float(objective(unet, batch, noise, timesteps)["recon"])
+    jittered = float(objective(unet, batch, noise, timesteps, jitter=jitter)["recon"])
+    assert plain != pytest.approx(jittered)  # the target moved with it
+    channels = batch.latents.shape[1]
+    as_seen = [sample[:, 1 + channels :] for sample in unet.seen]  # (mask, masked, reference) after the noisy
+    torch.testing.assert_close(as_seen[0][:, :channels], as_seen[1][:, :channels])  # masked: untouched
+    generated = ~(batch.mask > 0.5).expand_as(batch.latents)
+    assert not torch.allclose(as_seen[0][:, channels:][generated], as_seen[1][:, channels:][generated])
+    torch.testing.assert_close(as_seen[0][:, channels:][~generated], as_seen[1][:, channels:][~generated])
+
+    with_pixels = DiffusionObjective({"recon": 1.0, "trepa": 1.0}, vae=tiny_vae(), trepa=torch.nn.Identity())
+    with pytest.raises(ValueError, match="jitter with pixel loss terms"):
+        with_pixels(unet, batch, noise, timesteps, jitter=jitter)
 
 
 @pytest.mark.parametrize(

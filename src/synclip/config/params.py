@@ -523,6 +523,10 @@ class UNetStageParams(OptimParams):
     # the ε MSE weighs the latent cells of vae.mouth (snapped outward) 1 + recon_mouth_weight times
     # the others, normalised to a mean weight of 1 (0: plain MSE)
     recon_mouth_weight: float
+    # (std of the log gain, std of the shift): one random per-channel gain and shift per window, applied
+    # alike to the target's and the reference's latents on the cells the mask generates (synclip's
+    # addition, stage 1 only; (0, 0): none). The lower face's look then comes from the reference.
+    lower_face_jitter: tuple[float, float]
     # (top, bottom, left, right) of the face decoded for the pixel losses; snapped outward to latent cells
     pixel_region: tuple[float, float, float, float]
     max_clips: int  # train clips whose latents are encoded (0 = all; bounds the VAE encoding time)
@@ -563,9 +567,18 @@ class UNetStageParams(OptimParams):
         check_box(f"{key}.pixel_region", self.pixel_region)
         if self.recon_mouth_weight < 0:
             raise ConfigError(f"{key}.recon_mouth_weight must be >= 0, got {self.recon_mouth_weight}")
+        if min(self.lower_face_jitter) < 0:
+            raise ConfigError(f"{key}.lower_face_jitter must be >= 0, got {list(self.lower_face_jitter)}")
         weights = dataclasses.asdict(self.loss_weights)
         if min(weights.values()) < 0 or weights["recon"] <= 0:
             raise ConfigError(f"{key}.loss_weights must be >= 0 with recon > 0, got {weights}")
+        pixel_terms = [term for term, weight in weights.items() if term != "recon" and weight > 0]
+        if max(self.lower_face_jitter) > 0 and pixel_terms:
+            raise ConfigError(
+                f"{key}: lower_face_jitter {list(self.lower_face_jitter)} with the pixel loss terms "
+                f"{pixel_terms}: their targets are the real pixels, which the jitter does not change "
+                "(set it to [0, 0] for this stage)"
+            )
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,31 @@ def predict_x0(
     return ((noisy - (1 - alpha_bar).sqrt() * output) / alpha_bar.sqrt()).to(output.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class LowerFaceJitter:
+    """One random per-channel gain and shift per window on the latent cells the mask generates, applied
+    alike to the target's and the reference's latents (`lower_face_jitter`, synclip's addition).
+
+    SynthTalk has 40 training identities: the UNet can learn each one's lips and chin and recall them from
+    the upper face, and on a face it never saw it then draws the nearest one's. With the lower face's look
+    changed at random, but the same in target and reference, only the reference tells it.
+    """
+
+    gain: torch.Tensor  # (B, C, 1, 1, 1)
+    shift: torch.Tensor  # (B, C, 1, 1, 1)
+
+    @classmethod
+    def draw(cls, windows: int, channels: int, gain_std: float, shift_std: float) -> LowerFaceJitter:
+        """log gain ~ N(0, gain_std²), shift ~ N(0, shift_std²), from torch's global RNG."""
+        gain = torch.exp(gain_std * torch.randn(windows, channels, 1, 1, 1))
+        return cls(gain, shift_std * torch.randn(windows, channels, 1, 1, 1))
+
+    def apply(self, latents: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, h, w) latents, `keep` (B, 1, F, h, w) 1 on the kept cells → jittered on the others."""
+        gain, shift = self.gain.to(latents.device), self.shift.to(latents.device)
+        return (latents + (1 - keep) * ((gain - 1) * latents + shift)).to(latents.dtype)
+
+
 class DiffusionObjective:
     """LatentSync's loss: weighted named terms on one batch, given the noise and timesteps.
 
@@ -235,11 +260,18 @@ class DiffusionObjective:
         noise: torch.Tensor,
         timesteps: torch.Tensor,
         recon_only: bool = False,
+        jitter: LowerFaceJitter | None = None,
     ) -> dict[str, torch.Tensor]:
         """{"recon", enabled pixel terms…, "total"}: each a scalar, total = Σ weight · term.
 
-        `recon_only` skips the pixel terms (and leaves "total" out).
+        `recon_only` skips the pixel terms (and leaves "total" out). `jitter` (training only) changes the
+        target's and the reference's generated cells, after the standardisation; the pixel terms, whose
+        targets are the real pixels, refuse it.
         """
+        if jitter is not None and any(t in self.weights for t in PIXEL_TERMS) and not recon_only:
+            raise ValueError(
+                "lower-face jitter with pixel loss terms: their targets are the unjittered pixels"
+            )
         norm = None
         if self.latent_norm == "reference":
             norm = LatentNorm.of_reference(batch.reference_latents, batch.mask)
@@ -248,6 +280,12 @@ class DiffusionObjective:
                 latents=norm.apply(batch.latents),
                 masked_latents=norm.apply(batch.masked_latents),
                 reference_latents=norm.apply(batch.reference_latents),
+            )
+        if jitter is not None:
+            batch = dataclasses.replace(
+                batch,
+                latents=jitter.apply(batch.latents, batch.mask),
+                reference_latents=jitter.apply(batch.reference_latents, batch.mask),
             )
         noisy = add_noise(self.scheduler, batch.latents, noise, timesteps)
         output = unet(batch.unet_input(noisy), timesteps, batch.audio).float()  # (B, C, F, h, w)

@@ -43,7 +43,7 @@ from synclip.files import write_csv, write_json
 from synclip.nn.syncnet import StableSyncNet
 from synclip.nn.unet import MOTION_MODULES, UNet3DConditionModel, UNetConfig, unet_config
 from synclip.runtime import is_main
-from synclip.train.diffusion import DiffusionObjective, mixed_noise
+from synclip.train.diffusion import DiffusionObjective, LowerFaceJitter, mixed_noise
 from synclip.train.losses import load_lpips
 from synclip.train.trainer import Recipe, Trainer
 from synclip.train.trepa import load_trepa_term
@@ -289,11 +289,19 @@ class UNetRecipe(Recipe):
         batch.audio[dropped] = 0
         noise = mixed_noise(tuple(batch.latents.shape), stage.mixed_noise_alpha)
         timesteps = torch.randint(0, self.objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
+        jitter = None
+        if max(stage.lower_face_jitter) > 0:
+            jitter = LowerFaceJitter.draw(stage.batch_size, batch.latents.shape[1], *stage.lower_face_jitter)
+            jitter = LowerFaceJitter(shard.take(jitter.gain), shard.take(jitter.shift))
         batch = UNetBatch(**{k: v if v is None else shard.take(v) for k, v in vars(batch).items()})
         noise, timesteps = shard.take(noise), shard.take(timesteps)
         with autocast:
             terms = self.objective(
-                self.model, batch.to(self.device), noise.to(self.device), timesteps.to(self.device)
+                self.model,
+                batch.to(self.device),
+                noise.to(self.device),
+                timesteps.to(self.device),
+                jitter=jitter,
             )
         return terms["total"], terms
 
