@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,44 @@ def test_the_closed_mouth_baseline_changes_only_the_generated_region_and_stands_
     for frame in out:  # every frame shows frame 2's mouth (the most closed)
         np.testing.assert_array_equal(frame[generate], frames[2][generate])
     assert not np.array_equal(out[0][generate], frames[0][generate])
+
+
+def test_the_scorer_computes_each_frames_landmarks_and_each_pairs_sync_once(monkeypatch, params):
+    """The protocol scores a clip's own frames up to three times; the instruments must run once each."""
+    from synclip.eval import protocol
+
+    landmarked, synced = [], []
+
+    def ratios(frames, landmarker):
+        landmarked.append(frames.copy())
+        return frames.mean(axis=(1, 2, 3)) / 255
+
+    def score(syncnet, frames, mel, max_offset, device):
+        synced.append(frames.copy())
+        return SimpleNamespace(offset=0, lse_c=0.5, lse_d=0.7)
+
+    monkeypatch.setattr(protocol, "mouth_ratios", ratios)
+    monkeypatch.setattr(protocol, "score_frames", score)
+    scorer = Scorer(None, "unused.task", params.evaluate, 4, torch.device("cpu"), params.vae.mouth)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    speech, other = (rng.standard_normal(6 * 640).astype(np.float32) for _ in range(2))
+    driving = EvalClip("b", "B", b, other, np.linspace(0, 1, 6), np.zeros(6, bool))
+
+    first, r1 = scorer.mouth(a, driving)
+    r1[:] = -1  # the caller's copy: the kept ratios must not change
+    again, r2 = scorer.mouth(a.copy(), driving)
+    assert len(landmarked) == 1
+    assert pd.Series(first).equals(pd.Series(again))  # equals: NaN where there are no silent frames
+    np.testing.assert_array_equal(r2, a.mean(axis=(1, 2, 3)) / 255)
+    scorer.mouth(b, driving)
+    assert len(landmarked) == 2
+
+    expected = {"offset": 0, "lse_c": 0.5, "lse_d": 0.7}
+    assert scorer.sync(a, speech) == scorer.sync(a.copy(), speech.copy()) == expected
+    scorer.sync(a, other)  # same frames, other audio: another score
+    scorer.sync(a[:5], speech[: 5 * 640])  # fewer frames: another score
+    assert len(synced) == 3
 
 
 def test_pearson_ignores_missing_frames_and_is_undefined_for_constants():

@@ -225,6 +225,22 @@ def test_stream_holds_one_chunk_of_inputs(pipe):
     assert given == 12
 
 
+@pytest.mark.parametrize(("latents", "encoded"), [("mean", 2 * 9), ("sample", 2 * 4 * 3)])
+def test_mean_latents_encode_each_frame_once_and_samples_each_chunk(pipe, latents, encoded):
+    """9 frames in chunks of 4 overlapping by 1: 3 chunks. The means are kept for the shared frames;
+    posterior samples are drawn per chunk (LatentSync's order), so each chunk encodes all its frames."""
+    faces, audio = inputs(9)
+    chunked = with_config(pipe, num_frames=4, overlap=1, latents=latents)
+    frames = []
+    hook = chunked.vae.encoder.register_forward_hook(lambda _m, args, _o: frames.append(args[0].shape[0]))
+    try:
+        out = chunked(faces, audio)
+    finally:
+        hook.remove()
+    assert sum(frames) == encoded + (latents == "sample")  # sample: one more frame for the latent shape
+    assert out.shape == faces.shape
+
+
 def test_bad_shapes_and_settings_are_errors(pipe):
     faces, audio = inputs(3)
     with pytest.raises(ValueError, match="faces must be"):

@@ -4,6 +4,7 @@ Glossary: N frames, R aligned face size.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +166,22 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def digest(*arrays: np.ndarray) -> str:
+    """sha1 over the arrays' shapes, dtypes and bytes: a key for scores that depend on nothing else."""
+    h = hashlib.sha1()
+    for array in arrays:
+        h.update(f"{array.shape} {array.dtype} ".encode())
+        h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
 class Scorer:
-    """Sync, mouth-opening and image scores of (frames, driving clip) pairs."""
+    """Sync, mouth-opening and image scores of (frames, driving clip) pairs.
+
+    The protocol scores the same frames more than once: a clip's own frames are reconstruction's truth,
+    dubbing's input and another clip's dubbing truth, and its closed-mouth baseline is scored in both
+    protocols. Landmarks and sync scores are kept per content (`digest`), so each is computed once.
+    """
 
     def __init__(
         self,
@@ -182,16 +197,28 @@ class Scorer:
         self.syncnet, self.landmarker, self.params = syncnet, landmarker, params
         self.max_offset, self.device, self.lpips, self.mouth_box = max_offset, device, lpips, mouth_box
         self.paper = paper
+        self._sync: dict[str, dict] = {}
+        self._ratios: dict[str, np.ndarray] = {}
 
     def sync(self, frames: np.ndarray, samples: np.ndarray) -> dict:
         """synclip's SyncNet (offset, LSE-C, LSE-D) and, when its weights are there, syncnet_python's
         (sync_c, sync_d, sync_offset: the papers' Sync-C / Sync-D)."""
-        score = score_frames(self.syncnet, frames, syncnet_mel(samples), self.max_offset, self.device)
-        paper = sync_scores(self.paper, frames, samples) if self.paper is not None else {}
-        return {"offset": score.offset, "lse_c": score.lse_c, "lse_d": score.lse_d, **paper}
+        key = digest(frames, samples)
+        if key not in self._sync:
+            score = score_frames(self.syncnet, frames, syncnet_mel(samples), self.max_offset, self.device)
+            paper = sync_scores(self.paper, frames, samples) if self.paper is not None else {}
+            self._sync[key] = {"offset": score.offset, "lse_c": score.lse_c, "lse_d": score.lse_d, **paper}
+        return dict(self._sync[key])
+
+    def ratios(self, frames: np.ndarray) -> np.ndarray:
+        """`mouth_ratios` of `frames`, computed once per content."""
+        key = digest(frames)
+        if key not in self._ratios:
+            self._ratios[key] = mouth_ratios(frames, self.landmarker)
+        return self._ratios[key].copy()
 
     def mouth(self, frames: np.ndarray, driving: EvalClip) -> dict:
-        ratios = mouth_ratios(frames, self.landmarker)
+        ratios = self.ratios(frames)
         closed = ratios < self.params.closed_ratio
         silent = driving.silent & np.isfinite(ratios)
         return {

@@ -123,6 +123,15 @@ class LipSyncPipeline:
             images = self.vae.decode(unscale_latents(self.vae, latents)).sample
         return images.to(self.dtype).clamp(-1, 1)
 
+    def condition(
+        self, faces: torch.Tensor, posterior_noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """faces (F, 3, R, R) in [−1, 1] → the latents of the masked faces and of the faces as the
+        reference, (F, C, h, w) each; `posterior_noise` as in `generate`."""
+        faces = faces.to(self.device, self.dtype)
+        masked_noise, reference_noise = (None, None) if posterior_noise is None else posterior_noise
+        return self.encode(faces * self.mask, masked_noise), self.encode(faces, reference_noise)
+
     def noise(self, seed: int, latent_shape: tuple[int, int, int], steps: int = 0) -> torch.Tensor:
         """(1 + steps, C, h, w): the Gaussian draw every frame starts from, then one per DDIM step (η > 0).
 
@@ -150,12 +159,14 @@ class LipSyncPipeline:
         guidance: float,
         eta: float = 0.0,
         posterior_noise: torch.Tensor | None = None,
+        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One chunk: faces (F, 3, R, R) in [−1, 1], audio tokens (F, S, D), noise (C, h, w) or, for
         η > 0, (1 + steps, C, h, w) (see `noise`) → (F, 3, R, R).
 
         `posterior_noise` (2, F, C, h, w) makes the masked faces' latents ([0]) and the reference
         latents ([1]) posterior samples (`encode`), in the order LatentSync draws them; None: the means.
+        `latents`: the faces' (masked, reference) latents (F, C, h, w) each, already encoded (`condition`).
         Pixels the mask keeps are the input's; only the masked region is generated.
         """
         from diffusers import DDIMScheduler
@@ -165,9 +176,12 @@ class LipSyncPipeline:
         audio = audio.to(self.device, self.dtype)[None]  # (1, F, S, D)
         if posterior_noise is not None and (posterior_noise.ndim != 5 or len(posterior_noise) != 2):
             raise ValueError(f"posterior noise must be (2, F, C, h, w), got {tuple(posterior_noise.shape)}")
-        masked_noise, reference_noise = (None, None) if posterior_noise is None else posterior_noise
-        masked = self.encode(faces * self.mask, masked_noise)  # (F, C, h, w)
-        reference = self.encode(faces, reference_noise)
+        if latents is not None and posterior_noise is not None:
+            raise ValueError("pass either encoded latents or posterior noise, not both")
+        if latents is None:
+            masked, reference = self.condition(faces, posterior_noise)  # (F, C, h, w) each
+        else:
+            masked, reference = (z.to(self.device, self.dtype) for z in latents)
         latent_mask = F.interpolate(
             self.mask[None], size=reference.shape[-2:], mode="nearest"
         )  # (1, 1, h, w)
@@ -209,14 +223,18 @@ class LipSyncPipeline:
     ) -> Iterator[torch.Tensor]:
         """(face (3, R, R), audio tokens (S, D)) per frame → generated face (3, R, R) per frame, in order.
 
-        Holds at most F inputs and `overlap` outputs. Frames are generated in chunks of F (`num_frames`)
-        frames; consecutive chunks overlap by `overlap` frames, which are generated twice and cross-faded
-        linearly (weight of the newer chunk (k + 1)/(overlap + 1) for the k-th shared frame), so seams do
-        not jump. With `last_chunk: slide` the last chunk slides back to end at the last frame, so every
+        Holds at most F inputs (and their latents) and `overlap` outputs. Frames are generated in chunks
+        of F (`num_frames`) frames; consecutive chunks overlap by `overlap` frames, which are generated
+        twice and cross-faded linearly (weight of the newer chunk (k + 1)/(overlap + 1) for the k-th
+        shared frame), so seams do not jump. With `last_chunk: slide` the last chunk slides back to end at the last frame, so every
         chunk has F frames when the video has at least F; with `short` it holds only the frames not yet
         generated and the `overlap` before them (LatentSync: overlap 0, the last chunk shorter). Memory
         is that of one chunk, whatever the video's length. A UNet whose frames are independent (no
         motion modules, per-frame GroupNorm) gives the same output chunked or not.
+
+        With `latents: mean` each frame is encoded once, when it enters its first chunk; a frame the
+        next chunk shares keeps its latents (with `sample`, every chunk encodes its frames with fresh
+        posterior noise, as LatentSync does).
 
         Random numbers come from one CPU generator seeded with `seed`, in LatentSync's order: the
         initial noise (C, h, w) shared by every frame (for η > 0, with one more draw per step), then,
@@ -229,10 +247,12 @@ class LipSyncPipeline:
         check_sampling(steps, guidance)
         size, overlap = self.config.num_frames, self.config.overlap
         history: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)
+        encoded: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)  # latents: mean
         pending: list[torch.Tensor] = []  # the last chunk's tail, waiting for the next chunk
         noise: torch.Tensor | None = None
         generator = torch.Generator().manual_seed(seed)
         fresh = 0
+        once = self.config.latents == "mean"
 
         def run(last: bool) -> torch.Tensor:
             nonlocal noise
@@ -242,15 +262,27 @@ class LipSyncPipeline:
             faces = torch.stack([face for face, _ in chunk])
             audio = torch.stack([tokens for _, tokens in chunk])
             self._check(faces, audio)
-            if noise is None:
+            latents = None
+            if once:  # encode the frames no earlier chunk encoded, keep the rest
+                new = faces[len(faces) - fresh :]
                 with torch.no_grad():
-                    shape = self.encode(faces[:1].to(self.device, self.dtype)).shape[1:]  # (C, h, w)
+                    encoded.extend(zip(*self.condition(new), strict=True))
+                masked, reference = zip(*list(encoded)[len(encoded) - len(chunk) :], strict=True)
+                latents = torch.stack(masked), torch.stack(reference)
+            if noise is None:
+                if latents is not None:
+                    shape = latents[1].shape[1:]  # (C, h, w)
+                else:
+                    with torch.no_grad():
+                        shape = self.encode(faces[:1].to(self.device, self.dtype)).shape[1:]
                 noise = self._draw(generator, (1 + (steps if self.config.eta > 0 else 0), *shape))
             posterior = None
             if self.config.latents == "sample":  # two draws, as LatentSync makes them
                 draws = [self._draw(generator, (len(chunk), *noise.shape[1:])) for _ in range(2)]
                 posterior = torch.stack(draws)  # (2, F, C, h, w)
-            return self.generate(faces, audio, noise, steps, guidance, self.config.eta, posterior)
+            return self.generate(
+                faces, audio, noise, steps, guidance, self.config.eta, posterior, latents=latents
+            )
 
         def merge(out: torch.Tensor, last: bool) -> Iterator[torch.Tensor]:
             nonlocal pending
