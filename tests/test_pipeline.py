@@ -41,6 +41,7 @@ from synclip.media.decode import iter_frames, read_audio
 from synclip.media.io import VideoWriter
 from synclip.media.probe import probe
 from synclip.nn.unet import UNet3DConditionModel, UNetConfig
+from synclip.runtime import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNCLIP = Path(sys.executable).with_name("synclip")
@@ -239,6 +240,25 @@ def test_mean_latents_encode_each_frame_once_and_samples_each_chunk(pipe, latent
         hook.remove()
     assert sum(frames) == encoded + (latents == "sample")  # sample: one more frame for the latent shape
     assert out.shape == faces.shape
+
+
+def test_bf16_runs_the_unet_under_autocast_where_the_cpu_has_native_bf16(pipe):
+    """precision bf16: the UNet's passes in bf16 where oneDNN runs it natively (fp32 elsewhere); the
+    sampler's arithmetic and the output stay fp32, close to the fp32 run's."""
+    faces, audio = inputs(4)
+    autocast = []
+    hook = pipe.unet.register_forward_hook(lambda *_: autocast.append(torch.is_autocast_enabled("cpu")))
+    try:
+        fp32 = pipe(faces, audio, steps=3)
+        bf16 = with_config(pipe, precision="bf16")(faces, audio, steps=3)
+    finally:
+        hook.remove()
+    native = cpu_has_bf16()
+    assert autocast == [False] * 3 + [native] * 3
+    assert bf16.dtype == torch.float32
+    if native:
+        assert not torch.equal(bf16, fp32)
+    torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.05)
 
 
 def test_bad_shapes_and_settings_are_errors(pipe):

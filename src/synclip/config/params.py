@@ -622,7 +622,9 @@ class InferenceParams:
     last_chunk: Literal["slide", "short"] = "slide"  # slide back to a whole chunk, or run short (LatentSync)
     loop: Literal["reflect", "repeat_ends"] = "reflect"  # ping-pong; LatentSync's shows each end frame twice
     fps: int = 0  # 0: the input's frame rate; 25: resampled first (LatentSync)
-    precision: Literal["fp32", "fp16"] = "fp32"  # on CUDA; the CPU always runs fp32
+    # fp16: the networks in half on CUDA (LatentSync); bf16: the UNet's passes under bf16 autocast on a CPU
+    # with native bf16 (AVX512-BF16 / AMX), fp32 elsewhere; fp32: fp32 everywhere
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
 
     def validate(self, key: str = "inference") -> None:
         if self.num_frames < 1:

@@ -201,13 +201,15 @@ class LipSyncPipeline:
         latents = shared[0] * scheduler.init_noise_sigma
         guided = guidance != 1.0
         audio_in = torch.cat([torch.zeros_like(audio), audio]) if guided else audio
+        unet_precision = "bf16" if self.config.precision == "bf16" else "fp32"
         for index, t in enumerate(scheduler.timesteps):
             sample = torch.cat([latents, condition], dim=1)  # (1, 13, F, h, w)
+            with frozen_autocast(self.device, unet_precision):  # the sampler's arithmetic stays in fp32
+                output = self.unet(torch.cat([sample, sample]) if guided else sample, t, audio_in)
+            output = output.to(latents.dtype)
             if guided:
-                uncond, cond = self.unet(torch.cat([sample, sample]), t, audio_in).chunk(2)
+                uncond, cond = output.chunk(2)
                 output = uncond + guidance * (cond - uncond)  # ε or v: both are affine in x̂0
-            else:
-                output = self.unet(sample, t, audio_in)
             variance = shared[1 + index] if eta > 0 else None
             latents = scheduler.step(output, t, latents, eta=eta, variance_noise=variance).prev_sample
         latents = norm.invert(latents) if norm is not None else latents
