@@ -159,14 +159,14 @@ class LipSyncPipeline:
         guidance: float,
         eta: float = 0.0,
         posterior_noise: torch.Tensor | None = None,
-        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One chunk: faces (F, 3, R, R) in [−1, 1], audio tokens (F, S, D), noise (C, h, w) or, for
         η > 0, (1 + steps, C, h, w) (see `noise`) → (F, 3, R, R).
 
         `posterior_noise` (2, F, C, h, w) makes the masked faces' latents ([0]) and the reference
         latents ([1]) posterior samples (`encode`), in the order LatentSync draws them; None: the means.
-        `latents`: the faces' (masked, reference) latents (F, C, h, w) each, already encoded (`condition`).
+        `encoded`: the faces' (masked, reference) latents (F, C, h, w) each, already encoded (`condition`).
         Pixels the mask keeps are the input's; only the masked region is generated.
         """
         from diffusers import DDIMScheduler
@@ -176,12 +176,12 @@ class LipSyncPipeline:
         audio = audio.to(self.device, self.dtype)[None]  # (1, F, S, D)
         if posterior_noise is not None and (posterior_noise.ndim != 5 or len(posterior_noise) != 2):
             raise ValueError(f"posterior noise must be (2, F, C, h, w), got {tuple(posterior_noise.shape)}")
-        if latents is not None and posterior_noise is not None:
+        if encoded is not None and posterior_noise is not None:
             raise ValueError("pass either encoded latents or posterior noise, not both")
-        if latents is None:
+        if encoded is None:
             masked, reference = self.condition(faces, posterior_noise)  # (F, C, h, w) each
         else:
-            masked, reference = (z.to(self.device, self.dtype) for z in latents)
+            masked, reference = (z.to(self.device, self.dtype) for z in encoded)
         latent_mask = F.interpolate(
             self.mask[None], size=reference.shape[-2:], mode="nearest"
         )  # (1, 1, h, w)
@@ -228,10 +228,10 @@ class LipSyncPipeline:
         Holds at most F inputs (and their latents) and `overlap` outputs. Frames are generated in chunks
         of F (`num_frames`) frames; consecutive chunks overlap by `overlap` frames, which are generated
         twice and cross-faded linearly (weight of the newer chunk (k + 1)/(overlap + 1) for the k-th
-        shared frame), so seams do not jump. With `last_chunk: slide` the last chunk slides back to end at the last frame, so every
-        chunk has F frames when the video has at least F; with `short` it holds only the frames not yet
-        generated and the `overlap` before them (LatentSync: overlap 0, the last chunk shorter). Memory
-        is that of one chunk, whatever the video's length. A UNet whose frames are independent (no
+        shared frame), so seams do not jump. With `last_chunk: slide` the last chunk slides back to end
+        at the last frame, so every chunk has F frames when the video has at least F; with `short` it
+        holds only the frames not yet generated and the `overlap` before them (LatentSync: overlap 0,
+        the last chunk shorter). Memory is that of one chunk, whatever the video's length. A UNet whose frames are independent (no
         motion modules, per-frame GroupNorm) gives the same output chunked or not.
 
         With `latents: mean` each frame is encoded once, when it enters its first chunk; a frame the
@@ -249,7 +249,7 @@ class LipSyncPipeline:
         check_sampling(steps, guidance)
         size, overlap = self.config.num_frames, self.config.overlap
         history: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)
-        encoded: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)  # latents: mean
+        kept: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=size)  # latents: mean
         pending: list[torch.Tensor] = []  # the last chunk's tail, waiting for the next chunk
         noise: torch.Tensor | None = None
         generator = torch.Generator().manual_seed(seed)
@@ -268,8 +268,8 @@ class LipSyncPipeline:
             if once:  # encode the frames no earlier chunk encoded, keep the rest
                 new = faces[len(faces) - fresh :]
                 with torch.no_grad():
-                    encoded.extend(zip(*self.condition(new), strict=True))
-                masked, reference = zip(*list(encoded)[len(encoded) - len(chunk) :], strict=True)
+                    kept.extend(zip(*self.condition(new), strict=True))
+                masked, reference = zip(*list(kept)[len(kept) - len(chunk) :], strict=True)
                 latents = torch.stack(masked), torch.stack(reference)
             if noise is None:
                 if latents is not None:
@@ -283,7 +283,7 @@ class LipSyncPipeline:
                 draws = [self._draw(generator, (len(chunk), *noise.shape[1:])) for _ in range(2)]
                 posterior = torch.stack(draws)  # (2, F, C, h, w)
             return self.generate(
-                faces, audio, noise, steps, guidance, self.config.eta, posterior, latents=latents
+                faces, audio, noise, steps, guidance, self.config.eta, posterior, encoded=latents
             )
 
         def merge(out: torch.Tensor, last: bool) -> Iterator[torch.Tensor]:
