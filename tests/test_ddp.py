@@ -79,7 +79,14 @@ def recipe(name: str) -> tuple[Recipe, str]:
             objective = DiffusionObjective({"recon": 1.0})
         else:
             two = params.train_unet.stage(2)
-            stage = tiny_stage(params, **common, num_frames=16, motion_modules=True, trainable=two.trainable)
+            stage = tiny_stage(
+                params,
+                **common,
+                num_frames=16,
+                motion_modules=True,
+                trainable=two.trainable,
+                lower_face_jitter=two.lower_face_jitter,  # stage 1's jitter is refused with pixel terms
+            )
             torch.manual_seed(1)
             judge = StableSyncNet(syncnet_config(params.syncnet))
             objective = DiffusionObjective(
