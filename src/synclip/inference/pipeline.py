@@ -231,8 +231,9 @@ class LipSyncPipeline:
         shared frame), so seams do not jump. With `last_chunk: slide` the last chunk slides back to end
         at the last frame, so every chunk has F frames when the video has at least F; with `short` it
         holds only the frames not yet generated and the `overlap` before them (LatentSync: overlap 0,
-        the last chunk shorter). Memory is that of one chunk, whatever the video's length. A UNet whose frames are independent (no
-        motion modules, per-frame GroupNorm) gives the same output chunked or not.
+        the last chunk shorter). Memory is that of one chunk, whatever the video's length. A UNet whose
+        frames are independent (no motion modules, per-frame GroupNorm) gives the same output chunked or
+        not.
 
         With `latents: mean` each frame is encoded once, when it enters its first chunk; a frame the
         next chunk shares keeps its latents (with `sample`, every chunk encodes its frames with fresh
