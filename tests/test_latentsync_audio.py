@@ -56,9 +56,11 @@ def samples(tensors: dict, clip: str):
     return (tensors[f"{clip}.pcm"].float() / 32768.0).numpy()  # upstream's load_audio of 16-bit PCM
 
 
-def test_log_mel_is_whispers_bit_for_bit(fixture):
+def test_log_mel_is_whispers(fixture):
+    """Bit for bit on the CPU that made the fixture; another CPU's FFT rounds otherwise (an Intel Xeon
+    with AVX-512, 2026-12-06: 4.2e-5 of the peak)."""
     tensors, _ = fixture
-    assert torch.equal(latentsync_log_mel(samples(tensors, "short")), tensors["short.mel"])
+    assert peak_relative(latentsync_log_mel(samples(tensors, "short")), tensors["short.mel"]) < 1e-4
 
 
 @pytest.mark.parametrize("clip", ["short", "long"])

@@ -38,6 +38,15 @@ def differ(ours: np.ndarray, theirs: torch.Tensor) -> tuple[int, float]:
     return int(gap.max()), float((gap > 0).mean())
 
 
+def same_pixels(ours: np.ndarray, theirs: torch.Tensor) -> None:
+    """Upstream's own matrices through our warp / paste give upstream's pixels: bit-equal on the CPU that
+    made the fixture; elsewhere OpenCV's other SIMD paths round a few pixels one level apart (an Intel
+    Xeon with AVX-512, 2026-12-06: at most 1 level, on up to 0.41 % of the values)."""
+    largest, share = differ(ours, theirs)
+    assert largest <= 1, largest
+    assert share < 1e-2, share
+
+
 def unit(face: torch.Tensor) -> torch.Tensor:
     """uint8 (R, R, 3) → (3, R, R) float32 in [−1, 1], as the generator handed it to upstream."""
     return face.permute(2, 0, 1).float() / 127.5 - 1
@@ -74,7 +83,7 @@ def test_crops_match_upstream(fixture):
     small = LatentSyncAligner(128)
     for index, frame in enumerate(frames):
         given = small.crop(frame, fixture["matrices_128"][index].double().numpy())
-        assert differ(given, fixture["crops_128"][index]) == (0, 0.0)
+        same_pixels(given, fixture["crops_128"][index])
     ours = np.stack(
         [
             small.crop(frame, matrix)
@@ -89,8 +98,8 @@ def test_crops_match_upstream(fixture):
     assert aligner.crop_size == (210, 280)
     for slot, index in enumerate((0, 2)):
         matrix = fixture["matrices_256"][index].double().numpy()
-        assert differ(aligner.warp(frames[index], matrix), fixture["warped_256"][slot]) == (0, 0.0)
-        assert differ(aligner.crop(frames[index], matrix), fixture["crops_256"][slot]) == (0, 0.0)
+        same_pixels(aligner.warp(frames[index], matrix), fixture["warped_256"][slot])
+        same_pixels(aligner.crop(frames[index], matrix), fixture["crops_256"][slot])
 
 
 @pytest.mark.parametrize("resolution", [128, 256])
@@ -103,7 +112,7 @@ def test_paste_matches_upstream(fixture, resolution):
         face = unit(fixture[f"paste_faces_{resolution}"][slot])
         expected = fixture[f"pasted_{resolution}"][slot]
         given = aligner.paste(frames[index], face, fixture[f"matrices_{resolution}"][index].double().numpy())
-        assert differ(given, expected) == (0, 0.0)
+        same_pixels(given, expected)
         largest, share = differ(aligner.paste(frames[index], face, ours[index]), expected)
         assert largest <= 1, largest
         assert share < 1e-2, share  # measured 1 level on 0.19–0.41 %

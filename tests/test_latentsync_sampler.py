@@ -177,9 +177,11 @@ def chunk_lengths(pipe: LipSyncPipeline, frames: int, monkeypatch, **changes) ->
     other = LipSyncPipeline(pipe.unet, pipe.vae, None, pipe.mask.cpu(), config)
     lengths: list[int] = []
 
-    def fake(faces, audio, noise, steps, guidance, eta=0.0, posterior_noise=None):
+    def fake(faces, audio, noise, steps, guidance, eta=0.0, posterior_noise=None, encoded=None):
         lengths.append(len(faces))
         assert posterior_noise is None or posterior_noise.shape[:2] == (2, len(faces))
+        assert encoded is None or all(len(z) == len(faces) for z in encoded)
+        assert (posterior_noise is None) != (encoded is None)  # sample: drawn per chunk; mean: kept latents
         return faces
 
     monkeypatch.setattr(other, "generate", fake)
@@ -211,8 +213,9 @@ def test_mean_latents_draw_no_posterior_noise(sampler, monkeypatch):
     pipe, _, _ = sampler
     seen: list[object] = []
 
-    def fake(faces, audio, noise, steps, guidance, eta=0.0, posterior_noise=None):
+    def fake(faces, audio, noise, steps, guidance, eta=0.0, posterior_noise=None, encoded=None):
         seen.append(posterior_noise)
+        assert encoded is not None  # the means, encoded once per frame by `stream`
         return faces
 
     other = LipSyncPipeline(
