@@ -124,11 +124,12 @@ def test_float32_outputs_and_head_match_upstream(fixture, net):
         heads = net(x)
     assert peak_relative(heads.loc[0], tensors["detector.loc"]) < 1e-5  # measured 0 (same kernels)
     assert peak_relative(heads.scores[0], tensors["detector.scores"]) < 1e-5
-    # the head on upstream's own raw outputs: bit-equal
+    # the head on upstream's own raw outputs: bit-equal on the fixture's CPU; an AVX-512 Xeon rounds
+    # two of its 7500 values one float32 step apart (6e-8, 2026-12-06)
     recorded = S3FDHeads(
         tensors["detector.loc"][None], tensors["detector.scores"][None], tensors["detector.priors"]
     )
-    assert torch.equal(detect(recorded, CONFIG)[0], tensors["detector.out"])
+    assert peak_relative(detect(recorded, CONFIG)[0], tensors["detector.out"]) < 1e-6
 
 
 def test_detect_faces_matches_upstream(fixture, net):
