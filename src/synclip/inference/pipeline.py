@@ -201,10 +201,11 @@ class LipSyncPipeline:
         latents = shared[0] * scheduler.init_noise_sigma
         guided = guidance != 1.0
         audio_in = torch.cat([torch.zeros_like(audio), audio]) if guided else audio
-        unet_precision = "bf16" if self.config.precision == "bf16" else "fp32"
         for index, t in enumerate(scheduler.timesteps):
             sample = torch.cat([latents, condition], dim=1)  # (1, 13, F, h, w)
-            with frozen_autocast(self.device, unet_precision):  # the sampler's arithmetic stays in fp32
+            # bf16 autocast only for precision bf16 on a CPU with it (fp16 is the weights' dtype on CUDA);
+            # the sampler's arithmetic stays in the latents' dtype
+            with frozen_autocast(self.device, self.config.precision):
                 output = self.unet(torch.cat([sample, sample]) if guided else sample, t, audio_in)
             output = output.to(latents.dtype)
             if guided:
