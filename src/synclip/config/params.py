@@ -527,9 +527,6 @@ class UNetStageParams(OptimParams):
     # alike to the target's and the reference's latents on the cells the mask generates (synclip's
     # addition, stage 1 only; (0, 0): none). The lower face's look then comes from the reference.
     lower_face_jitter: tuple[float, float]
-    # 0: that gain and shift are the same on every cell; n: drawn on an n × n grid over the latents and
-    # upsampled bilinearly, so the lips, the chin and the cheeks each get their own look
-    lower_face_jitter_grid: int
     # (top, bottom, left, right) of the face decoded for the pixel losses; snapped outward to latent cells
     pixel_region: tuple[float, float, float, float]
     max_clips: int  # train clips whose latents are encoded (0 = all; bounds the VAE encoding time)
@@ -555,10 +552,8 @@ class UNetStageParams(OptimParams):
             raise ConfigError(
                 f"{key}: audio_dropout ({self.audio_dropout}) and ema_decay ({self.ema_decay}) must be in [0, 1)"
             )
-        if min(self.mixed_noise_alpha, self.max_clips, self.reference_gap, self.lower_face_jitter_grid) < 0:
-            raise ConfigError(
-                f"{key}: mixed_noise_alpha, max_clips, reference_gap and lower_face_jitter_grid must be >= 0"
-            )
+        if self.mixed_noise_alpha < 0 or self.max_clips < 0 or self.reference_gap < 0:
+            raise ConfigError(f"{key}: mixed_noise_alpha, max_clips and reference_gap must be >= 0")
         if self.sample_every < 0 or self.sample_every % self.val_every:
             raise ConfigError(
                 f"{key}: sample_every ({self.sample_every}) must be 0 or a multiple of val_every ({self.val_every})"

@@ -110,29 +110,14 @@ class LowerFaceJitter:
     changed at random, but the same in target and reference, only the reference tells it.
     """
 
-    gain: torch.Tensor  # (B, C, 1, 1, 1), or (B, C, 1, h, w) drawn on a grid
-    shift: torch.Tensor  # as gain
+    gain: torch.Tensor  # (B, C, 1, 1, 1)
+    shift: torch.Tensor  # (B, C, 1, 1, 1)
 
     @classmethod
-    def draw(
-        cls,
-        windows: int,
-        channels: int,
-        gain_std: float,
-        shift_std: float,
-        grid: int = 0,
-        size: tuple[int, int] = (1, 1),
-    ) -> LowerFaceJitter:
-        """log gain ~ N(0, gain_std²), shift ~ N(0, shift_std²), from torch's global RNG: one per channel
-        (`grid` 0), or on a `grid` × `grid` lattice bilinearly upsampled to the latents' (h, w) `size`."""
-        shape = (windows, channels, 1) + ((1, 1) if grid == 0 else (grid, grid))
-        gain, shift = torch.randn(shape), torch.randn(shape)
-        if grid:
-            gain, shift = (
-                F.interpolate(z[:, :, 0], size=size, mode="bilinear", align_corners=True)[:, :, None]
-                for z in (gain, shift)
-            )
-        return cls(torch.exp(gain_std * gain), shift_std * shift)
+    def draw(cls, windows: int, channels: int, gain_std: float, shift_std: float) -> LowerFaceJitter:
+        """log gain ~ N(0, gain_std²), shift ~ N(0, shift_std²), from torch's global RNG."""
+        gain = torch.exp(gain_std * torch.randn(windows, channels, 1, 1, 1))
+        return cls(gain, shift_std * torch.randn(windows, channels, 1, 1, 1))
 
     def apply(self, latents: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents, `keep` (B, 1, F, h, w) 1 on the kept cells → jittered on the others."""

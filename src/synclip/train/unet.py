@@ -291,13 +291,7 @@ class UNetRecipe(Recipe):
         timesteps = torch.randint(0, self.objective.scheduler.config.num_train_timesteps, (stage.batch_size,))
         jitter = None
         if max(stage.lower_face_jitter) > 0:
-            jitter = LowerFaceJitter.draw(
-                stage.batch_size,
-                batch.latents.shape[1],
-                *stage.lower_face_jitter,
-                grid=stage.lower_face_jitter_grid,
-                size=batch.latents.shape[-2:],
-            )
+            jitter = LowerFaceJitter.draw(stage.batch_size, batch.latents.shape[1], *stage.lower_face_jitter)
             jitter = LowerFaceJitter(shard.take(jitter.gain), shard.take(jitter.shift))
         batch = UNetBatch(**{k: v if v is None else shard.take(v) for k, v in vars(batch).items()})
         noise, timesteps = shard.take(noise), shard.take(timesteps)
