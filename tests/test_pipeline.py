@@ -188,6 +188,48 @@ def test_only_the_masked_region_changes(pipe):
     assert not torch.equal(out[:, ~keep], faces[:, ~keep])
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_replaced_kept_cells_follow_the_input_latents_noised_with_the_first_draw(pipe, eta):
+    """kept_cells replaced: at every step the UNet sees, on the cells the mask keeps, the input's own latents
+    noised to that step's level with the initial draw; the decoded latents hold them almost noise-free.
+    `generated` (LatentSync) leaves those cells to the UNet."""
+    faces, audio = inputs(4)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler_config)
+    scheduler.set_timesteps(3)
+    alpha_bars = scheduler.alphas_cumprod[scheduler.timesteps].view(-1, 1, 1, 1, 1, 1)
+    with torch.no_grad():
+        reference = rearrange(pipe.encode(faces), "f c h w -> 1 c f h w")
+    keep = torch.nn.functional.interpolate(pipe.mask[None], size=reference.shape[-2:])[0, 0] > 0.5  # (h, w)
+
+    def sample(kept_cells: str) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """(steps, 1, C, F, kept cells) ε that each step's z_t implies there, the decoded latents' mean
+        distance from the input's there, and the output."""
+        sampler = with_config(pipe, kept_cells=kept_cells, eta=eta)
+        seen, decoded = [], []
+        hook = sampler.unet.register_forward_hook(lambda _m, args, _o: seen.append(args[0][:, :4]))
+        decode = sampler.decode
+        sampler.decode = lambda latents: decoded.append(latents) or decode(latents)
+        try:
+            out = sampler(faces, audio, steps=3, seed=3)
+        finally:
+            hook.remove()
+        implied = (torch.stack(seen) - alpha_bars.sqrt() * reference) / (1 - alpha_bars).sqrt()
+        error = decoded[0] - rearrange(reference, "1 c f h w -> f c h w")
+        return implied[..., keep], float(error[..., keep].abs().mean()), out
+
+    draws, error, out = sample("replaced")
+    first = torch.randn(reference.shape[1], *reference.shape[-2:], generator=torch.Generator().manual_seed(3))
+    for step in draws:  # the initial draw at every step
+        torch.testing.assert_close(step[0], repeat(first[:, keep], "c n -> c f n", f=4))
+    assert error < 0.05  # sqrt(1 − ᾱ) of the last step ≈ 0.03 of unit noise
+    keep_pixels = pipe.mask.bool().expand_as(faces[0])
+    assert torch.equal(out[:, keep_pixels], faces[:, keep_pixels])
+    generated_draws, generated_error, generated = sample("generated")
+    assert float((generated_draws - generated_draws[0]).abs().max()) > 0.1
+    assert generated_error > 0.1
+    assert not torch.equal(out, generated)
+
+
 @pytest.mark.parametrize(
     ("num_frames", "overlap", "eta"), [(4, 1, 0.0), (4, 2, 0.0), (3, 0, 0.0), (2, 1, 0.0), (4, 1, 1.0)]
 )

@@ -166,6 +166,7 @@ def validation_sample(
         guidance=stage.sample_guidance,
         seed=inference.seed,
         eta=inference.eta,
+        kept_cells=inference.kept_cells,
     )
     log.info(
         "validation samples: %s with the audio of %s (%d frames) → %s",

@@ -63,6 +63,7 @@ LATENTSYNC_SAMPLER = InferenceParams(
     last_chunk="short",
     loop="repeat_ends",
     fps=25,
+    kept_cells="generated",
     precision="fp16",
 )
 

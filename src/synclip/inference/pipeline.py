@@ -49,6 +49,13 @@ class PipelineConfig(InferenceParams):
         return from_dict(PipelineConfig, data, source="pipeline config")
 
 
+def _noised(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep: int | None) -> torch.Tensor:
+    """sqrt(ᾱ)·latents + sqrt(1 − ᾱ)·noise at `timestep`; None: after the last step (DDIM's final ᾱ)."""
+    alpha_bar = scheduler.final_alpha_cumprod if timestep is None else scheduler.alphas_cumprod[timestep]
+    alpha_bar = alpha_bar.to(latents.device, torch.float64)
+    return (alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise).to(latents.dtype)
+
+
 class LipSyncPipeline:
     """UNet + VAE + Whisper encoder + DDIM config + mask: aligned faces and audio tokens → new aligned faces.
 
@@ -57,6 +64,8 @@ class LipSyncPipeline:
     step: on the tiny model, η = 0 drifts away from the data in the first steps and never returns;
     docs/experiments/2026-12-01-ddim-eta.md), conditioned on the frame's own unmasked face as the
     reference (§2.2) and on its audio tokens, with audio classifier-free guidance (null audio = zeros).
+    With `kept_cells: replaced` (synclip's) the latent cells the mask keeps do not drift from the input's
+    own: after every step they are its latents noised to the next step's level with the initial draw.
     Files, decoding and paste-back live in `synclip.inference.lipsync`, packaged models in
     `synclip.inference.package`.
 
@@ -199,6 +208,10 @@ class LipSyncPipeline:
             raise ValueError(f"η = {eta} needs 1 + {steps} noise draws, got {len(draws)}")
         shared = repeat(draws, "n c h w -> n 1 c f h w", f=frames)
         latents = shared[0] * scheduler.init_noise_sigma
+        timesteps = [int(t) for t in scheduler.timesteps]
+        replace = self.config.kept_cells == "replaced"
+        if replace:  # the reference latents are the input frames' own
+            latents = torch.lerp(latents, _noised(scheduler, reference, shared[0], timesteps[0]), keep)
         guided = guidance != 1.0
         audio_in = torch.cat([torch.zeros_like(audio), audio]) if guided else audio
         for index, t in enumerate(scheduler.timesteps):
@@ -213,6 +226,9 @@ class LipSyncPipeline:
                 output = uncond + guidance * (cond - uncond)  # ε or v: both are affine in x̂0
             variance = shared[1 + index] if eta > 0 else None
             latents = scheduler.step(output, t, latents, eta=eta, variance_noise=variance).prev_sample
+            if replace:
+                following = timesteps[index + 1] if index + 1 < len(timesteps) else None
+                latents = torch.lerp(latents, _noised(scheduler, reference, shared[0], following), keep)
         latents = norm.invert(latents) if norm is not None else latents
         generated = self.decode(rearrange(latents, "1 c f h w -> f c h w"))
         return generated * (1 - self.mask) + faces * self.mask
