@@ -20,6 +20,7 @@ from einops import rearrange, repeat
 from synclip.artifacts import CheckpointError
 from synclip.audio.tokens import AudioTokens, frame_tokens
 from synclip.audio.whisper import whisper_features, whisper_log_mel
+from synclip.config import ConfigError
 from synclip.data.faces import FaceRenderer, Identity, MouthState, Pose
 from synclip.errors import UserError
 from synclip.face.align import invert
@@ -186,6 +187,27 @@ def test_only_the_masked_region_changes(pipe):
     keep = pipe.mask.bool().expand_as(faces[0])
     assert torch.equal(out[:, keep], faces[:, keep])
     assert not torch.equal(out[:, ~keep], faces[:, ~keep])
+
+
+def test_noise_scale_multiplies_only_the_fresh_noise_of_each_step(pipe):
+    """noise_scale s: the chain with draws (z_0, z_1 … z_n) equals s = 1's chain with (z_0, s·z_1 … s·z_n);
+    at 0 the per-step draws no longer matter, at 1 they do."""
+    faces, audio = inputs(4)
+    with torch.no_grad():
+        shape = tuple(pipe.encode(faces).shape[1:])
+    noise = pipe.noise(5, shape, steps=3)  # (1 + steps, C, h, w)
+    other = torch.cat([noise[:1], torch.randn_like(noise[1:])])
+
+    def run(scale: float, draws: torch.Tensor) -> torch.Tensor:
+        return with_config(pipe, eta=1.0, noise_scale=scale).generate(faces, audio, draws, 3, 1.0, 1.0)
+
+    scaled = torch.cat([noise[:1], 0.5 * noise[1:]])
+    torch.testing.assert_close(run(0.5, noise), run(1.0, scaled), rtol=0, atol=1e-6)
+    assert not torch.equal(run(0.5, noise), run(1.0, noise))
+    torch.testing.assert_close(run(0.0, noise), run(0.0, other), rtol=0, atol=1e-6)
+    assert float((run(1.0, noise) - run(1.0, other)).abs().max()) > 1e-3
+    with pytest.raises(ConfigError, match="noise_scale must be >= 0"):
+        with_config(pipe, noise_scale=-0.1)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

@@ -614,6 +614,9 @@ class InferenceParams:
     guidance: float = 1.5  # audio classifier-free guidance (1.0: off)
     seed: int = 1247  # the shared initial noise
     eta: float = 0.0  # DDIM η: 0 deterministic, 1 fresh (shared) noise at every step
+    # the fresh noise of a step with η > 0 is scaled by this (Karras et al.'s S_noise; 1: DDIM's). Under 1 the
+    # chain samples at a lower temperature: the mouth varies less from seed to seed, closer to the mean face
+    noise_scale: float = 1.0
     # What the model was trained on and how a video reaches it; synclip's own by default, LatentSync's
     # for its published weights (params/latentsync-1.5.yaml, `synclip weights import-latentsync`).
     audio_frontend: Literal["synclip", "latentsync"] = "synclip"  # Whisper windows and frame count
@@ -642,6 +645,8 @@ class InferenceParams:
             raise ConfigError(f"{key}: {error}") from None
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"{key}.eta must be in [0, 1], got {self.eta}")
+        if self.noise_scale < 0:
+            raise ConfigError(f"{key}.noise_scale must be >= 0, got {self.noise_scale}")
         if self.fps < 0:
             raise ConfigError(f"{key}.fps must be 0 (the input's rate) or positive, got {self.fps}")
 

@@ -305,6 +305,7 @@ def evaluate_stage(
         "steps": ev.steps,
         "guidance": pipeline.config.guidance,
         "eta": pipeline.config.eta,
+        "noise_scale": pipeline.config.noise_scale,
         "kept_cells": pipeline.config.kept_cells,
         "seed": pipeline.config.seed,
         "lpips": "on" if lpips is not None else f"disabled: {lpips_reason}",

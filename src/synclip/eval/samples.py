@@ -166,6 +166,7 @@ def validation_sample(
         guidance=stage.sample_guidance,
         seed=inference.seed,
         eta=inference.eta,
+        noise_scale=inference.noise_scale,
         kept_cells=inference.kept_cells,
     )
     log.info(

@@ -57,6 +57,7 @@ LATENTSYNC_SAMPLER = InferenceParams(
     guidance=1.5,
     seed=1247,
     eta=0.0,
+    noise_scale=1.0,
     audio_frontend="latentsync",
     face_frontend="latentsync",
     latents="sample",

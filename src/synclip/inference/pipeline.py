@@ -66,6 +66,8 @@ class LipSyncPipeline:
     reference (§2.2) and on its audio tokens, with audio classifier-free guidance (null audio = zeros).
     With `kept_cells: replaced` (synclip's) the latent cells the mask keeps do not drift from the input's
     own: after every step they are its latents noised to the next step's level with the initial draw.
+    `noise_scale` < 1 scales those per-step draws down: a lower-temperature chain whose mouth varies less
+    from seed to seed.
     Files, decoding and paste-back live in `synclip.inference.lipsync`, packaged models in
     `synclip.inference.package`.
 
@@ -224,7 +226,7 @@ class LipSyncPipeline:
             if guided:
                 uncond, cond = output.chunk(2)
                 output = uncond + guidance * (cond - uncond)  # ε or v: both are affine in x̂0
-            variance = shared[1 + index] if eta > 0 else None
+            variance = shared[1 + index] * self.config.noise_scale if eta > 0 else None
             latents = scheduler.step(output, t, latents, eta=eta, variance_noise=variance).prev_sample
             if replace:
                 following = timesteps[index + 1] if index + 1 < len(timesteps) else None
