@@ -66,8 +66,8 @@ class LipSyncPipeline:
     reference (§2.2) and on its audio tokens, with audio classifier-free guidance (null audio = zeros).
     With `kept_cells: replaced` (synclip's) the latent cells the mask keeps do not drift from the input's
     own: after every step they are its latents noised to the next step's level with the initial draw.
-    `noise_scale` < 1 scales those per-step draws down: a lower-temperature chain whose mouth varies less
-    from seed to seed.
+    `noise_scale` < 1 scales the per-step draws of η > 0 down (not the initial one): a lower-temperature
+    chain whose mouth varies less from seed to seed.
     Files, decoding and paste-back live in `synclip.inference.lipsync`, packaged models in
     `synclip.inference.package`.
 
